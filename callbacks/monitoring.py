@@ -1,0 +1,92 @@
+"""Training-time monitoring: throughput over training steps, and a stop on non-finite loss."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class FiniteLossCheck(Callback):
+    """Stop the run with a clear message when the training loss is NaN or infinite.
+
+    Args:
+        every_n_steps: how often to look (each look synchronises with the device).
+    """
+
+    def __init__(self, every_n_steps: int = 1) -> None:
+        self.every_n_steps = max(every_n_steps, 1)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Check the step's loss."""
+        if batch_idx % self.every_n_steps:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not math.isfinite(float(loss.detach())):
+            raise NonFiniteLossError(
+                f"the training loss became {float(loss):g} at step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch}); try a lower --lr or --gradient-clip-val"
+            )
+
+
+class ThroughputTimer(Callback):
+    """Training samples per second, timed over training steps only.
+
+    The clock runs from each training epoch's start to its end and pauses while validation
+    runs; the count covers all ranks (``world_size`` times this rank's samples).
+    """
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+        self.samples = 0
+        self._t0: float | None = None
+
+    def _sync(self, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def _start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def _stop(self, pl_module: L.LightningModule) -> None:
+        if self._t0 is not None:
+            self._sync(pl_module)
+            self.elapsed += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock."""
+        self._start()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Count this batch's samples (the target is the last batch element)."""
+        self.samples += len(batch[-1]) * trainer.world_size
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Pause during validation inside a training epoch."""
+        if trainer.training:
+            self._stop(pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Resume after validation inside a training epoch."""
+        if trainer.training and not trainer.sanity_checking:
+            self._start()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Stop the clock."""
+        self._stop(pl_module)
+
+    @property
+    def samples_per_sec(self) -> float:
+        """Samples per second so far (0 before any step)."""
+        return self.samples / self.elapsed if self.elapsed > 0 else 0.0

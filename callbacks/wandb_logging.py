@@ -1,0 +1,114 @@
+"""Weights & Biases: a logger that never stalls training, and test-prediction tables.
+
+``wandb`` is imported lazily, only when ``--logger wandb`` is chosen. Without an API key the run
+is logged offline (``wandb sync DIR`` uploads it later) and says so once; if the online start
+fails (no network), it falls back to offline instead of crashing.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def make_wandb_logger(save_dir: str | Path, project: str, name: str | None,
+                      tags: list[str] | None, config: dict[str, Any]):
+    """A ``WandbLogger`` that is offline when there is no key or no network.
+
+    Raises:
+        ImportError: wandb is not installed (the message says how to install it).
+    """
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError("--logger wandb needs the wandb package: pip install wandb") from None
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = os.environ.get("WANDB_MODE", "")
+    offline = mode in ("offline", "dryrun") or (mode != "disabled" and not _has_api_key())
+    if offline and not mode:
+        rank_zero_info(f"W&B: no API key found, logging offline under {save_dir}/wandb; "
+                       "upload later with `wandb sync <run folder>`")
+    settings = wandb.Settings(init_timeout=30, silent=True, console="off")
+
+    def build(off: bool) -> WandbLogger:
+        return WandbLogger(project=project, name=name, tags=tags or None, save_dir=str(save_dir),
+                           offline=off, config=config, settings=settings)
+
+    logger = build(offline)
+    try:
+        logger.experiment  # start the run now, so a network failure surfaces here  # noqa: B018
+    except Exception as e:  # wandb raises several types for network / auth failures
+        rank_zero_info(f"W&B: could not start an online run ({type(e).__name__}: {e}); "
+                       "logging offline instead")
+        logger = build(True)
+        logger.experiment  # noqa: B018
+    return logger
+
+
+class WandbPredictionTable(Callback):
+    """Log a table of sample test predictions (image, label, prediction, confidence).
+
+    Args:
+        num_samples: rows taken from the first test batch.
+    """
+
+    def __init__(self, num_samples: int = 32) -> None:
+        self.num_samples = num_samples
+
+    def _wandb_logger(self, trainer: L.Trainer):
+        from lightning.pytorch.loggers import WandbLogger
+
+        return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+    @rank_zero_only
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                          outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        """Log the table from the first batch."""
+        logger = self._wandb_logger(trainer)
+        if batch_idx != 0 or logger is None or not isinstance(outputs, dict):
+            return
+        import wandb
+
+        hp = pl_module.hparams
+        x, y = batch[0][: self.num_samples].float(), batch[-1][: self.num_samples]
+        mean = torch.as_tensor(hp.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(hp.std, device=x.device).view(1, -1, 1, 1)
+        pixels = (x * std + mean).clamp(0, 1).cpu()  # undo normalisation for display
+        probs = outputs["logits"][: self.num_samples].float().softmax(-1).cpu()
+        names = list(hp.class_names or range(hp.num_classes))
+        rows = []
+        for img, label, p in zip(pixels, y.tolist(), probs):
+            k = int(p.argmax())
+            rows.append([wandb.Image(img.permute(1, 2, 0).numpy()), names[label], names[k],
+                         float(p[k])])
+        logger.log_table("test/predictions", columns=["image", "label", "prediction",
+                                                      "confidence"], data=rows)
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the confusion matrix as a table (rows: true class)."""
+        logger = self._wandb_logger(trainer)
+        cm = getattr(pl_module, "confusion_matrix", None)
+        if logger is None or cm is None:
+            return
+        names = [str(n) for n in (pl_module.hparams.class_names or range(len(cm)))]
+        logger.log_table("test/confusion_matrix", columns=["true \\ predicted", *names],
+                         data=[[names[i], *row] for i, row in enumerate(cm.tolist())])

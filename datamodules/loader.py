@@ -1,0 +1,112 @@
+"""A DataLoader replacement for in-memory tensors: batches are built by tensor indexing.
+
+No per-sample Python and no worker processes: one ``index_select`` per tensor per batch. The
+sampler is seeded per epoch and sharded across ranks like ``DistributedSampler``; the loader
+records how many batches of the epoch it has served, so a mid-epoch checkpoint resumes on the
+exact next batch (Lightning saves ``state_dict()`` of stateful loaders in its checkpoints).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+class IndexSampler:
+    """Per-epoch index order for one rank.
+
+    Args:
+        n: dataset size.
+        shuffle: draw a fresh permutation each epoch from ``(seed, epoch)``.
+        seed: base seed, shared by all ranks.
+        rank: this process's rank.
+        world_size: number of ranks.
+        even: pad by wrap-around so every rank gets the same count (needed for training under
+            DDP); ``False`` gives each rank a disjoint, unpadded share (exact evaluation).
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, even: bool = True) -> None:
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size, self.even = rank, world_size, even
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of each epoch."""
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        """This rank's indices for the current epoch."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            idx = torch.randperm(self.n, generator=g)
+        else:
+            idx = torch.arange(self.n)
+        if self.world_size > 1:
+            if self.even:
+                total = math.ceil(self.n / self.world_size) * self.world_size
+                idx = torch.cat([idx, idx[: total - self.n]]) if total > self.n else idx
+            idx = idx[self.rank :: self.world_size]
+        return idx
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return self.n
+        if self.even:
+            return math.ceil(self.n / self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
+
+
+class TensorBatchLoader:
+    """Iterate over ``tensors`` in batches of rows selected by :class:`IndexSampler`.
+
+    Args:
+        tensors: equally long tensors (e.g. images and labels); each batch is a tuple of slices.
+        batch_size: rows per batch.
+        shuffle, seed, rank, world_size, even: see :class:`IndexSampler`.
+        drop_last: drop a final partial batch.
+        lookahead: batches the consumer fetches ahead of the one it trains on. Lightning's
+            fetcher prefetches one, so at a mid-epoch checkpoint one served batch is untrained
+            and must be served again on resume.
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 even: bool = True, lookahead: int = 1) -> None:
+        n = len(tensors[0])
+        if any(len(t) != n for t in tensors):
+            raise ValueError("all tensors need the same length")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.tensors = tensors
+        self.batch_size, self.drop_last, self.lookahead = batch_size, drop_last, lookahead
+        self.sampler = IndexSampler(n, shuffle, seed, rank, world_size, even)
+        self.batch_sampler = None  # as torch's DataLoader; Lightning inspects both attributes
+        self._served = 0  # batches of the current epoch already handed out
+        self._resume_at = 0
+
+    def __len__(self) -> int:
+        m = len(self.sampler)
+        return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        idx = self.sampler.indices()
+        start, self._resume_at = self._resume_at, 0
+        for b in range(start, len(self)):
+            self._served = b + 1
+            rows = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            yield tuple(t.index_select(0, rows) for t in self.tensors)
+        self._served = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the epoch, saved by Lightning in mid-epoch checkpoints."""
+        trained = max(self._served - self.lookahead, 0) if self._served else 0
+        return {"epoch": self.sampler.epoch, "trained": trained}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume on the batch after the last one trained before the checkpoint."""
+        self.sampler.set_epoch(int(state["epoch"]))
+        self._resume_at = int(state["trained"])

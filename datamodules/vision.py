@@ -1,0 +1,100 @@
+"""MNIST and Fashion-MNIST DataModules (d2l §4.2) on the fast in-memory path.
+
+Images stay uint8 ``(N, 28, 28)`` tensors in memory; batches are built by tensor indexing, and
+normalisation / resizing happen per batch on the model's device (see
+:func:`models.preprocess_images`, called by the ``ImageClassifier``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import TensorDataModule
+from .download import resolve_data_dir
+from .idx import FASHION_MNIST, MNIST, IDXDataset, default_val_size, load_idx_split, prepare_idx
+from .idx import split_indices
+
+
+class IDXDataModule(TensorDataModule):
+    """Shared base of the IDX vision datasets: seeded train/val split, official test set.
+
+    Args:
+        data_dir: data root (``--data-dir``, else ``$D2L_DATA_DIR``, else ``./data``).
+        batch_size: batch size.
+        seed: seed of the train/val split and the shuffling.
+        val_size: validation examples taken from the official training set (default: 1/12,
+            i.e. the 55k/5k split of the full data).
+    """
+
+    dataset: IDXDataset
+    task = "image_classification"
+
+    def __init__(self, data_dir: str | Path | None = None, batch_size: int = 256, seed: int = 0,
+                 val_size: int | None = None) -> None:
+        super().__init__(batch_size, seed)
+        self.data_dir = resolve_data_dir(data_dir)
+        self.val_size = val_size
+
+    def prepare_data(self) -> None:
+        """Download missing files (rank 0 only, as Lightning calls it)."""
+        prepare_idx(self.dataset, self.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Decode the IDX files (once per process) and split train/val."""
+        if self.train_set is not None:
+            return
+        images, labels = load_idx_split(self.dataset, self.data_dir, train=True)
+        tr, va = split_indices(len(images), self.val_size or default_val_size(len(images)),
+                               self.seed)
+        self.train_set = (images[tr], labels[tr])
+        self.val_set = (images[va], labels[va])
+        self.test_set = load_idx_split(self.dataset, self.data_dir, train=False)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (10)."""
+        return len(self.dataset.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Human-readable class names, indexed by label."""
+        return list(self.dataset.classes)
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels (1: grey scale)."""
+        return 1
+
+    @property
+    def image_size(self) -> int:
+        """Native side length in pixels (28)."""
+        return 28
+
+    @property
+    def mean(self) -> tuple[float]:
+        """Per-channel pixel mean of the [0, 1]-scaled official training set."""
+        return (self.dataset.mean,)
+
+    @property
+    def std(self) -> tuple[float]:
+        """Per-channel pixel standard deviation of the same."""
+        return (self.dataset.std,)
+
+    def data_info(self) -> dict[str, Any]:
+        """What a model needs to know about the data (sizes, statistics, classes)."""
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels,
+                "image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+                "class_names": self.class_names}
+
+
+class MNISTDataModule(IDXDataModule):
+    """Handwritten digits, ``DATA_DIR/mnist/`` (LeCun & Cortes, CC BY-SA 3.0)."""
+
+    dataset = MNIST
+
+
+class FashionMNISTDataModule(IDXDataModule):
+    """Zalando's clothing images, ``DATA_DIR/fashion-mnist/`` (MIT), d2l §4.2."""
+
+    dataset = FASHION_MNIST

@@ -1,0 +1,37 @@
+"""One LightningModule per task family, built from ``arch: str`` and primitive kwargs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models import get_spec
+
+from .base import OPTIMIZERS, SCHEDULERS, TaskModule
+from .image_classifier import ImageClassifier
+from .regressor import Regressor
+
+TASK_MODULES: dict[str, type[TaskModule]] = {
+    "image_classification": ImageClassifier,
+    "regression": Regressor,
+}
+
+
+def task_module(task: str) -> type[TaskModule]:
+    """The LightningModule class of a task family."""
+    if task not in TASK_MODULES:
+        raise KeyError(f"no LightningModule for task '{task}'; known: {', '.join(TASK_MODULES)}")
+    return TASK_MODULES[task]
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TaskModule:
+    """Rebuild the LightningModule of any checkpoint of ours (weights-only loading)."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    arch = ckpt["hyper_parameters"]["arch"]
+    cls = task_module(get_spec(arch).task)
+    return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "Regressor",
+           "TaskModule", "load_checkpoint", "task_module"]

@@ -1,0 +1,134 @@
+"""Image classification task family (d2l ch. 4, 7, 8)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+from models import preprocess_images
+
+from .base import TaskModule
+
+
+class ImageClassifier(TaskModule):
+    """Cross-entropy on logits, accuracy and macro-F1 per split, a test confusion matrix.
+
+    Batches arrive as uint8 ``(images, labels)``; :meth:`on_after_batch_transfer` scales,
+    normalises and resizes them on the model's device, exactly as :func:`predict` does.
+
+    Args:
+        arch: registry name of the model.
+        num_classes: output classes.
+        in_channels: image channels.
+        image_size: native side length of the data.
+        mean: per-channel mean used for normalisation.
+        std: per-channel standard deviation used for normalisation.
+        resize: side length the model sees (``None``: native).
+        class_names: labels, carried into the export.
+        model_kwargs: extra constructor arguments of the model (e.g. ``activation``).
+        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        lr: learning rate.
+        weight_decay: weight decay.
+        momentum: SGD momentum.
+        scheduler: ``none``, ``step``, ``cosine``, ``onecycle`` or ``plateau``.
+        label_smoothing: cross-entropy label smoothing.
+        channels_last: feed convolutions channels-last tensors.
+        compile: ``torch.compile`` the model.
+    """
+
+    monitor = ("val/acc", "max")
+    task = "image_classification"
+
+    def __init__(
+        self,
+        arch: str = "lenet",
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+        resize: int | None = None,
+        class_names: Sequence[str] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        optimizer: str = "sgd",
+        lr: float = 0.1,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        scheduler: str = "none",
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._build(arch, {"num_classes": num_classes, "in_channels": in_channels,
+                           "image_size": resize or image_size, **(model_kwargs or {})})
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro"),
+                                    "f1": MulticlassF1Score(num_classes, average="macro")})
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.confusion_matrix: torch.Tensor | None = None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 images -> normalised (and resized) float input, on the device."""
+        x, *rest = batch
+        hp = self.hparams
+        x = preprocess_images(x, hp.mean, hp.std, hp.resize, hp.channels_last)
+        return (x, *rest)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        """Cross-entropy on logits; logs ``train/loss`` and ``train/acc``."""
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Loss, accuracy and macro-F1 over the whole validation split (synced across ranks)."""
+        x, y = batch
+        logits = self(x)
+        self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True,
+                 sync_dist=True, batch_size=len(y))
+        self.val_metrics.update(logits, y)
+        self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        """As validation, plus the confusion matrix; returns logits for callbacks."""
+        x, y = batch
+        logits = self(x)
+        self.log("test/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True,
+                 batch_size=len(y))
+        self.test_metrics.update(logits, y)
+        self.test_confmat.update(logits, y)
+        self.log_dict(self.test_metrics, on_epoch=True)
+        return {"logits": logits}
+
+    def on_test_epoch_end(self) -> None:
+        """Keep the (rank-synced) confusion matrix: rows are true classes."""
+        self.confusion_matrix = self.test_confmat.compute().cpu()
+        self.test_confmat.reset()
+
+    def export_config(self) -> dict[str, Any]:
+        """Adds preprocessing and class names to the base export config."""
+        hp = self.hparams
+        cfg = super().export_config()
+        cfg["preprocess"] = {"mean": list(hp.mean), "std": list(hp.std), "resize": hp.resize,
+                             "image_size": hp.image_size, "in_channels": hp.in_channels}
+        cfg["class_names"] = list(hp.class_names or range(hp.num_classes))
+        return cfg

@@ -1,0 +1,32 @@
+"""Pure-PyTorch models of the d2l curriculum, a registry, and plain-PyTorch export loading.
+
+Nothing here imports Lightning: an exported model is rebuilt with torch and safetensors alone.
+"""
+
+from . import lenet, linear, mlp  # noqa: F401  (register the architectures)
+from .export import ExportError, load_exported, read_export_config, save_export
+from .preprocess import preprocess_images
+from .registry import (
+    ModelSpec,
+    Recipe,
+    build_model,
+    format_table,
+    get_spec,
+    model_names,
+    register,
+)
+
+__all__ = [
+    "ExportError",
+    "ModelSpec",
+    "Recipe",
+    "build_model",
+    "format_table",
+    "get_spec",
+    "load_exported",
+    "model_names",
+    "preprocess_images",
+    "read_export_config",
+    "register",
+    "save_export",
+]
