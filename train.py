@@ -264,12 +264,17 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _quiet_warnings() -> None:
+    """Drop Lightning messages that do not apply to this codebase (our loaders need no workers,
+    the run folder is shared by design, the CSV logger is always on)."""
+    import logging
     import warnings
 
     for msg in (".*exists and is not empty.*", ".*overridden `on_after_batch_transfer`.*",
-                ".*does not have many workers.*", ".*LeafSpec.*", ".*litlogger.*"):
+                ".*does not have many workers.*", ".*LeafSpec.*",
+                ".*smaller than the logging interval.*"):
         warnings.filterwarnings("ignore", message=msg)
-    os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table())
         return 0
     cfg = resolve_config(args, parser)
+    is_parent = RUN_DIR_ENV not in os.environ
     try:
         results = run(cfg)
     except (DataError, ExportError, FileNotFoundError, FileExistsError, ImportError) as e:
@@ -293,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: stopped: {e}", file=sys.stderr)
             return 1
         raise
+    finally:
+        if is_parent:  # the run folder was handed to DDP children only for this run
+            os.environ.pop(RUN_DIR_ENV, None)
     if results.pop("_is_global_zero"):
         shown = {k: round(v, 4) for k, v in results.items()
                  if k.startswith(("val/", "test/")) and isinstance(v, float)}

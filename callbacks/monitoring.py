@@ -19,16 +19,17 @@ class FiniteLossCheck(Callback):
     """Stop the run with a clear message when the training loss is NaN or infinite.
 
     Args:
-        every_n_steps: how often to look (each look synchronises with the device).
+        every_n_steps: how often to look on an accelerator, where each look waits for the
+            device; on the CPU every step is checked (it costs nothing there).
     """
 
-    def __init__(self, every_n_steps: int = 1) -> None:
+    def __init__(self, every_n_steps: int = 10) -> None:
         self.every_n_steps = max(every_n_steps, 1)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         """Check the step's loss."""
-        if batch_idx % self.every_n_steps:
+        if pl_module.device.type != "cpu" and batch_idx % self.every_n_steps:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and not math.isfinite(float(loss.detach())):

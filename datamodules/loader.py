@@ -68,21 +68,22 @@ class TensorBatchLoader:
         batch_size: rows per batch.
         shuffle, seed, rank, world_size, even: see :class:`IndexSampler`.
         drop_last: drop a final partial batch.
-        lookahead: batches the consumer fetches ahead of the one it trains on. Lightning's
-            fetcher prefetches one, so at a mid-epoch checkpoint one served batch is untrained
-            and must be served again on resume.
+
+    Lightning does not prefetch from iterables that have a length, so at a mid-epoch checkpoint
+    every batch served has been trained on (``tests/test_cli.py`` checks the resumed run ends
+    with the uninterrupted run's weights).
     """
 
     def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 even: bool = True, lookahead: int = 1) -> None:
+                 even: bool = True) -> None:
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
             raise ValueError("all tensors need the same length")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.tensors = tensors
-        self.batch_size, self.drop_last, self.lookahead = batch_size, drop_last, lookahead
+        self.batch_size, self.drop_last = batch_size, drop_last
         self.sampler = IndexSampler(n, shuffle, seed, rank, world_size, even)
         self.batch_sampler = None  # as torch's DataLoader; Lightning inspects both attributes
         self._served = 0  # batches of the current epoch already handed out
@@ -103,8 +104,7 @@ class TensorBatchLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """Position in the epoch, saved by Lightning in mid-epoch checkpoints."""
-        trained = max(self._served - self.lookahead, 0) if self._served else 0
-        return {"epoch": self.sampler.epoch, "trained": trained}
+        return {"epoch": self.sampler.epoch, "trained": self._served}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume on the batch after the last one trained before the checkpoint."""

@@ -74,7 +74,7 @@ class ImageClassifier(TaskModule):
                            "image_size": resize or image_size, **(model_kwargs or {})})
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._init_train_sums(3)  # loss sum, count, correct
         metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro"),
                                     "f1": MulticlassF1Score(num_classes, average="macro")})
         self.val_metrics = metrics.clone(prefix="val/")
@@ -90,14 +90,19 @@ class ImageClassifier(TaskModule):
         return (x, *rest)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        """Cross-entropy on logits; logs ``train/loss`` and ``train/acc``."""
+        """Cross-entropy on logits (``train/loss`` every ``log_every_n_steps``)."""
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self._accumulate_train(loss, (logits.argmax(-1) == y).sum(), n=len(y))
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        """Epoch means over all ranks: ``train/loss_epoch`` and ``train/acc``."""
+        loss_sum, count, correct = self._reduced_train_sums().tolist()
+        if count:
+            self.log("train/loss_epoch", loss_sum / count, on_epoch=True)
+            self.log("train/acc", correct / count, on_epoch=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Loss, accuracy and macro-F1 over the whole validation split (synced across ranks)."""

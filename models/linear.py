@@ -42,7 +42,7 @@ class SoftmaxRegression(nn.Module):
     "linear_regression",
     task="regression",
     data="synthetic_regression",
-    section="3.4",
+    section="3.5",
     recipes={"d2l": Recipe(optimizer="sgd", lr=0.03, batch_size=32, max_epochs=3)},
 )
 def linear_regression(num_inputs: int = 2) -> LinearRegression:

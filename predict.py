@@ -1,0 +1,131 @@
+"""Inference from an export folder with plain PyTorch (this file never imports Lightning).
+
+Examples:
+    python predict.py classify --export runs/RUN/export shoe.png shirt.png --top-k 3
+    python predict.py classify --export runs/RUN/export t10k-images-idx3-ubyte.gz --limit 5
+    python predict.py classify --export runs/RUN/export --eval --data fashion_mnist --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from datamodules.download import DataError
+from datamodules.idx import IDX_DATASETS, load_split, read_idx
+from models import ExportError, load_exported, preprocess_images
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]]:
+    """Read PNG/JPEG files or IDX image files into a uint8 ``(N, C, H, W)`` batch."""
+    pre = config["preprocess"]
+    size, channels = pre["image_size"], pre["in_channels"]
+    batches, names = [], []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise DataError(f"input file {path} does not exist")
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            from torchvision.io import ImageReadMode, decode_image, read_file
+
+            mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+            try:
+                img = decode_image(read_file(str(path)), mode=mode)  # (C, H, W) uint8
+            except RuntimeError as e:
+                raise DataError(f"cannot decode image {path} ({e})") from None
+            if tuple(img.shape[-2:]) != (size, size):  # to the training data's native size
+                img = torch.nn.functional.interpolate(
+                    img[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                    align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+            batches.append(img[None])
+            names.append(str(path))
+        else:
+            arr = read_idx(path)
+            if arr.dim() != 3:
+                raise DataError(f"{path} holds shape {tuple(arr.shape)}, not (N, H, W) images")
+            batches.append(arr[:, None])  # (N, H, W) -> (N, 1, H, W)
+            names += [f"{path}#{i}" for i in range(len(arr))]
+    return torch.cat(batches), names
+
+
+@torch.no_grad()
+def classify_logits(model: torch.nn.Module, config: dict, images: torch.Tensor,
+                    batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
+    """Logits for uint8 images, preprocessed exactly as in training."""
+    pre = config["preprocess"]
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = preprocess_images(images[i:i + batch_size].to(device), pre["mean"], pre["std"],
+                              pre["resize"])
+        out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, len(config["class_names"]))
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """``classify``: top-k labels for files, or accuracy on a dataset split."""
+    model, config = load_exported(args.export, map_location=args.device)
+    if config.get("task") != "image_classification":
+        raise ExportError(f"{args.export} holds a '{config.get('task')}' model, "
+                          "not an image classifier")
+    names = config["class_names"]
+    if args.eval:
+        if args.data not in IDX_DATASETS:
+            raise DataError(f"--eval needs --data, one of: {', '.join(IDX_DATASETS)}")
+        images, labels = load_split(IDX_DATASETS[args.data], args.data_dir, args.split,
+                                    args.seed, args.val_size)
+        logits = classify_logits(model, config, images, args.batch_size, args.device)
+        acc = (logits.argmax(-1) == labels).float().mean().item()
+        print(f"accuracy on {args.data} {args.split} ({len(labels)} images): {acc:.4f}")
+        return 0
+    if not args.inputs:
+        raise DataError("give image files (PNG/JPEG or IDX), or --eval")
+    images, paths = load_images(args.inputs, config)
+    if args.limit:
+        images, paths = images[: args.limit], paths[: args.limit]
+    probs = classify_logits(model, config, images, args.batch_size, args.device).softmax(-1)
+    top = probs.topk(min(args.top_k, probs.shape[-1]), dim=-1)
+    for path, p, idx in zip(paths, top.values.tolist(), top.indices.tolist()):
+        print(f"{path}: " + ", ".join(f"{names[i]} ({q:.3f})" for q, i in zip(p, idx)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI with one sub-command per task family."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("classify", help="label images with an exported image classifier")
+    c.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
+    c.add_argument("inputs", nargs="*", help="PNG/JPEG files or IDX image files")
+    c.add_argument("--top-k", type=int, default=3)
+    c.add_argument("--limit", type=int, default=0, help="classify at most N images")
+    c.add_argument("--eval", action="store_true", help="print accuracy on a dataset split")
+    c.add_argument("--data", choices=sorted(IDX_DATASETS), help="dataset for --eval")
+    c.add_argument("--split", default="test", choices=("train", "val", "test"))
+    c.add_argument("--data-dir", help="data root (else $D2L_DATA_DIR, else ./data)")
+    c.add_argument("--seed", type=int, default=0, help="train/val split seed used in training")
+    c.add_argument("--val-size", type=int, help="validation size used in training")
+    c.add_argument("--batch-size", type=int, default=512)
+    c.add_argument("--device", default="cpu")
+    c.set_defaults(func=cmd_classify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ExportError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

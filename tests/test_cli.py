@@ -1,0 +1,189 @@
+"""train.py / predict.py as a user runs them: errors, resume after a kill, DDP, W&B offline."""
+
+from __future__ import annotations
+
+import glob
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, make_idx_dataset, read_results, run_cli
+from models import load_exported
+
+
+def test_help_and_list() -> None:
+    proc = run_cli("train.py", "--help", check=True)
+    for flag in ("--model", "--data", "--resume", "--precision", "--strategy", "--logger"):
+        assert flag in proc.stdout
+    proc = run_cli("train.py", "--list", check=True)
+    assert "lenet_bn" in proc.stdout and "section" in proc.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "lenet7"], "lenet_bn"),                      # unknown model lists the choices
+    (["--data", "cifar"], "fashion_mnist"),                   # unknown data lists the choices
+    (["--model", "linear_regression", "--data", "mnist"], "synthetic_regression"),  # mismatch
+    (["--model", "lenet", "--recipe", "fancy"], "modern"),    # unknown recipe
+])
+def test_bad_names_exit_2_with_the_valid_choices(args, needle) -> None:
+    proc = run_cli("train.py", *args)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_data_offline_is_one_clear_error(tmp_path) -> None:
+    proc = run_cli("train.py", "--data-dir", str(tmp_path / "empty"), "--run-dir",
+                   str(tmp_path / "run"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    msg = proc.stderr.strip().splitlines()[-1]
+    assert msg.startswith("error: Fashion-MNIST is missing from")
+    assert "train-images-idx3-ubyte.gz" in msg and "D2L_DATA_DIR" in msg
+    assert not (tmp_path / "run").exists()  # nothing created for a run that never started
+
+
+def test_truncated_data_is_one_clear_error(tmp_path) -> None:
+    root = tmp_path / "data"
+    make_idx_dataset(root / "mnist", n_train=48, n_test=12)
+    f = root / "mnist" / "train-images-idx3-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:-30])
+    proc = run_cli("train.py", "--model", "mlp", "--data", "mnist", "--data-dir", str(root),
+                   "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "truncated" in proc.stderr
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("precious: true\n")
+    proc = run_cli("train.py", "--model", "linear_regression", "--run-dir", str(run))
+    assert proc.returncode == 1 and "already holds a run" in proc.stderr
+    assert (run / "config.yaml").read_text() == "precious: true\n"
+
+
+def test_resume_of_a_missing_checkpoint(tmp_path) -> None:
+    proc = run_cli("train.py", "--model", "linear_regression", "--resume", "last",
+                   "--run-dir", str(tmp_path / "nothing"))
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+
+
+def test_predict_rejects_bad_exports(tmp_path) -> None:
+    proc = run_cli("predict.py", "classify", "--export", str(tmp_path), "x.png")
+    assert proc.returncode == 1 and "not an export folder" in proc.stderr
+    # weights that do not match the config
+    run = tmp_path / "run"
+    run_cli("train.py", "--model", "linear_regression", "--run-dir", str(run), "--fast-dev-run",
+            check=True)
+    cfg = (run / "export" / "config.json")
+    cfg.write_text(cfg.read_text().replace('"num_inputs": 2', '"num_inputs": 3'))
+    proc = run_cli("-c", "import sys; from models import load_exported\n"
+                         "try:\n    load_exported(sys.argv[1])\nexcept Exception as e:\n"
+                         "    print(type(e).__name__, e)", str(run / "export"))
+    assert proc.stdout.startswith("ExportError") and "do not match" in proc.stdout
+
+
+def test_export_command_matches_the_fit_export(data_root, tmp_path) -> None:
+    run = tmp_path / "run"
+    run_cli("train.py", "--model", "lenet_bn", "--data", "mnist", "--data-dir", str(data_root),
+            "--max-epochs", "1", "--no-test", "--run-dir", str(run), check=True)
+    out = tmp_path / "exp"
+    run_cli("-m", "callbacks.export", str(run / "checkpoints" / "last.ckpt"), "--out", str(out),
+            check=True)
+    a, cfg_a = load_exported(run / "export")
+    b, cfg_b = load_exported(out)
+    assert cfg_a == cfg_b
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    again = run_cli("-m", "callbacks.export", str(run / "checkpoints" / "last.ckpt"), "--out",
+                    str(out))
+    assert again.returncode == 1 and "--force" in again.stderr  # no silent overwrite
+
+
+def _weights(run: Path) -> dict:
+    return load_exported(run / "export")[0].state_dict()
+
+
+def test_resume_after_kill_continues_exactly(tmp_path) -> None:
+    """Kill mid-run, --resume last: same global step, optimizer state and data order."""
+    root = tmp_path / "data"
+    make_idx_dataset(root / "mnist", n_train=600, n_test=20)
+    common = ["--model", "lenet", "--data", "mnist", "--data-dir", str(root), "--batch-size",
+              "16", "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05", "--max-epochs",
+              "3", "--no-test", "--no-progress-bar", "--ckpt-every-n-steps", "7"]
+    ref = tmp_path / "ref"
+    run_cli("train.py", *common, "--run-dir", str(ref), check=True)
+    total = read_results(ref)["global_step"]
+
+    run = tmp_path / "run"
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, "train.py", *common, "--run-dir", str(run)],
+                            cwd=ROOT, env={**__import__("os").environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists():
+            try:
+                step = torch.load(last, weights_only=True)["global_step"]
+            except Exception:  # being written
+                step = 0
+            if step >= 42:  # mid-epoch 2 (37 steps an epoch)
+                proc.send_signal(signal.SIGKILL)
+                killed_at = step
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_at is not None, "the run finished before it could be killed"
+    assert killed_at < total and not (run / "results.json").exists()
+
+    run_cli("train.py", *common, "--run-dir", str(run), "--resume", "last", check=True)
+    res = read_results(run)
+    assert res["global_step"] == total and res["resumed_from"].endswith("last.ckpt")
+    ref_w, run_w = _weights(ref), _weights(run)
+    for k in ref_w:
+        assert torch.allclose(ref_w[k], run_w[k], atol=1e-5), k
+
+
+def test_ddp_on_cpu_trains_and_syncs_metrics(data_root, tmp_path) -> None:
+    run = tmp_path / "run"
+    proc = run_cli("train.py", "--model", "mlp", "--data", "mnist", "--data-dir", str(data_root),
+                   "--max-epochs", "2", "--batch-size", "32", "--accelerator", "cpu",
+                   "--devices", "2", "--strategy", "ddp", "--run-dir", str(run), timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = read_results(run)
+    # Evaluation is sharded without padding and synced: the DDP test accuracy must equal a
+    # single-process evaluation of the exported model on the whole test split.
+    pred = run_cli("predict.py", "classify", "--export", str(run / "export"), "--eval",
+                   "--data", "mnist", "--split", "test", "--data-dir", str(data_root), check=True)
+    acc = float(pred.stdout.strip().rsplit(" ", 1)[-1])
+    assert abs(acc - res["test/acc"]) < 1e-4
+    assert sum(map(sum, res["test/confusion_matrix"])) == 60  # every test image counted once
+    assert res["global_step"] == 2 * 4  # 220 images, 2 ranks x 32 per step: 4 steps an epoch
+
+
+def test_wandb_offline_without_key_logs_metrics_and_table(data_root, tmp_path) -> None:
+    pytest.importorskip("wandb")
+    from wandb_reader import read_run
+
+    run = tmp_path / "run"
+    proc = run_cli("train.py", "--model", "mlp", "--data", "mnist", "--data-dir", str(data_root),
+                   "--max-epochs", "2", "--logger", "wandb", "--wandb-tags", "test",
+                   "--run-dir", str(run),
+                   env={"WANDB_MODE": "", "WANDB_API_KEY": "", "HOME": str(tmp_path),
+                        "NETRC": str(tmp_path / "none")}, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("logging offline") == 1
+    files = glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(files) == 1
+    logged = read_run(Path(files[0]))
+    assert logged["config"]["arch"] == "mlp"
+    keys = set().union(*logged["history"])
+    assert {"train/loss", "val/acc", "test/acc"} <= keys
+    assert abs(logged["summary"]["test/acc"] - read_results(run)["test/acc"]) < 1e-6
+    assert any(k.startswith("test/predictions") for k in keys)
