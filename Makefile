@@ -19,7 +19,8 @@ install: $(VENV)/.installed
 train: install  ## LeNet on Fashion-MNIST with the d2l recipe
 	$(PY) train.py --model lenet --data fashion_mnist $(ARGS)
 
-test: install  ## the default (fast, offline) test suite
+test: install  ## lint, then the default (fast, offline) test suite
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(ARGS)
 
 test-all: install  ## including slow tests (real data, DDP, W&B)

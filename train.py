@@ -26,6 +26,10 @@ from models import ExportError, format_table, get_spec, model_names
 
 RUN_DIR_ENV = "_D2L_RUN_DIR"  # hands the run folder to DDP child processes
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
+
+
+class ConfigError(Exception):
+    """Flags that Lightning cannot run (exit code 2)."""
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
 
 
@@ -178,7 +182,8 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, module):
     from callbacks import ExportCallback, FiniteLossCheck, ThroughputTimer
 
     loggers: list[Any] = [CSVLogger(run_dir, name="", version="")]
-    callbacks: list[Any] = [FiniteLossCheck(), ThroughputTimer(), ExportCallback(run_dir / "export")]
+    callbacks: list[Any] = [FiniteLossCheck(), ThroughputTimer(),
+                            ExportCallback(run_dir / "export")]
     if cfg["logger"] == "tensorboard":
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     elif cfg["logger"] == "wandb":
@@ -226,8 +231,6 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     import lightning as L
     import yaml
 
-    from callbacks import ThroughputTimer
-
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     resume_ckpt = find_resume(cfg["resume"], cfg["run_dir"]) if cfg["resume"] else None
     dm = build_datamodule(cfg["data"], data_dir=cfg["data_dir"], batch_size=cfg["batch_size"],
@@ -235,20 +238,25 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     dm.prepare_data()  # fail here, before any process is spawned, if the data is missing
     run_dir = prepare_run_dir(cfg, resume_ckpt)
     module = build_module(cfg, dm.data_info())
-    trainer = build_trainer(cfg, run_dir, module)
+    try:
+        trainer = build_trainer(cfg, run_dir, module)
+    except (ValueError, RuntimeError) as e:  # e.g. fsdp without a GPU, an unknown accelerator
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
     if trainer.is_global_zero:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(cfg), sort_keys=False))
-    timer = next(c for c in trainer.callbacks if isinstance(c, ThroughputTimer))
     trainer.fit(module, datamodule=dm, ckpt_path=resume_ckpt, weights_only=True)
     val = _metrics(trainer.callback_metrics, "val/")
+    run_summary = _metrics(trainer.callback_metrics, "run/")  # from ThroughputTimer
     test = {}
     if not cfg["no_test"]:
-        test = {k: float(v) for k, v in trainer.test(module, datamodule=dm, verbose=False)[0].items()}
+        tested = trainer.test(module, datamodule=dm, verbose=False)[0]
+        test = {k: float(v) for k, v in tested.items()}
     results = {
         "model": cfg["model"], "data": cfg["data"], "recipe": cfg["recipe"],
-        "epochs": trainer.current_epoch, "global_step": trainer.global_step,
-        "train_time_sec": round(timer.elapsed, 3),
-        "train_samples_per_sec": round(timer.samples_per_sec, 1),
+        "epochs": int(run_summary.get("run/epochs", 0)),
+        "global_step": int(run_summary.get("run/global_step", 0)),
+        "train_time_sec": round(run_summary.get("run/train_time_sec", 0.0), 3),
+        "train_samples_per_sec": round(run_summary.get("run/train_samples_per_sec", 0.0), 1),
         **val, **test,
         "dataset_sizes": dm.sizes(),
         "resumed_from": str(resume_ckpt) if resume_ckpt else None,
@@ -264,8 +272,10 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _quiet_warnings() -> None:
-    """Drop Lightning messages that do not apply to this codebase (our loaders need no workers,
-    the run folder is shared by design, the CSV logger is always on)."""
+    """Drop Lightning messages that do not apply here.
+
+    Our loaders need no workers, the run folder is shared by design, the CSV logger is always on.
+    """
     import logging
     import warnings
 
@@ -289,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     is_parent = RUN_DIR_ENV not in os.environ
     try:
         results = run(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (DataError, ExportError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -47,7 +47,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, force: bool = False
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m callbacks.export CKPT [--out DIR] [--force]``."""
     p = argparse.ArgumentParser(prog="python -m callbacks.export", description=__doc__)
-    p.add_argument("ckpt", help="a checkpoint written by train.py (e.g. RUN_DIR/checkpoints/last.ckpt)")
+    p.add_argument("ckpt", help="a checkpoint of train.py, e.g. RUN_DIR/checkpoints/last.ckpt")
     p.add_argument("--out", help="export folder (default: RUN_DIR/export-<checkpoint name>)")
     p.add_argument("--force", action="store_true", help="replace an existing export")
     args = p.parse_args(argv)

@@ -87,6 +87,17 @@ class ThroughputTimer(Callback):
         """Stop the clock."""
         self._stop(pl_module)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Publish the run summary as ``run/*`` callback metrics.
+
+        Lightning hands callback metrics back to the main process under ``ddp_spawn``, where
+        this callback's own attributes and the trainer's step counters stay behind.
+        """
+        summary = {"run/train_samples_per_sec": self.samples_per_sec,
+                   "run/train_time_sec": self.elapsed,
+                   "run/global_step": trainer.global_step, "run/epochs": trainer.current_epoch}
+        trainer.callback_metrics.update({k: torch.tensor(float(v)) for k, v in summary.items()})
+
     @property
     def samples_per_sec(self) -> float:
         """Samples per second so far (0 before any step)."""

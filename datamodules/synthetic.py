@@ -45,7 +45,9 @@ class SyntheticRegressionDataModule(TensorDataModule):
         y = X @ self.w + self.b + self.noise * torch.randn(n, generator=g)
         y = y.unsqueeze(1)  # (N,) -> (N, 1), the model's output shape
         a, c = self.num_train, self.num_train + self.num_val
-        self.train_set, self.val_set, self.test_set = (X[:a], y[:a]), (X[a:c], y[a:c]), (X[c:], y[c:])
+        self.train_set = (X[:a], y[:a])
+        self.val_set = (X[a:c], y[a:c])
+        self.test_set = (X[c:], y[c:])
 
     @property
     def num_inputs(self) -> int:

@@ -12,8 +12,15 @@ from typing import Any
 
 from .base import TensorDataModule
 from .download import resolve_data_dir
-from .idx import FASHION_MNIST, MNIST, IDXDataset, default_val_size, load_idx_split, prepare_idx
-from .idx import split_indices
+from .idx import (
+    FASHION_MNIST,
+    MNIST,
+    IDXDataset,
+    default_val_size,
+    load_idx_split,
+    prepare_idx,
+    split_indices,
+)
 
 
 class IDXDataModule(TensorDataModule):

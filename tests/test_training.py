@@ -8,9 +8,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import ROOT, read_results, run_cli
 
 import train
-from conftest import ROOT, read_results, run_cli
 from datamodules.loader import TensorBatchLoader
 from lit_models import ImageClassifier, load_checkpoint
 from models import get_spec, load_exported, model_names
@@ -59,9 +59,11 @@ def test_overfit_one_batch_with_random_labels() -> None:
     y = torch.randint(0, 10, (32,))
     module = ImageClassifier("lenet", model_kwargs={"activation": "relu", "pool": "max"},
                              optimizer="adam", lr=3e-3)
-    trainer = L.Trainer(max_epochs=150, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, train_dataloaders=TensorBatchLoader((x, y), 32))
+    # the same 32 images, 20 times an epoch, in shuffled batches of 32
+    trainer.fit(module, train_dataloaders=TensorBatchLoader((x.repeat(20, 1, 1), y.repeat(20)),
+                                                            32, shuffle=True))
     assert trainer.callback_metrics["train/acc"] == 1.0
     assert trainer.callback_metrics["train/loss_epoch"] < 0.05
 
