@@ -3,7 +3,18 @@
 Nothing here imports Lightning: an exported model is rebuilt with torch and safetensors alone.
 """
 
-from . import lenet, linear, mlp  # noqa: F401  (register the architectures)
+from . import (  # noqa: F401  (register the architectures)
+    alexnet,
+    attention_classifiers,
+    densenet,
+    googlenet,
+    lenet,
+    linear,
+    mlp,
+    nin,
+    resnet,
+    vgg,
+)
 from .export import ExportError, load_exported, read_export_config, save_export
 from .preprocess import preprocess_images
 from .registry import (

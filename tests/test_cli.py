@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, make_idx_dataset, read_results, run_cli
 
+from conftest import ROOT, make_idx_dataset, read_results, run_cli
 from models import load_exported
 
 

@@ -9,8 +9,8 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from conftest import make_idx_dataset, write_idx
 
+from conftest import make_idx_dataset, write_idx
 from datamodules import DataError, build_datamodule, data_names, data_task, resolve_data_dir
 from datamodules.download import RemoteFile, download, ensure_files
 from datamodules.idx import FASHION_MNIST, MNIST, load_split, read_idx, split_indices

@@ -8,9 +8,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, read_results, run_cli
 
 import train
+from conftest import ROOT, read_results, run_cli
 from datamodules.loader import TensorBatchLoader
 from lit_models import ImageClassifier, load_checkpoint
 from models import get_spec, load_exported, model_names
