@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--list", action="store_true", help="print the model registry and exit")
     g = p.add_argument_group("optimisation (default: the recipe's)")
     g.add_argument("--max-epochs", type=int)
+    g.add_argument("--max-steps", type=int, default=-1, help="stop after N steps (-1: off)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
     g.add_argument("--optimizer", choices=OPTIMIZERS)
@@ -179,11 +180,10 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, module):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from callbacks import ExportCallback, FiniteLossCheck, ThroughputTimer
+    from callbacks import ExportCallback, TrainingMonitor
 
     loggers: list[Any] = [CSVLogger(run_dir, name="", version="")]
-    callbacks: list[Any] = [FiniteLossCheck(), ThroughputTimer(),
-                            ExportCallback(run_dir / "export")]
+    callbacks: list[Any] = [TrainingMonitor(), ExportCallback(run_dir / "export")]
     if cfg["logger"] == "tensorboard":
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     elif cfg["logger"] == "wandb":
@@ -209,6 +209,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, module):
     return L.Trainer(
         accelerator=cfg["accelerator"], devices=devices, strategy=cfg["strategy"],
         num_nodes=cfg["num_nodes"], precision=cfg["precision"], max_epochs=cfg["max_epochs"],
+        max_steps=cfg["max_steps"],
         gradient_clip_val=cfg["gradient_clip_val"],
         accumulate_grad_batches=cfg["accumulate_grad_batches"],
         fast_dev_run=cfg["fast_dev_run"], deterministic=cfg["deterministic"] or None,
@@ -246,7 +247,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(cfg), sort_keys=False))
     trainer.fit(module, datamodule=dm, ckpt_path=resume_ckpt, weights_only=True)
     val = _metrics(trainer.callback_metrics, "val/")
-    run_summary = _metrics(trainer.callback_metrics, "run/")  # from ThroughputTimer
+    run_summary = _metrics(trainer.callback_metrics, "run/")  # from TrainingMonitor
     test = {}
     if not cfg["no_test"]:
         tested = trainer.test(module, datamodule=dm, verbose=False)[0]

@@ -1,4 +1,8 @@
-"""Training-time monitoring: throughput over training steps, and a stop on non-finite loss."""
+"""Training-time monitoring: throughput over training steps, and a stop on non-finite loss.
+
+One callback does both: Lightning dispatches every hook to every callback, so each extra
+callback costs a few microseconds per hook, several hooks per step.
+"""
 
 from __future__ import annotations
 
@@ -15,52 +19,30 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-class FiniteLossCheck(Callback):
-    """Stop the run with a clear message when the training loss is NaN or infinite.
-
-    Args:
-        every_n_steps: how often to look on an accelerator, where each look waits for the
-            device; on the CPU every step is checked (it costs nothing there).
-    """
-
-    def __init__(self, every_n_steps: int = 10) -> None:
-        self.every_n_steps = max(every_n_steps, 1)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Check the step's loss."""
-        if pl_module.device.type != "cpu" and batch_idx % self.every_n_steps:
-            return
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not math.isfinite(float(loss.detach())):
-            raise NonFiniteLossError(
-                f"the training loss became {float(loss):g} at step {trainer.global_step} "
-                f"(epoch {trainer.current_epoch}); try a lower --lr or --gradient-clip-val"
-            )
-
-
-class ThroughputTimer(Callback):
-    """Training samples per second, timed over training steps only.
+class TrainingMonitor(Callback):
+    """Time training steps and stop with a clear message when the loss is not finite.
 
     The clock runs from each training epoch's start to its end and pauses while validation
-    runs; the count covers all ranks (``world_size`` times this rank's samples).
+    runs; the sample count covers all ranks (``world_size`` times this rank's samples).
+
+    Args:
+        check_every_n_steps: how often to look at the loss on an accelerator, where each look
+            waits for the device; on the CPU every step is checked (it costs nothing there).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, check_every_n_steps: int = 10) -> None:
+        self.check_every_n_steps = max(check_every_n_steps, 1)
         self.elapsed = 0.0
         self.samples = 0
         self._t0: float | None = None
-
-    def _sync(self, pl_module: L.LightningModule) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
 
     def _start(self) -> None:
         self._t0 = time.perf_counter()
 
     def _stop(self, pl_module: L.LightningModule) -> None:
         if self._t0 is not None:
-            self._sync(pl_module)
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
             self.elapsed += time.perf_counter() - self._t0
             self._t0 = None
 
@@ -70,8 +52,16 @@ class ThroughputTimer(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Count this batch's samples (the target is the last batch element)."""
+        """Count the batch (its target is the last element) and check the loss."""
         self.samples += len(batch[-1]) * trainer.world_size
+        if pl_module.device.type != "cpu" and batch_idx % self.check_every_n_steps:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not math.isfinite(float(loss.detach())):
+            raise NonFiniteLossError(
+                f"the training loss became {float(loss):g} at step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch}); try a lower --lr or --gradient-clip-val"
+            )
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Pause during validation inside a training epoch."""

@@ -58,11 +58,10 @@ class TaskModule(L.LightningModule):
         self.register_buffer("_train_sums", torch.zeros(size), persistent=False)
 
     def _accumulate_train(self, loss: torch.Tensor, *sums: torch.Tensor, n: int) -> None:
-        with torch.no_grad():
-            self._train_sums[0] += loss.detach() * n
-            self._train_sums[1] += n
-            for i, s in enumerate(sums, start=2):
-                self._train_sums[i] += s
+        with torch.no_grad():  # [loss_sum, count, *sums] in one in-place add
+            loss = loss.detach()
+            self._train_sums.add_(torch.stack([loss * n, torch.ones_like(loss) * n,
+                                               *(s.to(loss.dtype) for s in sums)]))
         step = self.trainer.global_step
         if (step + 1) % self.trainer.log_every_n_steps == 0 or step == 0:
             value = {"train/loss": float(loss.detach())}
