@@ -40,7 +40,6 @@ from datamodules.idx import FASHION_MNIST, load_split  # noqa: E402
 from models import build_model, preprocess_images  # noqa: E402
 
 
-
 def plain_loop(images: torch.Tensor, labels: torch.Tensor, steps: int, model_name: str,
                batch: int, lr: float) -> float:
     """(a) images/s of a hand-written loop over in-memory tensors."""
