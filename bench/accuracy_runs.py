@@ -30,6 +30,9 @@ ROWS: list[tuple[str, list[str], float | None]] = [
     ("lenet_bn-modern", ["--model", "lenet_bn", "--recipe", "modern"], 0.90),
     ("lenet-modern-mnist", ["--model", "lenet", "--recipe", "modern", "--data", "mnist"], 0.99),
     ("linear_regression", ["--model", "linear_regression"], None),
+    # The modern CNN zoo and attention classifiers (issue 3); rows that fit a CPU session.
+    ("row_transformer-mnist", ["--model", "row_transformer"], 0.98),
+    ("vit-mnist", ["--model", "vit"], 0.98),
 ]
 
 
