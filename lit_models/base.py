@@ -50,8 +50,8 @@ class TaskModule(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
-    # Training-split bookkeeping. Per-step `self.log` and torchmetrics updates cost 0.3-0.8 ms
-    # each on CPU (docs/results.md), more than 5% of a LeNet step, so training sums stay in one
+    # Training-split bookkeeping. One per-step `self.log` costs ~0.5 ms on CPU
+    # (bench/lightning_overhead.py), ~5% of a LeNet step, so training sums stay in one
     # tensor, the step loss goes to the loggers every `log_every_n_steps` (and at step 0), and
     # epoch means are synced across ranks once per epoch.
     def _init_train_sums(self, size: int) -> None:

@@ -1,0 +1,116 @@
+"""Fixed per-step cost of the Lightning path, measured with a model that has almost no compute.
+
+Softmax regression at batch 16 (µs per step, median over rounds, one process):
+    plain        a hand-written loop (index_select, normalise, forward, backward, SGD step)
+    bare         Trainer + our ImageClassifier, no logger, no checkpoint, our monitor callback
+    bare+log     as bare, plus one ``self.log(on_step, on_epoch)`` per step (what we avoid)
+    train.py     the full path: CSV logger, checkpoints, export, monitor
+
+    python bench/lightning_overhead.py --data-dir ../shared/data [--steps 2000 --rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightning as L  # noqa: E402
+
+import train  # noqa: E402
+from callbacks import TrainingMonitor  # noqa: E402
+from datamodules import build_datamodule  # noqa: E402
+from lit_models import ImageClassifier  # noqa: E402
+from models import build_model, preprocess_images  # noqa: E402
+
+MODEL, BATCH = "softmax_regression", 16
+
+
+class LoggingEveryStep(ImageClassifier):
+    """ImageClassifier that also calls ``self.log`` on every training step."""
+
+    def training_step(self, batch, batch_idx):  # noqa: D102
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss_every_step", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+
+def plain(dm, steps: int) -> float:
+    x_all, y_all = dm.train_set
+    model = build_model(MODEL)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    perm = torch.randperm(len(x_all))
+    start = time.perf_counter()
+    for s in range(steps):
+        idx = perm[(s * BATCH) % (len(perm) - BATCH):][:BATCH]
+        x = preprocess_images(x_all.index_select(0, idx), dm.mean, dm.std)
+        loss = F.cross_entropy(model(x), y_all.index_select(0, idx))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - start) / steps * 1e6
+
+
+def bare(dm, steps: int, cls=ImageClassifier) -> float:
+    module = cls(MODEL, **dm.data_info())
+    monitor = TrainingMonitor()
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[monitor])
+    trainer.fit(module, datamodule=dm)
+    return monitor.elapsed / steps * 1e6
+
+
+def full(data_dir: str, steps: int, run_dir: Path) -> float:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    parser = train.build_parser()
+    args = parser.parse_args([
+        "--model", MODEL, "--data-dir", data_dir, "--batch-size", str(BATCH), "--max-steps",
+        str(steps), "--limit-val-batches", "0", "--no-test", "--no-progress-bar",
+        "--run-dir", str(run_dir)])
+    cfg = train.resolve_config(args, parser)
+    os.environ.pop(train.RUN_DIR_ENV, None)
+    return train.run(cfg)["train_time_sec"] / steps * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=os.environ.get("D2L_DATA_DIR", "data"))
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=3)
+    a = p.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    dm = build_datamodule("fashion_mnist", data_dir=a.data_dir, batch_size=BATCH)
+    dm.setup()
+    tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
+    runners = {"plain": lambda: plain(dm, a.steps), "bare": lambda: bare(dm, a.steps),
+               "bare+log": lambda: bare(dm, a.steps, LoggingEveryStep),
+               "train.py": lambda: full(a.data_dir, a.steps, tmp / "run")}
+    us: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(a.rounds):
+        for name, fn in runners.items():
+            us[name].append(fn())
+    shutil.rmtree(tmp, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in us.items()}
+    print(f"{MODEL}, batch {BATCH}, {a.steps} steps x {a.rounds} rounds, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads")
+    print("| path | us/step (median) | over plain |\n|---|---|---|")
+    for k, v in med.items():
+        print(f"| {k} | {v:.0f} | {v - med['plain']:+.0f} |")
+
+
+if __name__ == "__main__":
+    main()
