@@ -243,8 +243,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         trainer = build_trainer(cfg, run_dir, module)
     except (ValueError, RuntimeError) as e:  # e.g. fsdp without a GPU, an unknown accelerator
         raise ConfigError(str(e).strip().splitlines()[0]) from None
-    if trainer.is_global_zero:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(cfg), sort_keys=False))
+    if trainer.is_global_zero:  # a resumed run keeps the original config.yaml
+        name = "config.yaml"
+        n = 1
+        while resume_ckpt is not None and (run_dir / name).exists():
+            name, n = f"config.resume{n if n > 1 else ''}.yaml", n + 1
+        (run_dir / name).write_text(yaml.safe_dump(_plain(cfg), sort_keys=False))
     trainer.fit(module, datamodule=dm, ckpt_path=resume_ckpt, weights_only=True)
     val = _metrics(trainer.callback_metrics, "val/")
     run_summary = _metrics(trainer.callback_metrics, "run/")  # from TrainingMonitor

@@ -142,7 +142,10 @@ def test_resume_after_kill_continues_exactly(tmp_path) -> None:
     assert killed_at is not None, "the run finished before it could be killed"
     assert killed_at < total and not (run / "results.json").exists()
 
+    original = (run / "config.yaml").read_text()
     run_cli("train.py", *common, "--run-dir", str(run), "--resume", "last", check=True)
+    assert (run / "config.yaml").read_text() == original  # not overwritten
+    assert "resume: last" in (run / "config.resume.yaml").read_text()
     res = read_results(run)
     assert res["global_step"] == total and res["resumed_from"].endswith("last.ckpt")
     ref_w, run_w = _weights(ref), _weights(run)
