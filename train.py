@@ -122,6 +122,12 @@ def resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     return cfg
 
 
+def config_from_argv(argv: list[str]) -> dict[str, Any]:
+    """Parse and resolve ``train.py`` arguments (for running in-process, e.g. benchmarks)."""
+    parser = build_parser()
+    return resolve_config(parser.parse_args(argv), parser)
+
+
 def find_resume(resume: str, run_dir: str | None, runs_root: Path = Path("runs")) -> Path:
     """Resolve ``--resume``: a checkpoint path, or ``last`` of a run folder / the newest run."""
     if resume != "last":
@@ -227,8 +233,17 @@ def _metrics(values: dict[str, Any], prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if k.startswith(prefix)}
 
 
-def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Fit, test, export; return the results written to ``results.json``."""
+def run(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """Fit, test, export; return the results written to ``results.json`` (``None`` off rank 0)."""
+    hands_off_run_dir = RUN_DIR_ENV not in os.environ  # else a DDP child of such a run
+    try:
+        return _run(cfg)
+    finally:
+        if hands_off_run_dir:
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _run(cfg: dict[str, Any]) -> dict[str, Any] | None:
     import lightning as L
     import yaml
 
@@ -270,9 +285,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     cm = getattr(module, "confusion_matrix", None)
     if cm is not None:
         results["test/confusion_matrix"] = cm.tolist()
-    if trainer.is_global_zero:
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    results["_is_global_zero"] = trainer.is_global_zero
+    if not trainer.is_global_zero:
+        return None
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -301,7 +316,6 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table())
         return 0
     cfg = resolve_config(args, parser)
-    is_parent = RUN_DIR_ENV not in os.environ
     try:
         results = run(cfg)
     except ConfigError as e:
@@ -317,10 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: stopped: {e}", file=sys.stderr)
             return 1
         raise
-    finally:
-        if is_parent:  # the run folder was handed to DDP children only for this run
-            os.environ.pop(RUN_DIR_ENV, None)
-    if results.pop("_is_global_zero"):
+    if results is not None:
         shown = {k: round(v, 4) for k, v in results.items()
                  if k.startswith(("val/", "test/")) and isinstance(v, float)}
         print(f"\n{cfg['model']} on {cfg['data']}: {shown}")

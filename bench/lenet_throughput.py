@@ -93,14 +93,11 @@ def ours(data_dir: str, steps: int, run_root: Path, rnd: int, model_name: str, b
     """(ours) images/s of train.py's own Trainer over ``steps`` training steps."""
     import train
 
-    parser = train.build_parser()
-    args = parser.parse_args([
+    cfg = train.config_from_argv([
         "--model", model_name, "--data", "fashion_mnist", "--data-dir", data_dir,
         "--batch-size", str(batch), "--lr", str(lr), "--optimizer", "sgd",
         "--max-epochs", "100", "--max-steps", str(steps), "--limit-val-batches", "0",
         "--no-test", "--no-progress-bar", "--run-dir", str(run_root / f"ours-{rnd}")])
-    cfg = train.resolve_config(args, parser)
-    os.environ.pop(train.RUN_DIR_ENV, None)
     return train.run(cfg)["train_samples_per_sec"]
 
 

@@ -75,13 +75,10 @@ def bare(dm, steps: int, cls=ImageClassifier) -> float:
 
 def full(data_dir: str, steps: int, run_dir: Path) -> float:
     shutil.rmtree(run_dir, ignore_errors=True)
-    parser = train.build_parser()
-    args = parser.parse_args([
+    cfg = train.config_from_argv([
         "--model", MODEL, "--data-dir", data_dir, "--batch-size", str(BATCH), "--max-steps",
         str(steps), "--limit-val-batches", "0", "--no-test", "--no-progress-bar",
         "--run-dir", str(run_dir)])
-    cfg = train.resolve_config(args, parser)
-    os.environ.pop(train.RUN_DIR_ENV, None)
     return train.run(cfg)["train_time_sec"] / steps * 1e6
 
 

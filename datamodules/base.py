@@ -21,8 +21,6 @@ class TensorDataModule(L.LightningDataModule):
         seed: seed of the split and the shuffling.
     """
 
-    task: str = ""
-
     def __init__(self, batch_size: int = 256, seed: int = 0) -> None:
         super().__init__()
         self.batch_size = batch_size

@@ -25,8 +25,6 @@ class SyntheticRegressionDataModule(TensorDataModule):
         val_size: ignored, as ``data_dir``.
     """
 
-    task = "regression"
-
     def __init__(self, w: Sequence[float] = (2.0, -3.4), b: float = 4.2, noise: float = 0.01,
                  num_train: int = 1000, num_val: int = 1000, batch_size: int = 32,
                  seed: int = 0, data_dir: Any = None, val_size: Any = None) -> None:

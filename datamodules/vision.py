@@ -35,7 +35,6 @@ class IDXDataModule(TensorDataModule):
     """
 
     dataset: IDXDataset
-    task = "image_classification"
 
     def __init__(self, data_dir: str | Path | None = None, batch_size: int = 256, seed: int = 0,
                  val_size: int | None = None) -> None:

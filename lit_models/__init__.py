@@ -26,11 +26,12 @@ def task_module(task: str) -> type[TaskModule]:
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TaskModule:
-    """Rebuild the LightningModule of any checkpoint of ours (weights-only loading)."""
+    """Rebuild the LightningModule of any checkpoint of ours (weights-only loading, read once)."""
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    arch = ckpt["hyper_parameters"]["arch"]
-    cls = task_module(get_spec(arch).task)
-    return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    module = task_module(get_spec(hparams["arch"]).task)(**hparams)
+    module.load_state_dict(ckpt["state_dict"])
+    return module
 
 
 __all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "Regressor",

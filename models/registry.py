@@ -49,7 +49,6 @@ class ModelSpec:
     data: str
     section: str
     recipes: dict[str, Recipe]
-    summary: str = ""
     smoke_size: int | None = None
 
     def recipe(self, name: str = "d2l") -> Recipe:
@@ -72,7 +71,6 @@ def register(
     data: str,
     section: str,
     recipes: dict[str, Recipe],
-    summary: str = "",
     smoke_size: int | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that registers a model builder under ``name``.
@@ -83,7 +81,6 @@ def register(
         data: default dataset name for ``train.py``.
         section: the d2l section (or paper) the architecture follows.
         recipes: named recipes; ``"d2l"`` is the book's and the default.
-        summary: one line for ``train.py --list``.
         smoke_size: input side the registry-parametrized tests use for image models (default:
             the recipe's ``resize``, else 28); keep it small so the suite stays fast.
     """
@@ -93,11 +90,7 @@ def register(
             raise ValueError(f"model '{name}' is registered twice")
         if "d2l" not in recipes:
             raise ValueError(f"model '{name}' needs a 'd2l' recipe")
-        doc = (builder.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelSpec(
-            name, builder, task, data, section, dict(recipes), summary or (doc[0] if doc else ""),
-            smoke_size,
-        )
+        _REGISTRY[name] = ModelSpec(name, builder, task, data, section, dict(recipes), smoke_size)
         return builder
 
     return wrap

@@ -87,11 +87,8 @@ def test_run_folder_contents_and_results(data_root, tmp_path) -> None:
     assert {"train/loss", "train/acc", "val/acc", "test/acc"} <= set(header)
 
 
-BLOCK_LIGHTNING = (
-    "import sys\n"
-    "for name in ('lightning', 'pytorch_lightning', 'torchmetrics'):\n"
-    "    sys.modules[name] = None  # any import of them now fails\n"
-)
+# runs a script with Lightning and torchmetrics made unimportable
+WITHOUT_LIGHTNING = str(ROOT / "tests" / "without_lightning.py")
 
 
 @pytest.mark.parametrize("model", FOUNDATION)
@@ -104,7 +101,9 @@ def test_export_round_trip_without_lightning(data_root, tmp_path, model) -> None
     torch.save(images, tmp_path / "images.pt")
     with torch.no_grad():
         expected = module(module.on_after_batch_transfer((images, None), 0)[0])
-    script = BLOCK_LIGHTNING + (
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import sys\n"
         "import torch\n"
         "from models import load_exported, preprocess_images\n"
         f"model, cfg = load_exported({str(run / 'export')!r})\n"
@@ -115,7 +114,7 @@ def test_export_round_trip_without_lightning(data_root, tmp_path, model) -> None
         f"torch.save(logits, {str(tmp_path / 'logits.pt')!r})\n"
         "assert 'lightning' not in sys.modules or sys.modules['lightning'] is None\n"
     )
-    run_cli("-c", script, check=True)
+    run_cli(WITHOUT_LIGHTNING, str(script), check=True)
     got = torch.load(tmp_path / "logits.pt")
     assert torch.allclose(got, expected, atol=1e-6)
     cfg = json.loads((run / "export" / "config.json").read_text())
@@ -130,7 +129,8 @@ def test_predict_cli_matches_test_accuracy_and_labels_files(data_root, tmp_path)
     assert train_in_process(data_root, run, "--model", "lenet", "--recipe", "modern",
                             "--data", "fashion_mnist", "--max-epochs", "2") == 0
     export = str(run / "export")
-    proc = run_cli(BLOCK_PREDICT, "classify", "--export", export, "--eval", "--data",
+    predict = str(ROOT / "predict.py")
+    proc = run_cli(WITHOUT_LIGHTNING, predict, "classify", "--export", export, "--eval", "--data",
                    "fashion_mnist", "--split", "test", "--data-dir", str(data_root), check=True)
     acc = float(proc.stdout.strip().rsplit(" ", 1)[-1])
     assert abs(acc - read_results(run)["test/acc"]) < 1e-4
@@ -140,15 +140,11 @@ def test_predict_cli_matches_test_accuracy_and_labels_files(data_root, tmp_path)
     png = tmp_path / "img.png"
     write_png(torch.randint(0, 255, (1, 56, 56), dtype=torch.uint8), str(png))
     idx = data_root / "fashion-mnist" / "t10k-images-idx3-ubyte"
-    proc = run_cli(BLOCK_PREDICT, "classify", "--export", export, str(png), str(idx),
+    proc = run_cli(WITHOUT_LIGHTNING, predict, "classify", "--export", export, str(png), str(idx),
                    "--limit", "3", "--top-k", "2", check=True)
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 3 and lines[0].startswith(str(png)) and lines[1].endswith(")")
     assert lines[1].count("(") == 2
-
-
-# predict.py run with Lightning made unimportable
-BLOCK_PREDICT = str(ROOT / "tests" / "predict_without_lightning.py")
 
 
 def test_non_finite_loss_stops_with_a_message(tmp_path) -> None:
