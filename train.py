@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from datamodules import DataError, build_datamodule, data_names, data_task
+from datamodules import DataError, build_datamodule, data_names, data_tasks, datamodule_params
 from models import ExportError, format_table, get_spec, model_names
 
 RUN_DIR_ENV = "_D2L_RUN_DIR"  # hands the run folder to DDP child processes
@@ -30,12 +30,30 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 
 class ConfigError(Exception):
     """Flags that Lightning cannot run (exit code 2)."""
+
+
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
 
 
 def _limit(value: str) -> int | float:
     """``--limit-*-batches``: an int is a batch count, a float a fraction."""
     return float(value) if "." in value else int(value)
+
+
+# Named flags routed into the model's constructor, the DataModule's, or the task module's.
+MODEL_FLAGS = ("num_hiddens", "num_layers", "dropout")
+DATA_FLAGS = ("val_size", "num_steps", "level", "sampler", "max_examples", "max_len")
+TASK_FLAGS = ("beam_size", "length_penalty")
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with a YAML-typed value (``3``, ``0.5``, ``true``, ``word``)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    return key, yaml.safe_load(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-size", type=int, help="validation examples (default: 1/12 of train)")
     g.add_argument("--resize", type=int, help="input side length (default: the recipe's)")
     g.add_argument("--list", action="store_true", help="print the model registry and exit")
+    g = p.add_argument_group("sequence models and text data (default: the recipe's)")
+    g.add_argument("--num-hiddens", type=int, help="model width")
+    g.add_argument("--num-layers", type=int, help="stacked layers (deep RNN, Transformer)")
+    g.add_argument("--dropout", type=float, help="dropout")
+    g.add_argument("--num-steps", type=int, help="tokens per sequence (d2l num_steps)")
+    g.add_argument("--level", choices=("char", "word"), help="token level of Time Machine")
+    g.add_argument("--sampler", choices=("random", "sequential"),
+                   help="language-model batches: random windows or sequential partitioning")
+    g.add_argument("--max-examples", type=int, help="use only the first N examples (fra-eng)")
+    g.add_argument("--max-len", type=int, help="longest input sequence (BERT)")
+    g.add_argument("--beam-size", type=int, help="beam search width for evaluation (1: greedy)")
+    g.add_argument("--length-penalty", type=float, help="beam search length penalty alpha")
+    g.add_argument("--model-arg", type=_key_value, action="append", default=[],
+                   metavar="KEY=VALUE", help="any other model constructor argument")
+    g.add_argument("--data-arg", type=_key_value, action="append", default=[],
+                   metavar="KEY=VALUE", help="any other DataModule argument")
     g = p.add_argument_group("optimisation (default: the recipe's)")
     g.add_argument("--max-epochs", type=int)
     g.add_argument("--max-steps", type=int, default=-1, help="stop after N steps (-1: off)")
@@ -103,22 +137,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Check model/data compatibility and fill unset flags from the recipe."""
+    import inspect
+
+    from lit_models import task_module
+
     spec = get_spec(args.model)
     data = args.data or spec.data
-    if data_task(data) != spec.task:
+    if spec.task not in data_tasks(data):
         parser.error(f"model '{spec.name}' ({spec.task}) cannot train on data '{data}' "
-                     f"({data_task(data)}); valid data for it: "
+                     f"({', '.join(data_tasks(data))}); valid data for it: "
                      + ", ".join(data_names(spec.task)))
     try:
         recipe = spec.recipe(args.recipe)
     except KeyError as e:
         parser.error(e.args[0])
     cfg = vars(args).copy()
-    cfg.update(data=data, task=spec.task, section=spec.section, model_kwargs=recipe.model_kwargs)
+    model_kwargs = {**recipe.model_kwargs,
+                    **{k: cfg[k] for k in MODEL_FLAGS if cfg[k] is not None},
+                    **dict(cfg.pop("model_arg"))}
+    data_kwargs = {**recipe.data_kwargs,
+                   **{k: cfg[k] for k in DATA_FLAGS if cfg[k] is not None},
+                   **dict(cfg.pop("data_arg"))}
+    # A flag the model, the DataModule or the task module cannot take is an error, not ignored.
+    builder = inspect.signature(spec.builder).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in builder.values()):
+        for key in model_kwargs.keys() - builder.keys():
+            parser.error(f"model '{spec.name}' takes no '{key}' "
+                         f"(its options: {', '.join(builder)})")
+    accepted = datamodule_params(data, spec.task)
+    for key in data_kwargs.keys() - accepted:
+        parser.error(f"data '{data}' takes no '{key}' (its options: "
+                     f"{', '.join(sorted(accepted - {'data_dir', 'batch_size', 'seed'}))})")
+    task_params = inspect.signature(task_module(spec.task).__init__).parameters
+    for key in TASK_FLAGS:
+        if cfg[key] is not None and key not in task_params:
+            parser.error(f"--{key.replace('_', '-')} does not apply to {spec.task} models")
+    cfg.update(data=data, task=spec.task, section=spec.section, model_kwargs=model_kwargs,
+               data_kwargs=data_kwargs)
     for key in ("max_epochs", "batch_size", "lr", "optimizer", "scheduler", "weight_decay",
                 "momentum", "label_smoothing", "gradient_clip_val", "resize"):
         if cfg[key] is None:
             cfg[key] = getattr(recipe, key)
+    for key in TASK_FLAGS:  # unset: leave the task module's default
+        if cfg[key] is None:
+            del cfg[key]
     return cfg
 
 
@@ -249,8 +311,8 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any] | None:
 
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     resume_ckpt = find_resume(cfg["resume"], cfg["run_dir"]) if cfg["resume"] else None
-    dm = build_datamodule(cfg["data"], data_dir=cfg["data_dir"], batch_size=cfg["batch_size"],
-                          seed=cfg["seed"], val_size=cfg["val_size"])
+    dm = build_datamodule(cfg["data"], cfg["task"], data_dir=cfg["data_dir"],
+                          batch_size=cfg["batch_size"], seed=cfg["seed"], **cfg["data_kwargs"])
     dm.prepare_data()  # fail here, before any process is spawned, if the data is missing
     run_dir = prepare_run_dir(cfg, resume_ckpt)
     module = build_module(cfg, dm.data_info())

@@ -52,8 +52,12 @@ class TrainingMonitor(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Count the batch (its target is the last element) and check the loss."""
-        self.samples += len(batch[-1]) * trainer.world_size
+        """Count the batch's targets (its last element) and check the loss.
+
+        Targets are counted element-wise: images for classifiers, target tokens for sequence
+        models (padding included), so ``samples_per_sec`` is tokens/s for text tasks.
+        """
+        self.samples += batch[-1].numel() * trainer.world_size
         if pl_module.device.type != "cpu" and batch_idx % self.check_every_n_steps:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs

@@ -1,42 +1,70 @@
 """LightningDataModules and the Lightning-free data code they share.
 
 Importing this package does not import Lightning: DataModule classes load on first use, so
-``predict.py`` can use :mod:`datamodules.idx` and :mod:`datamodules.download` with torch alone.
+``predict.py`` can use :mod:`datamodules.idx`, :mod:`datamodules.text` and
+:mod:`datamodules.corpora` with torch alone.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from .download import DataError, resolve_data_dir
 
-# CLI name -> (module, class, task family)
-_DATAMODULES: dict[str, tuple[str, str, str]] = {
-    "mnist": ("datamodules.vision", "MNISTDataModule", "image_classification"),
-    "fashion_mnist": ("datamodules.vision", "FashionMNISTDataModule", "image_classification"),
-    "synthetic_regression": (
-        "datamodules.synthetic", "SyntheticRegressionDataModule", "regression"),
+# CLI name -> {task family: (module, class)}. One name may serve several task families (e.g.
+# ``wikitext2``: language modelling and BERT pretraining); the model's task picks the class.
+_DATAMODULES: dict[str, dict[str, tuple[str, str]]] = {
+    "mnist": {"image_classification": ("datamodules.vision", "MNISTDataModule")},
+    "fashion_mnist": {"image_classification": ("datamodules.vision", "FashionMNISTDataModule")},
+    "synthetic_regression": {
+        "regression": ("datamodules.synthetic", "SyntheticRegressionDataModule")},
 }
 
 
 def data_names(task: str | None = None) -> list[str]:
     """Registered dataset names, optionally of one task family."""
-    return [n for n, (_, _, t) in _DATAMODULES.items() if task is None or t == task]
+    return [n for n, tasks in _DATAMODULES.items() if task is None or task in tasks]
+
+
+def data_tasks(name: str) -> list[str]:
+    """Task families a dataset serves; unknown names raise ``KeyError`` listing the valid ones."""
+    if name not in _DATAMODULES:
+        raise KeyError(f"unknown data '{name}'; choose from: " + ", ".join(_DATAMODULES))
+    return list(_DATAMODULES[name])
 
 
 def data_task(name: str) -> str:
-    """Task family a dataset serves; unknown names raise ``KeyError`` listing the valid ones."""
-    if name not in _DATAMODULES:
-        raise KeyError(f"unknown data '{name}'; choose from: " + ", ".join(_DATAMODULES))
-    return _DATAMODULES[name][2]
+    """The (first) task family a dataset serves."""
+    return data_tasks(name)[0]
 
 
-def build_datamodule(name: str, **kwargs: Any):
-    """Instantiate the DataModule registered as ``name`` (imports Lightning)."""
-    data_task(name)
-    module, cls, _ = _DATAMODULES[name]
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+def datamodule_class(name: str, task: str | None = None) -> type:
+    """The DataModule class of ``name`` for ``task`` (default: its first task; imports it)."""
+    tasks = data_tasks(name)
+    task = task or tasks[0]
+    if task not in tasks:
+        raise KeyError(f"data '{name}' serves {', '.join(tasks)}, not {task}")
+    module, cls = _DATAMODULES[name][task]
+    return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["DataError", "build_datamodule", "data_names", "data_task", "resolve_data_dir"]
+def datamodule_params(name: str, task: str | None = None) -> set[str]:
+    """Constructor arguments the DataModule accepts (for routing ``--data-arg`` flags)."""
+    return set(inspect.signature(datamodule_class(name, task).__init__).parameters) - {"self"}
+
+
+def build_datamodule(name: str, task: str | None = None, **kwargs: Any):
+    """Instantiate the DataModule registered as ``name`` (for ``task``; imports Lightning).
+
+    Keyword arguments the class does not take are dropped only when their value is ``None``
+    (an unset flag); any other unknown argument raises ``TypeError``.
+    """
+    cls = datamodule_class(name, task)
+    accepted = datamodule_params(name, task)
+    return cls(**{k: v for k, v in kwargs.items() if k in accepted or v is not None})
+
+
+__all__ = ["DataError", "build_datamodule", "data_names", "data_task", "data_tasks",
+           "datamodule_class", "datamodule_params", "resolve_data_dir"]

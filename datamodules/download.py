@@ -34,11 +34,17 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A file of a dataset: its name, checksum (``algo:hex``) and mirror base URLs."""
+    """A file of a dataset: its name, checksum (``algo:hex``) and mirror base URLs.
+
+    ``remote_name`` is the file's name on the mirrors when it differs from ``name``;
+    ``source`` says where to get the file by hand when there is no mirror.
+    """
 
     name: str
     checksum: str
     mirrors: Sequence[str]
+    remote_name: str | None = None
+    source: str | None = None
 
 
 def file_digest(path: str | os.PathLike, algo: str) -> str:
@@ -61,7 +67,7 @@ def download(remote: RemoteFile, folder: Path, timeout: float = 30.0) -> Path:
     target = folder / remote.name
     errors = []
     for base in remote.mirrors:
-        url = base.rstrip("/") + "/" + remote.name
+        url = base.rstrip("/") + "/" + (remote.remote_name or remote.name)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{remote.name}.", suffix=".part")
@@ -83,6 +89,8 @@ def download(remote: RemoteFile, folder: Path, timeout: float = 30.0) -> Path:
             errors.append(f"{url}: {getattr(e, 'reason', None) or e}")
         finally:
             Path(tmp).unlink(missing_ok=True)
+    if not errors:
+        errors.append("no download mirror is known")
     raise DataError(f"could not download {remote.name}: " + "; ".join(errors))
 
 
@@ -103,7 +111,8 @@ def ensure_files(
             failures.append(str(e))
     if failures:
         names = ", ".join(f.name for f in missing)
-        source = missing[0].mirrors[0] if missing[0].mirrors else "its publisher"
+        first = missing[0]
+        source = first.source or (first.mirrors[0] if first.mirrors else "its publisher")
         raise DataError(
             f"{title} is missing from {folder.resolve()} ({names}) and could not be downloaded "
             f"({failures[0]}). Get the files from {source} and put them in that folder, or point "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import lightning as L
@@ -40,6 +41,22 @@ class TaskModule(L.LightningModule):
 
     monitor: tuple[str, str] = ("val/loss", "min")
     task: str = ""
+    #: hyper-parameters kept in checkpoints but not sent to loggers (e.g. a 33k-token vocab)
+    unlogged_hparams: tuple[str, ...] = ()
+
+    def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None,
+                             logger: bool = True) -> None:
+        """As Lightning's; with ``unlogged_hparams``, loggers get the rest in ``on_fit_start``."""
+        super().save_hyperparameters(*args, ignore=ignore,
+                                     frame=frame or inspect.currentframe().f_back,
+                                     logger=logger and not self.unlogged_hparams)
+
+    def on_fit_start(self) -> None:
+        """Log the hyper-parameters minus ``unlogged_hparams`` (when there are any)."""
+        if self.unlogged_hparams:
+            shown = {k: v for k, v in self.hparams.items() if k not in self.unlogged_hparams}
+            for logger in self.loggers:
+                logger.log_hyperparams(shown)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets this string on every hook call, ~40 times a training step; through

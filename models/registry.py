@@ -19,6 +19,7 @@ class Recipe:
     """A training recipe: the hyper-parameters a book section (or our improved variant) uses.
 
     ``model_kwargs`` change the architecture itself (e.g. ReLU instead of sigmoid);
+    ``data_kwargs`` are DataModule arguments (e.g. ``num_steps``, ``level`` for text);
     ``resize`` is the input side length the model is trained at (``None``: native size).
     """
 
@@ -33,6 +34,7 @@ class Recipe:
     label_smoothing: float = 0.0
     gradient_clip_val: float | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, for configs and tables."""
