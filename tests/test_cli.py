@@ -36,6 +36,26 @@ def test_bad_names_exit_2_with_the_valid_choices(args, needle) -> None:
     assert needle in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--num-steps", "5"], "data 'fashion_mnist' takes no 'num_steps'"),
+    (["--model-arg", "depth=3"], "model 'lenet' takes no 'depth'"),
+    (["--model-arg", "oops"], "expected KEY=VALUE"),
+    (["--beam-size", "4"], "--beam-size does not apply to image_classification"),
+])
+def test_flags_a_model_or_dataset_cannot_take_exit_2(args, needle) -> None:
+    proc = run_cli("train.py", "--model", "lenet", *args)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_model_and_data_args_reach_the_constructors(tmp_path) -> None:
+    import train
+
+    cfg = train.config_from_argv(["--model", "lenet", "--model-arg", "activation=relu",
+                                  "--data-arg", "val_size=100", "--val-size", "50"])
+    assert cfg["model_kwargs"] == {"activation": "relu"}
+    assert cfg["data_kwargs"] == {"val_size": 100}  # --data-arg wins over the named flag
+
+
 def test_missing_data_offline_is_one_clear_error(tmp_path) -> None:
     proc = run_cli("train.py", "--data-dir", str(tmp_path / "empty"), "--run-dir",
                    str(tmp_path / "run"))
