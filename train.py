@@ -314,8 +314,11 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any] | None:
     dm = build_datamodule(cfg["data"], cfg["task"], data_dir=cfg["data_dir"],
                           batch_size=cfg["batch_size"], seed=cfg["seed"], **cfg["data_kwargs"])
     dm.prepare_data()  # fail here, before any process is spawned, if the data is missing
+    try:  # before the run folder exists, so a refused configuration leaves nothing behind
+        module = build_module(cfg, dm.data_info())
+    except ValueError as e:  # options the model cannot take together, e.g. impossible tying
+        raise ConfigError(f"model '{cfg['model']}': {e}") from None
     run_dir = prepare_run_dir(cfg, resume_ckpt)
-    module = build_module(cfg, dm.data_info())
     try:
         trainer = build_trainer(cfg, run_dir, module)
     except (ValueError, RuntimeError) as e:  # e.g. fsdp without a GPU, an unknown accelerator
