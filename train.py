@@ -264,7 +264,11 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, module):
     ckpt_dir = run_dir / "checkpoints"
     callbacks.append(ModelCheckpoint(
         ckpt_dir, filename="best-{epoch:02d}-{step}", monitor=metric, mode=mode, save_top_k=1,
-        save_last=True, auto_insert_metric_name=False))
+        auto_insert_metric_name=False))
+    # last.ckpt every epoch. Lightning 2.6's `save_last=True` on the monitored callback above
+    # rewrites it only in epochs that improve the metric, which would leave it stale.
+    callbacks.append(ModelCheckpoint(ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                     enable_version_counter=False))
     if cfg["ckpt_every_n_steps"]:
         callbacks.append(ModelCheckpoint(ckpt_dir, every_n_train_steps=cfg["ckpt_every_n_steps"],
                                          save_top_k=0, save_last=True))

@@ -68,6 +68,18 @@ def test_overfit_one_batch_with_random_labels() -> None:
     assert trainer.callback_metrics["train/loss_epoch"] < 0.05
 
 
+def test_last_checkpoint_is_the_final_state_even_without_improvement(data_root,
+                                                                      tmp_path) -> None:
+    """With lr 0 the metric never improves after epoch 0; last.ckpt must still be current."""
+    run = tmp_path / "run"
+    assert train_in_process(data_root, run, "--model", "mlp", "--data", "mnist", "--lr", "0",
+                            "--max-epochs", "3", "--no-test") == 0
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == read_results(run)["global_step"] > 0
+    assert ckpt["epoch"] == 2
+    assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
+
+
 def test_run_folder_contents_and_results(data_root, tmp_path) -> None:
     run = tmp_path / "run"
     assert train_in_process(data_root, run, "--model", "mlp", "--data", "mnist",
