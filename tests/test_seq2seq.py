@@ -311,3 +311,23 @@ def test_real_corpus_split_sizes(real_data_dir) -> None:
     sizes = dm.sizes()
     assert sum(sizes.values()) == 167_130
     assert {p[0] for p in dm.split_pairs["test"]}.isdisjoint(p[0] for p in dm.split_pairs["train"])
+
+
+def test_wandb_gets_translation_table_and_heatmaps_but_no_vocab(fra_root, tmp_path) -> None:
+    pytest.importorskip("wandb")
+    import glob
+
+    from wandb_reader import read_run
+
+    run = tmp_path / "run"
+    run_cli("train.py", "--model", "seq2seq_bahdanau", "--data", "fra_eng", "--data-dir",
+            str(fra_root), "--run-dir", str(run), "--no-progress-bar", "--max-examples", "80",
+            "--max-epochs", "1", "--num-hiddens", "16", "--model-arg", "embed_size=8",
+            "--logger", "wandb", "--no-test", check=True, timeout=240)
+    files = glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
+    logged = read_run(Path(files[0]))
+    keys = set().union(*logged["history"])
+    assert "val/bleu" in keys and "val/translations/_type" in keys
+    assert "attention/captions" in keys  # the heatmaps, as W&B images
+    assert logged["config"]["arch"] == "seq2seq_bahdanau"
+    assert "src_vocab" not in logged["config"] and "tgt_vocab" not in logged["config"]
