@@ -4,6 +4,7 @@ Examples:
     python predict.py classify --export runs/RUN/export shoe.png shirt.png --top-k 3
     python predict.py classify --export runs/RUN/export t10k-images-idx3-ubyte.gz --limit 5
     python predict.py classify --export runs/RUN/export --eval --data fashion_mnist --split test
+    python predict.py translate --export runs/RUN/export "I'm home." "He's calm." --beam-size 4
 """
 
 from __future__ import annotations
@@ -94,6 +95,41 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_translate(args: argparse.Namespace) -> int:
+    """``translate``: English sentences to French, preprocessed exactly as in training."""
+    from datamodules.fra_eng_text import (
+        PREPROCESS,
+        detokenize,
+        encode_source,
+        preprocess_fra_eng,
+        tokenize_sentence,
+    )
+    from datamodules.text import Vocab
+    from models.decoding import decode
+
+    model, config = load_exported(args.export, map_location=args.device)
+    if config.get("task") != "seq2seq":
+        raise ExportError(f"{args.export} holds a '{config.get('task')}' model, "
+                          "not a translation model")
+    if config.get("preprocess") != PREPROCESS:
+        raise ExportError(f"{args.export}: unknown preprocessing '{config.get('preprocess')}'")
+    if not args.sentences:
+        raise DataError("give one or more English sentences to translate")
+    src_vocab = Vocab.from_tokens(config["src_vocab"])
+    tgt_vocab = Vocab.from_tokens(config["tgt_vocab"])
+    special = config["special_tokens"]
+    lines = [tokenize_sentence(preprocess_fra_eng(s)) for s in args.sentences]
+    src, valid = encode_source(lines, src_vocab, config["num_steps"])
+    beam = args.beam_size if args.beam_size is not None else config.get("beam_size", 1)
+    alpha = (args.length_penalty if args.length_penalty is not None
+             else config.get("length_penalty", 0.0))
+    hyps = decode(model, src.to(args.device), valid.to(args.device), tgt_vocab[special["bos"]],
+                  tgt_vocab[special["eos"]], args.max_len or config["max_decode_len"], beam, alpha)
+    for sentence, hyp in zip(args.sentences, hyps):
+        print(f"{sentence} => {detokenize(hyp, tgt_vocab)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI with one sub-command per task family."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -114,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=512)
     c.add_argument("--device", default="cpu")
     c.set_defaults(func=cmd_classify)
+    t = sub.add_parser("translate", help="translate English sentences with an exported model")
+    t.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
+    t.add_argument("sentences", nargs="*", help="English sentences")
+    t.add_argument("--beam-size", type=int, help="beam width (default: the export's; 1: greedy)")
+    t.add_argument("--length-penalty", type=float, help="GNMT length-penalty alpha")
+    t.add_argument("--max-len", type=int, help="most generated tokens (default: the export's)")
+    t.add_argument("--device", default="cpu")
+    t.set_defaults(func=cmd_translate)
     return p
 
 

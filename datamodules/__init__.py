@@ -20,6 +20,7 @@ _DATAMODULES: dict[str, dict[str, tuple[str, str]]] = {
     "fashion_mnist": {"image_classification": ("datamodules.vision", "FashionMNISTDataModule")},
     "synthetic_regression": {
         "regression": ("datamodules.synthetic", "SyntheticRegressionDataModule")},
+    "fra_eng": {"seq2seq": ("datamodules.fra_eng", "EngFraDataModule")},
 }
 
 

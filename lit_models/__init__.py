@@ -11,10 +11,12 @@ from models import get_spec
 from .base import OPTIMIZERS, SCHEDULERS, TaskModule
 from .image_classifier import ImageClassifier
 from .regressor import Regressor
+from .seq2seq import Seq2Seq
 
 TASK_MODULES: dict[str, type[TaskModule]] = {
     "image_classification": ImageClassifier,
     "regression": Regressor,
+    "seq2seq": Seq2Seq,
 }
 
 
@@ -35,4 +37,4 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TaskModule:
 
 
 __all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "Regressor",
-           "TaskModule", "load_checkpoint", "task_module"]
+           "Seq2Seq", "TaskModule", "load_checkpoint", "task_module"]

@@ -13,6 +13,8 @@ from . import (  # noqa: F401  (register the architectures)
     mlp,
     nin,
     resnet,
+    seq2seq,
+    transformer,
     vgg,
 )
 from .export import ExportError, load_exported, read_export_config, save_export
