@@ -20,6 +20,7 @@ _DATAMODULES: dict[str, dict[str, tuple[str, str]]] = {
     "fashion_mnist": {"image_classification": ("datamodules.vision", "FashionMNISTDataModule")},
     "synthetic_regression": {
         "regression": ("datamodules.synthetic", "SyntheticRegressionDataModule")},
+    "wikitext2": {"masked_lm": ("datamodules.bert", "BERTPretrainDataModule")},
 }
 
 

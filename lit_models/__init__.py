@@ -10,11 +10,13 @@ from models import get_spec
 
 from .base import OPTIMIZERS, SCHEDULERS, TaskModule
 from .image_classifier import ImageClassifier
+from .masked_lm import MaskedLM
 from .regressor import Regressor
 
 TASK_MODULES: dict[str, type[TaskModule]] = {
     "image_classification": ImageClassifier,
     "regression": Regressor,
+    "masked_lm": MaskedLM,
 }
 
 
@@ -34,5 +36,5 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TaskModule:
     return module
 
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "Regressor",
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "MaskedLM", "Regressor",
            "TaskModule", "load_checkpoint", "task_module"]
