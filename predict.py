@@ -5,6 +5,8 @@ Examples:
     python predict.py classify --export runs/RUN/export t10k-images-idx3-ubyte.gz --limit 5
     python predict.py classify --export runs/RUN/export --eval --data fashion_mnist --split test
     python predict.py translate --export runs/RUN/export "I'm home." "He's calm." --beam-size 4
+    python predict.py fill-mask --export runs/RUN/export "the time <mask> was invented ."
+    python predict.py embed --export runs/RUN/export/encoder "a sentence ." "a second one ."
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from datamodules.download import DataError
 from datamodules.idx import IDX_DATASETS, load_split, read_idx
 from models import ExportError, load_exported, preprocess_images
+from models.bert import encode_bert_input, fill_mask
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -127,6 +130,53 @@ def cmd_translate(args: argparse.Namespace) -> int:
                   tgt_vocab[special["eos"]], args.max_len or config["max_decode_len"], beam, alpha)
     for sentence, hyp in zip(args.sentences, hyps):
         print(f"{sentence} => {detokenize(hyp, tgt_vocab)}")
+def _bert_words(text: str | None, config: dict) -> list[str] | None:
+    """Word tokens as in pretraining (lower-cased, split on whitespace)."""
+    if text is None:
+        return None
+    return (text.lower() if config.get("lowercase", True) else text).split()
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    """``fill-mask``: the top-k tokens at each ``<mask>`` of a sentence (or pair)."""
+    model, config = load_exported(args.export, map_location=args.device)
+    if config.get("task") != "masked_lm":
+        raise ExportError(f"{args.export} holds a '{config.get('task')}' model, not a masked "
+                          "language model (use the export folder, not export/encoder)")
+    try:
+        results = fill_mask(model, config["vocab"], _bert_words(args.text, config),
+                            _bert_words(args.second, config), args.top_k, config["max_len"])
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    for pos, preds in results:
+        print(f"<mask> at {pos}: " + ", ".join(f"{t} ({p:.3f})" for t, p in preds))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """``embed``: the ``<cls>`` and token encodings of a sentence or pair (BERT encoder)."""
+    model, config = load_exported(args.export, map_location=args.device)
+    task = config.get("task")
+    if task not in ("masked_lm", "text_encoding"):
+        raise ExportError(f"{args.export} holds a '{task}' model, not a BERT (encoder)")
+    encoder = model.encoder if task == "masked_lm" else model
+    token_to_idx = {t: i for i, t in enumerate(config["vocab"])}
+    try:
+        ids, segments, valid_lens, tokens = encode_bert_input(
+            token_to_idx, _bert_words(args.text, config), _bert_words(args.second, config),
+            config["max_len"])
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    with torch.no_grad():
+        encoded = encoder(ids.to(args.device), segments.to(args.device),
+                          valid_lens.to(args.device))[0].float().cpu()  # (L, H)
+    print("tokens:", " ".join(tokens))
+    print(f"token encodings: {tuple(encoded.shape)}; <cls> encoding: ({encoded.shape[1]},)")
+    print("<cls>[:8]:", " ".join(f"{v:.4f}" for v in encoded[0, :8].tolist()))
+    if args.out:
+        torch.save({"cls": encoded[0], "encodings": encoded, "tokens": tokens,
+                    "segments": segments[0]}, args.out)
+        print(f"saved to {args.out}")
     return 0
 
 
@@ -158,6 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-len", type=int, help="most generated tokens (default: the export's)")
     t.add_argument("--device", default="cpu")
     t.set_defaults(func=cmd_translate)
+    f = sub.add_parser("fill-mask", help="top-k tokens at each <mask> (exported BERT)")
+    f.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
+    f.add_argument("text", help='e.g. "the time <mask> was invented ."')
+    f.add_argument("second", nargs="?", help="optional second sentence (segment B)")
+    f.add_argument("--top-k", type=int, default=5)
+    f.add_argument("--device", default="cpu")
+    f.set_defaults(func=cmd_fill_mask)
+    e = sub.add_parser("embed", help="<cls> and token encodings (exported BERT or encoder)")
+    e.add_argument("--export", required=True,
+                   help="RUN_DIR/export/encoder (or the whole model's RUN_DIR/export)")
+    e.add_argument("text", help="a sentence")
+    e.add_argument("second", nargs="?", help="optional second sentence (segment B)")
+    e.add_argument("--out", help="save {cls, encodings, tokens, segments} with torch.save")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_embed)
     return p
 
 

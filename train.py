@@ -237,7 +237,9 @@ def build_module(cfg: dict[str, Any], data_info: dict[str, Any]):
     from lit_models import task_module
 
     cls = task_module(cfg["task"])
-    candidates = {**data_info, **cfg, "arch": cfg["model"]}
+    # An unset flag (None) never hides what the data reports (e.g. a vocabulary's max_len).
+    flags = {k: v for k, v in cfg.items() if v is not None or k not in data_info}
+    candidates = {**data_info, **flags, "arch": cfg["model"]}
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in candidates.items() if k in accepted})
 

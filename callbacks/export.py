@@ -17,8 +17,23 @@ from models import save_export
 from models.export import CONFIG_NAME
 
 
+def save_module_exports(module: L.LightningModule, out_dir: str | Path) -> Path:
+    """Export ``module.model`` to ``out_dir``, plus its extra parts to sub-folders.
+
+    A task module may define ``extra_exports() -> {name: (nn.Module, config)}``; each part is
+    saved to ``out_dir/name`` (other task modules export exactly as before).
+    """
+    out = save_export(module.model, module.export_config(), out_dir)
+    extra = getattr(module, "extra_exports", None)
+    for name, (part, config) in (extra() if callable(extra) else {}).items():
+        save_export(part, config, out / name)
+    return out
+
+
 class ExportCallback(Callback):
     """Write ``out_dir`` (weights + config) from global rank 0 when fit ends.
+
+    Task modules may export extra parts (e.g. BERT's encoder) through ``extra_exports()``.
 
     Args:
         out_dir: the export folder, usually ``RUN_DIR/export``.
@@ -30,7 +45,7 @@ class ExportCallback(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Export the final weights."""
         if trainer.is_global_zero:
-            save_export(pl_module.model, pl_module.export_config(), self.out_dir)
+            save_module_exports(pl_module, self.out_dir)
 
 
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, force: bool = False) -> Path:
@@ -41,7 +56,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, force: bool = False
     if (out / CONFIG_NAME).exists() and not force:
         raise FileExistsError(f"{out} already holds an export; pass --force to replace it")
     module = load_checkpoint(ckpt)
-    return save_export(module.model, module.export_config(), out)
+    return save_module_exports(module, out)
 
 
 def main(argv: list[str] | None = None) -> int:

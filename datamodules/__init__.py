@@ -21,6 +21,7 @@ _DATAMODULES: dict[str, dict[str, tuple[str, str]]] = {
     "synthetic_regression": {
         "regression": ("datamodules.synthetic", "SyntheticRegressionDataModule")},
     "fra_eng": {"seq2seq": ("datamodules.fra_eng", "EngFraDataModule")},
+    "wikitext2": {"masked_lm": ("datamodules.bert", "BERTPretrainDataModule")},
 }
 
 

@@ -10,6 +10,7 @@ from models import get_spec
 
 from .base import OPTIMIZERS, SCHEDULERS, TaskModule
 from .image_classifier import ImageClassifier
+from .masked_lm import MaskedLM
 from .regressor import Regressor
 from .seq2seq import Seq2Seq
 
@@ -17,6 +18,7 @@ TASK_MODULES: dict[str, type[TaskModule]] = {
     "image_classification": ImageClassifier,
     "regression": Regressor,
     "seq2seq": Seq2Seq,
+    "masked_lm": MaskedLM,
 }
 
 
@@ -36,5 +38,5 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TaskModule:
     return module
 
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "Regressor",
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "MaskedLM", "Regressor",
            "Seq2Seq", "TaskModule", "load_checkpoint", "task_module"]

@@ -6,6 +6,7 @@ Nothing here imports Lightning: an exported model is rebuilt with torch and safe
 from . import (  # noqa: F401  (register the architectures)
     alexnet,
     attention_classifiers,
+    bert,
     densenet,
     googlenet,
     lenet,
