@@ -190,11 +190,13 @@ def test_unigram_baseline_counts_real_slots_only() -> None:
     assert unigram_baseline(weights, labels, token=9)[1] == pytest.approx(1 / 3)
 
 
-def test_fast_dev_run_and_export_round_trip(wiki_root, tmp_path) -> None:
+def test_short_run_export_round_trip_and_checkpoint(wiki_root, tmp_path) -> None:
     run = tmp_path / "run"
     assert train.main(["--model", "bert_tiny", "--data", "wikitext2", "--max-len", "32",
                        "--batch-size", "8", "--model-arg", "num_hiddens=32",
-                       "--model-arg", "ffn_num_hiddens=64", "--fast-dev-run", "--data-dir",
+                       "--model-arg", "ffn_num_hiddens=64", "--max-epochs", "1",
+                       "--limit-train-batches", "1", "--limit-val-batches", "1",
+                       "--limit-test-batches", "1", "--data-dir",
                        str(wiki_root), "--run-dir", str(run), "--no-progress-bar"]) == 0
     res = read_results(run)
     for key in ("val/mlm_loss", "val/mlm_acc", "val/mlm_ppl", "val/nsp_acc", "test/nsp_acc"):
