@@ -7,12 +7,15 @@ from . import (  # noqa: F401  (register the architectures)
     alexnet,
     attention_classifiers,
     densenet,
+    generate,
     googlenet,
+    gpt,
     lenet,
     linear,
     mlp,
     nin,
     resnet,
+    rnn,
     vgg,
 )
 from .export import ExportError, load_exported, read_export_config, save_export
