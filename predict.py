@@ -4,6 +4,7 @@ Examples:
     python predict.py classify --export runs/RUN/export shoe.png shirt.png --top-k 3
     python predict.py classify --export runs/RUN/export t10k-images-idx3-ubyte.gz --limit 5
     python predict.py classify --export runs/RUN/export --eval --data fashion_mnist --split test
+    python predict.py generate --export runs/RUN/export --prefix "time traveller" --num-tokens 100
 """
 
 from __future__ import annotations
@@ -94,6 +95,37 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``generate``: continue a prompt with an exported language model (plain PyTorch)."""
+    from datamodules.text import TEXT_PREPROCESSORS, Vocab, join_tokens, tokenize
+    from models.generate import generate
+
+    if args.temperature < 0 or args.top_k < 0 or args.num_tokens < 0:
+        print("error: --temperature, --top-k and --num-tokens must be >= 0", file=sys.stderr)
+        return 2
+    model, config = load_exported(args.export, map_location=args.device)
+    if config.get("task") != "language_modeling":
+        raise ExportError(f"{args.export} holds a '{config.get('task')}' model, "
+                          "not a language model")
+    vocab, text = Vocab.from_tokens(config["vocab"]), config["text"]
+    prefix = text["prefix"] if args.prefix is None else args.prefix
+    # exactly as the training text: preprocess, tokenize, look up (datamodules.text.encode_prompt)
+    tokens = tokenize(TEXT_PREPROCESSORS[text["preprocess"]](prefix), text["level"])
+    if not tokens:
+        raise DataError(f"the prefix {prefix!r} holds no token after preprocessing")
+    unknown = sorted({t for t in tokens if t not in vocab})
+    if unknown:
+        print(f"note: not in the vocabulary, read as <unk>: {' '.join(map(repr, unknown))}",
+              file=sys.stderr)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    new = generate(model, vocab.encode(tokens).to(args.device), args.num_tokens,
+                   temperature=args.temperature, top_k=args.top_k, generator=gen)
+    sep = "" if text["level"] == "char" else " "
+    print(join_tokens(tokens, text["level"]) + sep
+          + join_tokens(vocab.to_tokens(new.cpu()), text["level"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI with one sub-command per task family."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -114,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=512)
     c.add_argument("--device", default="cpu")
     c.set_defaults(func=cmd_classify)
+    g = sub.add_parser("generate", help="continue a prompt with an exported language model")
+    g.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
+    g.add_argument("--prefix", help="prompt (default: the one sampled during training)")
+    g.add_argument("--num-tokens", type=int, default=100, help="tokens to generate")
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(func=cmd_generate)
     return p
 
 

@@ -20,6 +20,10 @@ _DATAMODULES: dict[str, dict[str, tuple[str, str]]] = {
     "fashion_mnist": {"image_classification": ("datamodules.vision", "FashionMNISTDataModule")},
     "synthetic_regression": {
         "regression": ("datamodules.synthetic", "SyntheticRegressionDataModule")},
+    "time_machine": {
+        "language_modeling": ("datamodules.timemachine", "TimeMachineDataModule")},
+    "wikitext2": {"language_modeling": ("datamodules.wikitext", "WikiText2DataModule")},
+    "wikitext103": {"language_modeling": ("datamodules.wikitext", "WikiText103DataModule")},
 }
 
 

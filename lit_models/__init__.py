@@ -10,10 +10,12 @@ from models import get_spec
 
 from .base import OPTIMIZERS, SCHEDULERS, TaskModule
 from .image_classifier import ImageClassifier
+from .language_model import LanguageModel
 from .regressor import Regressor
 
 TASK_MODULES: dict[str, type[TaskModule]] = {
     "image_classification": ImageClassifier,
+    "language_modeling": LanguageModel,
     "regression": Regressor,
 }
 
@@ -34,5 +36,5 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TaskModule:
     return module
 
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "Regressor",
-           "TaskModule", "load_checkpoint", "task_module"]
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "LanguageModel",
+           "Regressor", "TaskModule", "load_checkpoint", "task_module"]
