@@ -83,6 +83,22 @@ def test_book_gru_is_a_different_function_and_follows_its_equation() -> None:
         StackedRNNScratch("lstm", 4, 3).load_torch(nn.GRU(4, 3))
 
 
+def test_lstm_parameters_follow_the_books_named_equations() -> None:
+    """The d2l names mean what the book says (a swapped gate would still match nn.LSTM)."""
+    torch.manual_seed(0)
+    ours = StackedRNNScratch("lstm", 4, 3).load_torch(nn.LSTM(4, 3)).layers[0]
+    X, H, C = torch.randn(2, 1, 4), torch.randn(2, 3), torch.randn(2, 3)
+    _, (H1, C1) = ours(X, (H, C))
+    x, p = X[:, 0], ours
+
+    def gate(g: str, act=torch.sigmoid) -> torch.Tensor:
+        return act(x @ getattr(p, f"W_x{g}") + H @ getattr(p, f"W_h{g}") + getattr(p, f"b_{g}"))
+
+    C_expected = gate("f") * C + gate("i") * gate("c", torch.tanh)
+    torch.testing.assert_close(C1, C_expected)
+    torch.testing.assert_close(H1, gate("o") * torch.tanh(C_expected))
+
+
 @pytest.mark.parametrize("name", LM_MODELS)
 def test_lm_shapes_finite_and_every_parameter_learns(name: str) -> None:
     torch.manual_seed(0)
@@ -112,11 +128,11 @@ def test_state_carry_equals_one_pass(name: str) -> None:
     torch.testing.assert_close(torch.cat([first, second], 1), full)
 
 
-@pytest.mark.parametrize("kw", [{}, {"positions": "sinusoidal"}])
-@pytest.mark.parametrize("name", LM_MODELS)
+CAUSAL_CASES = [(n, {}) for n in LM_MODELS] + [("gpt", {"positions": "sinusoidal"})]
+
+
+@pytest.mark.parametrize(("name", "kw"), CAUSAL_CASES)
 def test_changing_token_t_plus_1_never_changes_outputs_up_to_t(name: str, kw: dict) -> None:
-    if kw and name != "gpt":
-        pytest.skip("positions is a GPT option")
     torch.manual_seed(0)
     model = randomize(small(name, **kw)).eval()
     X = torch.randint(0, V, (2, 8))
