@@ -61,6 +61,7 @@ def generate(model: nn.Module, prefix: torch.Tensor, num_tokens: int, temperatur
     if getattr(model, "bidirectional", False):
         raise ValueError(BIDIRECTIONAL_LM_REFUSAL)
     single = prefix.dim() == 1
+    prefix = prefix.to(next(model.parameters()).device)
     seq = prefix[None] if single else prefix  # (B, T0)
     if seq.shape[1] < 1:
         raise ValueError("generate needs a prefix of at least one token")

@@ -115,7 +115,8 @@ class GPT(nn.Module):
         T = X.shape[1]
         if offset + T > self.max_len:
             raise ValueError(f"GPT context of {offset + T} tokens exceeds max_len="
-                             f"{self.max_len}; use a longer max_len or a shorter sequence")
+                             f"{self.max_len}; train with num_steps <= max_len, or build the model "
+                             f"with a longer max_len (--model-arg max_len=N)")
         h = self.embedding(X)  # (B, T, H)
         if self.positions == "learned":
             h = h + self.pos_embedding(torch.arange(offset, offset + T, device=X.device))

@@ -274,7 +274,7 @@ class RNNLM(nn.Module):
         if tie_weights and num_hiddens != E:
             raise ValueError(f"tie_weights needs embed_size == num_hiddens (the decoder maps "
                              f"{num_hiddens} hidden units back through the embedding), "
-                             f"got embed_size={E}")
+                             f"got embed_size={E} (0: one-hot inputs, no matrix to tie)")
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, E) if E else None
         num_inputs = E or vocab_size
