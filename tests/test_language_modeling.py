@@ -396,3 +396,33 @@ def test_real_data_sizes(real_data_dir) -> None:
     wt = build_datamodule("wikitext2", "language_modeling", data_dir=str(real_data_dir))
     wt.setup()
     assert wt.sizes()["train"] == 2_088_628 and wt.sizes()["vocab"] == 33_278
+
+
+def test_sample_callback_writes_file_and_wandb_table(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    from callbacks.generation import SampleGeneration
+
+    class TableOnly(WandbLogger):  # records tables; never starts a W&B run
+        def __init__(self) -> None:
+            self.tables = []
+
+        def log_table(self, key, columns=None, data=None, **kwargs) -> None:
+            self.tables.append((key, columns, data))
+
+    module = lm_module(6, token_level="char", sample_prefix="ab ")
+    logger = TableOnly()
+    cb = SampleGeneration(module.hparams.sample_prefix, num_tokens=7, temperature=1.0, top_k=3)
+    for epoch in range(2):
+        trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True,
+                                  current_epoch=epoch, global_step=10 * epoch,
+                                  default_root_dir=str(tmp_path), loggers=[logger])
+        cb.on_validation_epoch_end(trainer, module)
+    lines = (tmp_path / "samples.txt").read_text().splitlines()
+    assert len(lines) == 4 and lines[2].startswith("epoch 1 step 10 greedy: 'ab ' -> '")
+    key, columns, rows = logger.tables[-1]
+    assert key == "samples" and columns[-1] == "text" and len(rows) == 4
+    assert rows[0][-1] == rows[2][-1] and rows[0][2] == "greedy"  # same weights, same greedy
+    assert all(r[-1] for r in rows)
