@@ -123,8 +123,8 @@ class LanguageModel(TaskModule):
         loss_sum, count = self._reduced_train_sums().tolist()
         if count:
             nll = loss_sum / count
-            self.log("train/loss_epoch", nll, on_epoch=True)
-            self.log("train/ppl", math.exp(min(nll, 700.0)), on_epoch=True)
+            self.log("train/loss_epoch", nll, on_epoch=True, sync_dist=True)
+            self.log("train/ppl", math.exp(min(nll, 700.0)), on_epoch=True, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         """Evaluation starts from a fresh state."""
@@ -147,8 +147,9 @@ class LanguageModel(TaskModule):
             return
         nll = metric.compute()  # synced across ranks: total NLL / total tokens
         metric.reset()
-        self.log(f"{split}/loss", nll, prog_bar=split == "val")
-        self.log(f"{split}/ppl", nll.exp(), prog_bar=split == "val")
+        # already equal on every rank; sync_dist (a mean of equal values) silences Lightning
+        self.log(f"{split}/loss", nll, prog_bar=split == "val", sync_dist=True)
+        self.log(f"{split}/ppl", nll.exp(), prog_bar=split == "val", sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         """``val/loss`` and ``val/ppl`` of the whole split."""
