@@ -7,9 +7,12 @@ alternates; the median per-round ratio ours/plain is reported against the issue'
 
     python bench/lstm_lm_throughput.py --data-dir ../shared/data [--steps 100 --rounds 6]
     python bench/lstm_lm_throughput.py --recipe wikitext --data wikitext2 --steps 30
+    python bench/lstm_lm_throughput.py --scratch-vs-concise --steps 20 --rounds 3
 
 (plain) a hand-written loop: forward with the carried, detached state (sequential sampler),
     cross-entropy, ``zero_grad``, backward, gradient-norm clipping, SGD step.
+(--scratch-vs-concise) instead: the plain loop's tokens/s of ``rnn_scratch`` vs ``rnn``,
+    ``gru_scratch`` vs ``gru`` and ``lstm_scratch`` vs ``lstm`` with their d2l recipes, interleaved.
 (ours) ``train.py``'s own Trainer, DataModule, LanguageModel, callbacks and CSV logger; the rate
     is the ``TrainingMonitor``'s target tokens/s over training steps (validation disabled).
 """
@@ -86,6 +89,27 @@ def ours(a: argparse.Namespace, steps: int, run_dir: Path) -> float:
     return train.run(config(a, steps, run_dir))["train_samples_per_sec"]
 
 
+def scratch_vs_concise(a: argparse.Namespace, run_root: Path) -> None:
+    """Plain-loop tokens/s of each scratch cell vs its ``nn.RNN/GRU/LSTM`` twin."""
+    rates: dict[str, list[float]] = {}
+    for rnd in range(a.rounds):
+        for cell in ("rnn", "gru", "lstm"):
+            names = [f"{cell}_scratch", cell][:: 1 if rnd % 2 == 0 else -1]
+            for name in names:
+                gc.collect()
+                cfg = config(argparse.Namespace(**{**vars(a), "model": name}), a.steps,
+                             run_root / name)
+                rates.setdefault(name, []).append(plain_loop(cfg, a.steps))
+        print(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()),
+              flush=True)
+    print(f"\nd2l recipes on {a.data}, plain loop, {a.steps} steps x {a.rounds} rounds, "
+          f"{torch.get_num_threads()} threads")
+    print("| cell | scratch tokens/s | concise tokens/s | concise / scratch |\n|---|---|---|---|")
+    for cell in ("rnn", "gru", "lstm"):
+        s, c = statistics.median(rates[f"{cell}_scratch"]), statistics.median(rates[cell])
+        print(f"| {cell} | {s:,.0f} | {c:,.0f} | {c / s:.2f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.environ.get("D2L_DATA_DIR", "data"))
@@ -94,10 +118,15 @@ def main() -> None:
     p.add_argument("--data", default="time_machine")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--scratch-vs-concise", action="store_true",
+                   help="compare scratch and concise RNN/GRU/LSTM (plain loop) instead")
     a = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     run_root = Path(tempfile.mkdtemp(prefix="bench-lm-"))
+    if a.scratch_vs_concise:
+        scratch_vs_concise(a, run_root)
+        return
     cfg = config(a, a.steps, run_root / "cfg")
     if cfg["optimizer"] != "sgd":
         raise SystemExit("the plain loop implements SGD only; pick an SGD recipe")
