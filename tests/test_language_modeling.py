@@ -341,6 +341,20 @@ def test_fast_dev_run_every_model_and_dataset(lm_root, tmp_path, model, data) ->
     assert len(samples) == 2 and "greedy" in samples[0] and "top-k" in samples[1]
 
 
+def test_time_machine_word_level_sequential_through_train_py(lm_root, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert train.main(["--model", "gru", "--data", "time_machine", "--level", "word",
+                       "--sampler", "sequential", "--data-dir", str(lm_root), "--run-dir",
+                       str(run), "--fast-dev-run", *SMALL]) == 0
+    cfg = json.loads((run / "export" / "config.json").read_text())
+    assert cfg["text"]["level"] == "word" and "traveller" in cfg["vocab"]
+    sample = (run / "samples.txt").read_text().splitlines()[0]
+    assert "'time traveller' -> '" in sample  # word-level prompt of known words
+    with pytest.raises(SystemExit) as exit_info:  # WikiText has words only: a bad flag
+        train.main(["--model", "gru", "--data", "wikitext2", "--level", "word"])
+    assert exit_info.value.code == 2
+
+
 def test_export_round_trip_and_predict_generate(lm_root, tmp_path, capsys) -> None:
     run = tmp_path / "run"
     assert train.main(["--model", "lstm", "--data", "time_machine", "--data-dir", str(lm_root),
