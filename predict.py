@@ -7,6 +7,7 @@ Examples:
     python predict.py translate --export runs/RUN/export "I'm home." "He's calm." --beam-size 4
     python predict.py fill-mask --export runs/RUN/export "the time <mask> was invented ."
     python predict.py embed --export runs/RUN/export/encoder "a sentence ." "a second one ."
+    python predict.py generate --export runs/RUN/export --prefix "time traveller" --num-tokens 100
 """
 
 from __future__ import annotations
@@ -177,6 +178,34 @@ def cmd_embed(args: argparse.Namespace) -> int:
         torch.save({"cls": encoded[0], "encodings": encoded, "tokens": tokens,
                     "segments": segments[0]}, args.out)
         print(f"saved to {args.out}")
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``generate``: continue a prompt with an exported language model (plain PyTorch)."""
+    from datamodules.text import TEXT_PREPROCESSORS, Vocab, join_tokens, tokenize
+    from models.generate import generate
+
+    if args.temperature < 0 or args.top_k < 0 or args.num_tokens < 0:
+        print("error: --temperature, --top-k and --num-tokens must be >= 0", file=sys.stderr)
+        return 2
+    model, config = load_exported(args.export, map_location=args.device)
+    if config.get("task") != "language_modeling":
+        raise ExportError(f"{args.export} holds a '{config.get('task')}' model, "
+                          "not a language model")
+    vocab, text = Vocab.from_tokens(config["vocab"]), config["text"]
+    prefix = text["prefix"] if args.prefix is None else args.prefix
+    # exactly as the training text: preprocess, tokenize, look up (datamodules.text.encode_prompt)
+    tokens = tokenize(TEXT_PREPROCESSORS[text["preprocess"]](prefix), text["level"])
+    if not tokens:
+        raise DataError(f"the prefix {prefix!r} holds no token after preprocessing")
+    unknown = sorted({t for t in tokens if t not in vocab})
+    if unknown:
+        print(f"note: not in the vocabulary, read as <unk>: {' '.join(map(repr, unknown))}",
+              file=sys.stderr)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    new = generate(model, vocab.encode(tokens).to(args.device), args.num_tokens,
+                   temperature=args.temperature, top_k=args.top_k, generator=gen)
+    sep = "" if text["level"] == "char" else " "
+    print(join_tokens(tokens, text["level"]) + sep
+          + join_tokens(vocab.to_tokens(new.cpu()), text["level"]))
     return 0
 
 
@@ -223,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="save {cls, encodings, tokens, segments} with torch.save")
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_embed)
+    g = sub.add_parser("generate", help="continue a prompt with an exported language model")
+    g.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
+    g.add_argument("--prefix", help="prompt (default: the one sampled during training)")
+    g.add_argument("--num-tokens", type=int, default=100, help="tokens to generate")
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(func=cmd_generate)
     return p
 
 

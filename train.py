@@ -142,6 +142,10 @@ def resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     from lit_models import task_module
 
     spec = get_spec(args.model)
+    if spec.name == "bi_lstm":  # an encoder only: it has already read x_{t+1} (d2l §10.4)
+        from models.rnn import BIDIRECTIONAL_LM_REFUSAL
+
+        parser.error(BIDIRECTIONAL_LM_REFUSAL)
     data = args.data or spec.data
     if spec.task not in data_tasks(data):
         parser.error(f"model '{spec.name}' ({spec.task}) cannot train on data '{data}' "

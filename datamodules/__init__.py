@@ -20,8 +20,12 @@ _DATAMODULES: dict[str, dict[str, tuple[str, str]]] = {
     "fashion_mnist": {"image_classification": ("datamodules.vision", "FashionMNISTDataModule")},
     "synthetic_regression": {
         "regression": ("datamodules.synthetic", "SyntheticRegressionDataModule")},
+    "time_machine": {
+        "language_modeling": ("datamodules.timemachine", "TimeMachineDataModule")},
+    "wikitext2": {"language_modeling": ("datamodules.wikitext", "WikiText2DataModule"),
+                  "masked_lm": ("datamodules.bert", "BERTPretrainDataModule")},
+    "wikitext103": {"language_modeling": ("datamodules.wikitext", "WikiText103DataModule")},
     "fra_eng": {"seq2seq": ("datamodules.fra_eng", "EngFraDataModule")},
-    "wikitext2": {"masked_lm": ("datamodules.bert", "BERTPretrainDataModule")},
 }
 
 

@@ -143,3 +143,30 @@ def read_text(path: Path, title: str) -> str:
                         "the file is corrupt, delete it to download it again") from None
     except OSError as e:
         raise DataError(f"{title}: cannot read {path} ({e.strerror})") from None
+
+
+#: Text preprocessing by name, as stored in a language model's export (``config["text"]``).
+TEXT_PREPROCESSORS = {"none": lambda text: text, "time_machine": preprocess_time_machine}
+
+
+def encode_prompt(text: str, vocab: Vocab, level: str, preprocess: str = "none") -> torch.Tensor:
+    """Encode a prompt exactly as the training text was: preprocess, tokenize, look up.
+
+    Args:
+        text: the prompt, e.g. ``"time traveller "``.
+        vocab: the training vocabulary.
+        level: ``"char"`` or ``"word"``.
+        preprocess: a key of :data:`TEXT_PREPROCESSORS`.
+
+    Returns:
+        ``int64`` indices, shape ``(T,)`` (unknown tokens map to ``<unk>``).
+    """
+    if preprocess not in TEXT_PREPROCESSORS:
+        raise ValueError(f"unknown text preprocessing '{preprocess}'; choose from: "
+                         + ", ".join(TEXT_PREPROCESSORS))
+    return vocab.encode(tokenize(TEXT_PREPROCESSORS[preprocess](text), level))
+
+
+def join_tokens(tokens: Sequence[str], level: str) -> str:
+    """Inverse of :func:`tokenize` for one line: characters concatenated, words spaced."""
+    return "".join(tokens) if level == "char" else " ".join(tokens)

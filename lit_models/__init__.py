@@ -10,12 +10,14 @@ from models import get_spec
 
 from .base import OPTIMIZERS, SCHEDULERS, TaskModule
 from .image_classifier import ImageClassifier
+from .language_model import LanguageModel
 from .masked_lm import MaskedLM
 from .regressor import Regressor
 from .seq2seq import Seq2Seq
 
 TASK_MODULES: dict[str, type[TaskModule]] = {
     "image_classification": ImageClassifier,
+    "language_modeling": LanguageModel,
     "regression": Regressor,
     "seq2seq": Seq2Seq,
     "masked_lm": MaskedLM,
@@ -38,5 +40,5 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TaskModule:
     return module
 
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "MaskedLM", "Regressor",
-           "Seq2Seq", "TaskModule", "load_checkpoint", "task_module"]
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "LanguageModel",
+           "MaskedLM", "Regressor", "Seq2Seq", "TaskModule", "load_checkpoint", "task_module"]

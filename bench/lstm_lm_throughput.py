@@ -1,0 +1,162 @@
+"""LSTM language-model training tokens/s: our Lightning path vs a plain PyTorch loop.
+
+Both train the same registered model with the same recipe on the same batches (our DataModule's
+loader), for the same number of steps, in one process, over several rounds whose order
+alternates; the median per-round ratio ours/plain is reported against the issue's target
+(>= 0.95x).
+
+    python bench/lstm_lm_throughput.py --data-dir ../shared/data [--steps 100 --rounds 6]
+    python bench/lstm_lm_throughput.py --recipe wikitext --data wikitext2 --steps 30
+    python bench/lstm_lm_throughput.py --scratch-vs-concise --steps 20 --rounds 3
+
+(plain) a hand-written loop: forward with the carried, detached state (sequential sampler),
+    cross-entropy, ``zero_grad``, backward, gradient-norm clipping, SGD step.
+(--scratch-vs-concise) instead: the plain loop's tokens/s of ``rnn_scratch`` vs ``rnn``,
+    ``gru_scratch`` vs ``gru`` and ``lstm_scratch`` vs ``lstm`` with their d2l recipes, interleaved.
+(ours) ``train.py``'s own Trainer, DataModule, LanguageModel, callbacks and CSV logger; the rate
+    is the ``TrainingMonitor``'s target tokens/s over training steps (validation disabled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train  # noqa: E402
+from datamodules import build_datamodule  # noqa: E402
+from lit_models.language_model import detach_state  # noqa: E402
+from models import build_model  # noqa: E402
+
+
+def config(a: argparse.Namespace, steps: int, run_dir: Path) -> dict:
+    """``train.py`` configuration of the benchmark (also used by the plain loop)."""
+    return train.config_from_argv([
+        "--model", a.model, "--recipe", a.recipe, "--data", a.data, "--data-dir", a.data_dir,
+        "--max-epochs", "100000", "--max-steps", str(steps), "--limit-val-batches", "0",
+        "--no-test", "--no-progress-bar", "--run-dir", str(run_dir)])
+
+
+def plain_loop(cfg: dict, steps: int) -> float:
+    """Target tokens/s of a hand-written loop over the same batches."""
+    torch.manual_seed(cfg["seed"])
+    dm = build_datamodule(cfg["data"], cfg["task"], data_dir=cfg["data_dir"],
+                          batch_size=cfg["batch_size"], seed=cfg["seed"], **cfg["data_kwargs"])
+    info = dm.data_info()
+    model = build_model(cfg["model"], vocab_size=info["vocab_size"], **cfg["model_kwargs"])
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                          weight_decay=cfg["weight_decay"])
+    carry = info["carry_state"] and getattr(model, "recurrent", False)
+    loader = dm.train_dataloader()
+    tokens, step, epoch = 0, 0, 0
+    start = time.perf_counter()
+    while step < steps:
+        loader.sampler.set_epoch(epoch)
+        state = None
+        for x, y in loader:
+            logits, state = model(x, state if carry else None)
+            state = detach_state(state) if carry else None
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["gradient_clip_val"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["gradient_clip_val"])
+            opt.step()
+            tokens += y.numel()
+            step += 1
+            if step == steps:
+                break
+        epoch += 1
+    return tokens / (time.perf_counter() - start)
+
+
+def ours(a: argparse.Namespace, steps: int, run_dir: Path) -> float:
+    """Target tokens/s of ``train.py``'s Trainer over ``steps`` training steps."""
+    return train.run(config(a, steps, run_dir))["train_samples_per_sec"]
+
+
+def scratch_vs_concise(a: argparse.Namespace, run_root: Path) -> None:
+    """Plain-loop tokens/s of each scratch cell vs its ``nn.RNN/GRU/LSTM`` twin."""
+    rates: dict[str, list[float]] = {}
+    for rnd in range(a.rounds):
+        for cell in ("rnn", "gru", "lstm"):
+            names = [f"{cell}_scratch", cell][:: 1 if rnd % 2 == 0 else -1]
+            for name in names:
+                gc.collect()
+                cfg = config(argparse.Namespace(**{**vars(a), "model": name}), a.steps,
+                             run_root / name)
+                rates.setdefault(name, []).append(plain_loop(cfg, a.steps))
+        print(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()),
+              flush=True)
+    print(f"\nd2l recipes on {a.data}, plain loop, {a.steps} steps x {a.rounds} rounds, "
+          f"{torch.get_num_threads()} threads")
+    print("| cell | scratch tokens/s | concise tokens/s | concise / scratch |\n|---|---|---|---|")
+    for cell in ("rnn", "gru", "lstm"):
+        s, c = statistics.median(rates[f"{cell}_scratch"]), statistics.median(rates[cell])
+        print(f"| {cell} | {s:,.0f} | {c:,.0f} | {c / s:.2f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=os.environ.get("D2L_DATA_DIR", "data"))
+    p.add_argument("--model", default="lstm")
+    p.add_argument("--recipe", default="d2l")
+    p.add_argument("--data", default="time_machine")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--scratch-vs-concise", action="store_true",
+                   help="compare scratch and concise RNN/GRU/LSTM (plain loop) instead")
+    a = p.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    run_root = Path(tempfile.mkdtemp(prefix="bench-lm-"))
+    if a.scratch_vs_concise:
+        scratch_vs_concise(a, run_root)
+        return
+    cfg = config(a, a.steps, run_root / "cfg")
+    if cfg["optimizer"] != "sgd":
+        raise SystemExit("the plain loop implements SGD only; pick an SGD recipe")
+    rates: dict[str, list[float]] = {"ours": [], "plain": []}
+    try:
+        for rnd in range(a.rounds):
+            order = ["ours", "plain"] if rnd % 2 == 0 else ["plain", "ours"]
+            for name in order:
+                gc.collect()
+                time.sleep(0.5)
+                rate = (ours(a, a.steps, run_root / f"ours-{rnd}") if name == "ours"
+                        else plain_loop(cfg, a.steps))
+                rates[name].append(rate)
+            print(f"round {rnd + 1}: ours {rates['ours'][-1]:,.0f}, plain "
+                  f"{rates['plain'][-1]:,.0f} tokens/s; ours/plain "
+                  f"{rates['ours'][-1] / rates['plain'][-1]:.3f}", flush=True)
+    finally:
+        shutil.rmtree(run_root, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    pairs = [o / q for o, q in zip(rates["ours"], rates["plain"])]
+    q1, q2, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
+    print(f"\n{a.model} ({a.recipe} recipe) on {a.data}: batch {cfg['batch_size']}, "
+          f"num_steps {cfg['data_kwargs'].get('num_steps')}, {a.steps} steps x {a.rounds} rounds, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    print("| path | tokens/s (median) |\n|---|---|")
+    for k, v in med.items():
+        print(f"| {k} | {v:,.0f} |")
+    print(f"ours / plain: median of per-round ratios {q2:.3f} (quartiles {q1:.3f}-{q3:.3f}); "
+          f"ratio of medians {med['ours'] / med['plain']:.3f}; target >= 0.95")
+
+
+if __name__ == "__main__":
+    main()

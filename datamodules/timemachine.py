@@ -1,0 +1,297 @@
+"""Language-model batches (d2l §9.3) and *The Time Machine* DataModule (d2l §9.2-9.3).
+
+Two samplers turn a token stream into ``(X, Y)`` batches, ``Y`` being ``X`` shifted by one:
+
+- ``random`` (d2l §9.3 random sampling): each epoch starts at a random offset below
+  ``num_steps``, cuts the rest into non-overlapping windows and shuffles them; no hidden state
+  can be carried from one batch to the next.
+- ``sequential`` (d2l §9.3 sequential partitioning, pytorch/examples ``batchify``): the stream
+  is cut into ``batch_size`` contiguous rows; batch ``i + 1`` continues batch ``i`` in every
+  row, so a recurrent model may carry its (detached) hidden state across batches.
+
+Both loaders are seeded per epoch, shard across DDP ranks (each rank gets its own windows or
+its own rows) and record how many batches of the epoch they served, so a mid-epoch checkpoint
+resumes on the exact next batch, as :class:`datamodules.loader.TensorBatchLoader` does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+
+from .corpora import read_time_machine
+from .download import DataError
+from .loader import IndexSampler
+from .text import Vocab, preprocess_time_machine, tokenize
+
+SAMPLERS = ("random", "sequential")
+
+
+def _offset(seed: int, epoch: int, num_steps: int) -> int:
+    """The epoch's random start offset in ``[0, num_steps)``, the same on every rank."""
+    g = torch.Generator().manual_seed((seed + 1) * 1_000_003 + epoch)
+    return int(torch.randint(num_steps, (1,), generator=g))
+
+
+class _ResumableLoader:
+    """Shared bookkeeping: epoch (set by Lightning through ``sampler``) and served batches."""
+
+    sampler: Any
+    batch_sampler = None  # as torch's DataLoader; Lightning inspects both attributes
+
+    def __init__(self) -> None:
+        self._served = 0
+        self._resume_at = 0
+
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        start, self._resume_at = self._resume_at, 0
+        for b, batch in enumerate(self._batches(start), start):
+            self._served = b + 1
+            yield batch
+        self._served = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the epoch, saved by Lightning in mid-epoch checkpoints."""
+        return {"epoch": self.sampler.epoch, "trained": self._served}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume on the batch after the last one trained before the checkpoint."""
+        self.sampler.set_epoch(int(state["epoch"]))
+        self._resume_at = int(state["trained"])
+
+
+class RandomWindowLoader(_ResumableLoader):
+    """d2l §9.3 random sampling over a 1-D ``corpus`` of token ids.
+
+    Every epoch has the same number of windows, ``(len(corpus) - num_steps) // num_steps``,
+    whatever its offset; the last batch may have fewer rows.
+
+    Args:
+        corpus: ``int64`` token ids, shape ``(N,)``.
+        batch_size: windows per batch (per rank).
+        num_steps: tokens per window.
+        seed, rank, world_size: see :class:`datamodules.loader.IndexSampler`.
+    """
+
+    def __init__(self, corpus: torch.Tensor, batch_size: int, num_steps: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        super().__init__()
+        n = (len(corpus) - num_steps) // num_steps
+        if n < 1:
+            raise DataError(f"{len(corpus)} tokens are too few for windows of {num_steps} "
+                            "(lower --num-steps)")
+        self.corpus, self.batch_size, self.num_steps = corpus, batch_size, num_steps
+        self.seed = seed
+        self.sampler = IndexSampler(n, shuffle=True, seed=seed, rank=rank,
+                                    world_size=world_size, even=True)
+        self._steps = torch.arange(num_steps + 1)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def window_starts(self) -> torch.Tensor:
+        """This epoch's window starts on this rank, in batch order."""
+        offset = _offset(self.seed, self.sampler.epoch, self.num_steps)
+        return offset + self.sampler.indices() * self.num_steps
+
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        starts = self.window_starts()
+        for b in range(start, len(self)):
+            s = starts[b * self.batch_size:(b + 1) * self.batch_size]
+            windows = self.corpus[s[:, None] + self._steps]  # (B, T + 1)
+            yield windows[:, :-1], windows[:, 1:]
+
+
+class SequentialLoader(_ResumableLoader):
+    """Sequential partitioning: ``batch_size`` contiguous streams per rank (``batchify``).
+
+    The corpus is cut into ``batch_size * world_size`` equally long rows (rank ``r`` takes rows
+    ``r * batch_size ...``); batch ``i`` holds columns ``[i * num_steps, (i + 1) * num_steps)``
+    and its targets one column later. The last batch may be shorter in time, so every target
+    token of a row is predicted exactly once.
+
+    Args:
+        corpus: ``int64`` token ids, shape ``(N,)``.
+        batch_size: streams (rows) per rank.
+        num_steps: tokens per batch row (pytorch/examples ``bptt``).
+        random_offset: drop a random number (< ``num_steps``) of leading tokens each epoch, as
+            d2l's ``seq_data_iter_sequential``, so window boundaries move between epochs.
+        seed, rank, world_size: as :class:`RandomWindowLoader`.
+    """
+
+    def __init__(self, corpus: torch.Tensor, batch_size: int, num_steps: int,
+                 random_offset: bool = False, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        super().__init__()
+        streams = batch_size * world_size
+        spare = num_steps - 1 if random_offset else 0
+        self.length = (len(corpus) - spare) // streams  # tokens per row
+        if self.length < 2:
+            raise DataError(f"{len(corpus)} tokens are too few for {streams} streams "
+                            "(lower --batch-size)")
+        self.corpus, self.batch_size, self.num_steps = corpus, batch_size, num_steps
+        self.random_offset, self.seed, self.rank, self.streams = random_offset, seed, rank, streams
+        self.sampler = IndexSampler(1, shuffle=False)  # only tracks the epoch
+
+    def __len__(self) -> int:
+        return math.ceil((self.length - 1) / self.num_steps)
+
+    def rows(self) -> torch.Tensor:
+        """This epoch's streams of this rank, ``(batch_size, length)``."""
+        offset = _offset(self.seed, self.sampler.epoch, self.num_steps) if self.random_offset else 0
+        data = self.corpus[offset:offset + self.streams * self.length]
+        data = data.view(self.streams, self.length)  # (streams, L)
+        return data[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        data = self.rows()
+        for b in range(start, len(self)):
+            i = b * self.num_steps
+            t = min(self.num_steps, self.length - 1 - i)
+            yield data[:, i:i + t].contiguous(), data[:, i + 1:i + 1 + t].contiguous()
+
+
+class LanguageModelDataModule(L.LightningDataModule):
+    """Token streams of a train/val/test split served as language-model batches.
+
+    Subclasses implement :meth:`load` (token lists per split and the vocabulary) and set
+    ``level``, ``preprocess`` (a key of ``datamodules.text.TEXT_PREPROCESSORS``) and
+    ``sample_prefix`` (a prompt of known tokens for the sample-generation callback).
+    Validation and test always use sequential partitioning without offset (every target token
+    once); the hidden state is carried there too when training carries it.
+
+    Args:
+        data_dir: data root.
+        batch_size: training batch size (windows or streams per rank).
+        seed: seed of the window order and offsets.
+        num_steps: tokens per sequence (d2l ``num_steps``, pytorch/examples ``bptt``).
+        sampler: ``random`` or ``sequential``.
+        eval_batch_size: streams of the validation / test splits (default:
+            ``min(batch_size, 64)``).
+    """
+
+    level = "word"
+    preprocess = "none"
+    sample_prefix = "the"
+    #: sequential training batches start at a random offset each epoch (d2l), else at 0
+    random_offset = False
+
+    def __init__(self, data_dir: str | None = None, batch_size: int = 32, seed: int = 0,
+                 num_steps: int = 35, sampler: str = "sequential",
+                 eval_batch_size: int | None = None) -> None:
+        super().__init__()
+        if sampler not in SAMPLERS:
+            raise DataError(f"unknown sampler '{sampler}'; choose from: {', '.join(SAMPLERS)}")
+        for name, value in (("batch_size", batch_size), ("num_steps", num_steps),
+                            ("eval_batch_size", eval_batch_size or 1)):
+            if value < 1:
+                raise DataError(f"{name} must be positive, got {value}")
+        self.data_dir, self.batch_size, self.seed = data_dir, batch_size, seed
+        self.num_steps, self.sampler = num_steps, sampler
+        self.eval_batch_size = eval_batch_size or min(batch_size, 64)
+        self.vocab: Vocab | None = None
+        self.corpora: dict[str, torch.Tensor] = {}
+
+    def load(self) -> tuple[dict[str, list[str]], Vocab]:
+        """Tokens of ``train``, ``val`` and ``test``, and the vocabulary (from ``train``)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Tokenize and encode the splits once."""
+        if self.vocab is not None:
+            return
+        tokens, vocab = self.load()
+        self.corpora = {k: vocab.encode(v) for k, v in tokens.items()}
+        self.vocab = vocab
+
+    def data_info(self) -> dict[str, Any]:
+        """Task-module arguments: vocabulary, state carrying, how to encode prompts."""
+        self.setup()
+        return {"vocab": self.vocab.to_json(), "vocab_size": len(self.vocab),
+                "carry_state": self.sampler == "sequential", "token_level": self.level,
+                "text_preprocess": self.preprocess, "sample_prefix": self.sample_prefix}
+
+    def sizes(self) -> dict[str, int]:
+        """Tokens per split and the vocabulary size (after :meth:`setup`)."""
+        return {**{k: len(v) for k, v in self.corpora.items()},
+                "vocab": len(self.vocab) if self.vocab else 0}
+
+    def _rank(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def train_dataloader(self) -> RandomWindowLoader | SequentialLoader:
+        """Random windows or sequential streams of the training split."""
+        rank, world = self._rank()
+        if self.sampler == "random":
+            return RandomWindowLoader(self.corpora["train"], self.batch_size, self.num_steps,
+                                      self.seed, rank, world)
+        return SequentialLoader(self.corpora["train"], self.batch_size, self.num_steps,
+                                random_offset=self.random_offset, seed=self.seed, rank=rank,
+                                world_size=world)
+
+    def _eval_loader(self, split: str) -> SequentialLoader:
+        rank, world = self._rank()
+        corpus = self.corpora[split]
+        streams = max(1, min(self.eval_batch_size, (len(corpus) - 1) // (2 * world)))
+        return SequentialLoader(corpus, streams, self.num_steps, rank=rank, world_size=world)
+
+    def val_dataloader(self) -> SequentialLoader:
+        """Sequential streams of the validation split."""
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> SequentialLoader:
+        """Sequential streams of the test split."""
+        return self._eval_loader("test")
+
+
+class TimeMachineDataModule(LanguageModelDataModule):
+    """H. G. Wells, *The Time Machine* (d2l §9.2): characters (or words) of the book.
+
+    d2l preprocessing (runs of non-letters become one space, lower-case). The last
+    ``val_fraction`` of the tokens is held out: it is both the validation and the test split
+    (the model never trains on it); the vocabulary comes from the training part. The real file
+    gives 173,428 characters and 28 tokens including ``<unk>``.
+
+    Args:
+        data_dir, batch_size, seed, num_steps, eval_batch_size: see
+            :class:`LanguageModelDataModule` (d2l: batch 1024, ``num_steps`` 32).
+        level: ``char`` (d2l) or ``word``.
+        sampler: ``random`` (default) or ``sequential``.
+        val_fraction: held-out tail of the book.
+    """
+
+    preprocess = "time_machine"
+    random_offset = True
+
+    def __init__(self, data_dir: str | None = None, batch_size: int = 1024, seed: int = 0,
+                 num_steps: int = 32, level: str = "char", sampler: str = "random",
+                 val_fraction: float = 0.1, eval_batch_size: int | None = None) -> None:
+        super().__init__(data_dir, batch_size, seed, num_steps, sampler, eval_batch_size)
+        if level not in ("char", "word"):
+            raise DataError(f"unknown token level '{level}'; choose from: char, word")
+        if not 0.0 < val_fraction < 1.0:
+            raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        self.level, self.val_fraction = level, val_fraction
+        self.sample_prefix = "time traveller " if level == "char" else "time traveller"
+
+    def prepare_data(self) -> None:
+        """Locate (or download) and check the book; one clear error offline."""
+        read_time_machine(self.data_dir)
+
+    def load(self) -> tuple[dict[str, list[str]], Vocab]:
+        """The book's tokens, split into training text and a held-out tail."""
+        tokens = tokenize(preprocess_time_machine(read_time_machine(self.data_dir)), self.level)
+        n_val = max(1, int(len(tokens) * self.val_fraction))
+        if len(tokens) - n_val < 2:
+            raise DataError(f"The Time Machine holds only {len(tokens)} {self.level} tokens")
+        train, tail = tokens[:-n_val], tokens[-n_val:]
+        return {"train": train, "val": tail, "test": tail}, Vocab(train)

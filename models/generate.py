@@ -1,0 +1,93 @@
+"""Autoregressive generation from a language model (d2l §9.5.6 ``predict``), plain PyTorch.
+
+Works for every ``language_modeling`` model of the registry: the prefix is fed once, then one
+token at a time through ``model(token, state)``, where ``state`` is the RNN hidden state or the
+GPT key/value cache, so each new token costs one step, not a recomputation of the sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .rnn import BIDIRECTIONAL_LM_REFUSAL
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row of ``logits`` ``(B, V)``: greedy, or sampled.
+
+    Args:
+        logits: unnormalised scores of the next token.
+        temperature: ``0`` picks the argmax; otherwise sample from ``softmax(logits / T)``.
+        top_k: if ``> 0``, sample among the ``k`` likeliest tokens only.
+        generator: random source for reproducible sampling.
+
+    Returns:
+        ``(B,)`` token ids.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def generate(model: nn.Module, prefix: torch.Tensor, num_tokens: int, temperature: float = 0.0,
+             top_k: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Continue ``prefix`` by ``num_tokens`` tokens.
+
+    Models with a ``max_len`` (GPT's position table) SLIDE: once the context would exceed
+    ``max_len``, each further token is predicted from a fresh pass over the last ``max_len``
+    tokens (the cache is rebuilt, so positions stay within what the model knows). RNNs have no
+    limit. The model runs in eval mode under ``torch.no_grad()``; its mode is restored after.
+
+    Args:
+        model: a registered language model, ``forward(X, state) -> (logits, state)``.
+        prefix: ``(T0,)`` or ``(B, T0)`` token ids, ``T0 >= 1``.
+        num_tokens: tokens to generate.
+        temperature: ``0`` = greedy; see :func:`sample_next`.
+        top_k: restrict sampling to the ``k`` likeliest tokens (``0``: all).
+        generator: random source for sampling.
+
+    Returns:
+        The new token ids only: ``(num_tokens,)`` or ``(B, num_tokens)``.
+    """
+    if getattr(model, "bidirectional", False):
+        raise ValueError(BIDIRECTIONAL_LM_REFUSAL)
+    single = prefix.dim() == 1
+    prefix = prefix.to(next(model.parameters()).device)
+    seq = prefix[None] if single else prefix  # (B, T0)
+    if seq.shape[1] < 1:
+        raise ValueError("generate needs a prefix of at least one token")
+    max_len = getattr(model, "max_len", None)
+    was_training = model.training
+    model.eval()
+    new: list[torch.Tensor] = []
+    try:
+        with torch.no_grad():
+            ctx = seq if max_len is None else seq[:, -max_len:]
+            logits, state = model(ctx)
+            length = ctx.shape[1]  # tokens behind ``state``
+            for i in range(num_tokens):
+                token = sample_next(logits[:, -1], temperature, top_k, generator)  # (B,)
+                new.append(token)
+                if i == num_tokens - 1:
+                    break
+                if max_len is not None:
+                    seq = torch.cat([seq, token[:, None]], dim=1)  # (B, T + 1)
+                    if length >= max_len:  # slide: recompute over the last max_len tokens
+                        seq = seq[:, -max_len:]
+                        logits, state = model(seq)
+                        continue
+                logits, state = model(token[:, None], state)
+                length += 1
+    finally:
+        model.train(was_training)
+    out = torch.stack(new, dim=1) if new else seq.new_zeros(seq.shape[0], 0)
+    return out[0] if single else out
