@@ -60,7 +60,42 @@ class IndexSampler:
         return len(range(self.rank, self.n, self.world_size))
 
 
-class TensorBatchLoader:
+class ResumableLoader:
+    """Base of our loaders: counts the batches served so a checkpoint resumes exactly.
+
+    Subclasses set ``self.sampler`` (anything with ``epoch`` and ``set_epoch``, which Lightning
+    calls each epoch) and implement ``_batches(start)``, the epoch's batches from index
+    ``start`` on. Lightning saves :meth:`state_dict` in mid-epoch checkpoints.
+    """
+
+    sampler: Any
+    batch_sampler = None  # as torch's DataLoader; Lightning inspects both attributes
+
+    def __init__(self) -> None:
+        self._served = 0  # batches of the current epoch already handed out
+        self._resume_at = 0
+
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        start, self._resume_at = self._resume_at, 0
+        for b, batch in enumerate(self._batches(start), start):
+            self._served = b + 1
+            yield batch
+        self._served = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the epoch, saved by Lightning in mid-epoch checkpoints."""
+        return {"epoch": self.sampler.epoch, "trained": self._served}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume on the batch after the last one trained before the checkpoint."""
+        self.sampler.set_epoch(int(state["epoch"]))
+        self._resume_at = int(state["trained"])
+
+
+class TensorBatchLoader(ResumableLoader):
     """Iterate over ``tensors`` in batches of rows selected by :class:`IndexSampler`.
 
     Args:
@@ -82,31 +117,17 @@ class TensorBatchLoader:
             raise ValueError("all tensors need the same length")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        super().__init__()
         self.tensors = tensors
         self.batch_size, self.drop_last = batch_size, drop_last
         self.sampler = IndexSampler(n, shuffle, seed, rank, world_size, even)
-        self.batch_sampler = None  # as torch's DataLoader; Lightning inspects both attributes
-        self._served = 0  # batches of the current epoch already handed out
-        self._resume_at = 0
 
     def __len__(self) -> int:
         m = len(self.sampler)
         return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
         idx = self.sampler.indices()
-        start, self._resume_at = self._resume_at, 0
         for b in range(start, len(self)):
-            self._served = b + 1
             rows = idx[b * self.batch_size : (b + 1) * self.batch_size]
             yield tuple(t.index_select(0, rows) for t in self.tensors)
-        self._served = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        """Position in the epoch, saved by Lightning in mid-epoch checkpoints."""
-        return {"epoch": self.sampler.epoch, "trained": self._served}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume on the batch after the last one trained before the checkpoint."""
-        self.sampler.set_epoch(int(state["epoch"]))
-        self._resume_at = int(state["trained"])

@@ -25,7 +25,7 @@ import torch
 
 from .corpora import read_time_machine
 from .download import DataError
-from .loader import IndexSampler
+from .loader import IndexSampler, ResumableLoader
 from .text import Vocab, preprocess_time_machine, tokenize
 
 SAMPLERS = ("random", "sequential")
@@ -37,37 +37,7 @@ def _offset(seed: int, epoch: int, num_steps: int) -> int:
     return int(torch.randint(num_steps, (1,), generator=g))
 
 
-class _ResumableLoader:
-    """Shared bookkeeping: epoch (set by Lightning through ``sampler``) and served batches."""
-
-    sampler: Any
-    batch_sampler = None  # as torch's DataLoader; Lightning inspects both attributes
-
-    def __init__(self) -> None:
-        self._served = 0
-        self._resume_at = 0
-
-    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        start, self._resume_at = self._resume_at, 0
-        for b, batch in enumerate(self._batches(start), start):
-            self._served = b + 1
-            yield batch
-        self._served = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        """Position in the epoch, saved by Lightning in mid-epoch checkpoints."""
-        return {"epoch": self.sampler.epoch, "trained": self._served}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume on the batch after the last one trained before the checkpoint."""
-        self.sampler.set_epoch(int(state["epoch"]))
-        self._resume_at = int(state["trained"])
-
-
-class RandomWindowLoader(_ResumableLoader):
+class RandomWindowLoader(ResumableLoader):
     """d2l §9.3 random sampling over a 1-D ``corpus`` of token ids.
 
     Every epoch has the same number of windows, ``(len(corpus) - num_steps) // num_steps``,
@@ -109,7 +79,7 @@ class RandomWindowLoader(_ResumableLoader):
             yield windows[:, :-1], windows[:, 1:]
 
 
-class SequentialLoader(_ResumableLoader):
+class SequentialLoader(ResumableLoader):
     """Sequential partitioning: ``batch_size`` contiguous streams per rank (``batchify``).
 
     The corpus is cut into ``batch_size * world_size`` equally long rows (rank ``r`` takes rows
