@@ -89,6 +89,18 @@ class TaskModule(L.LightningModule):
         """Reset the training sums."""
         self._train_sums.zero_()
 
+    def on_train_epoch_end(self) -> None:
+        """Epoch means over all ranks: ``train/loss_epoch``, and ``train/acc`` if counted.
+
+        The sums are ``[loss_sum, count]`` or ``[loss_sum, count, correct]`` (count: images,
+        or non-pad target tokens).
+        """
+        loss_sum, count, *rest = self._reduced_train_sums().tolist()
+        if count:
+            self.log("train/loss_epoch", loss_sum / count, on_epoch=True)
+            if rest:
+                self.log("train/acc", rest[0] / count, on_epoch=True)
+
     def _reduced_train_sums(self) -> torch.Tensor:
         """The epoch's training sums over all ranks: ``[loss_sum, count, ...]``."""
         return self.trainer.strategy.reduce(self._train_sums.clone(), reduce_op="sum")

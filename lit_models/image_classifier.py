@@ -97,13 +97,6 @@ class ImageClassifier(TaskModule):
         self._accumulate_train(loss, (logits.argmax(-1) == y).sum(), n=len(y))
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        """Epoch means over all ranks: ``train/loss_epoch`` and ``train/acc``."""
-        loss_sum, count, correct = self._reduced_train_sums().tolist()
-        if count:
-            self.log("train/loss_epoch", loss_sum / count, on_epoch=True)
-            self.log("train/acc", correct / count, on_epoch=True)
-
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Loss, accuracy and macro-F1 over the whole validation split (synced across ranks)."""
         x, y = batch

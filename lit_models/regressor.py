@@ -49,12 +49,6 @@ class Regressor(TaskModule):
         self._accumulate_train(loss, n=len(y))
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        """Epoch mean over all ranks: ``train/loss_epoch``."""
-        loss_sum, count = self._reduced_train_sums().tolist()
-        if count:
-            self.log("train/loss_epoch", loss_sum / count, on_epoch=True)
-
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Logs ``val/loss`` (mean over the split, synced across ranks)."""
         self._step(batch, "val")

@@ -109,13 +109,6 @@ class Seq2Seq(TaskModule):
         self._accumulate_train(loss, correct, n=mask.sum())
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        """Token-weighted epoch means: ``train/loss_epoch`` and ``train/acc``."""
-        loss_sum, count, correct = self._reduced_train_sums().tolist()
-        if count:
-            self.log("train/loss_epoch", loss_sum / count, on_epoch=True)
-            self.log("train/acc", correct / count, on_epoch=True)
-
     def _texts(self, src: torch.Tensor, tgt_out: torch.Tensor,
                hyps: list[list[int]]) -> list[tuple[str, str, str]]:
         rows = []
