@@ -69,6 +69,12 @@ class _RNNDecoderBase(nn.Module):
         self.keep_attention = False
         self.step_attention: torch.Tensor | None = None
 
+    @staticmethod
+    def check_init(init: str) -> None:
+        """Only ``xavier`` and ``pytorch`` initialisations exist."""
+        if init not in ("xavier", "pytorch"):
+            raise ValueError(f"unknown init '{init}'; choose from: xavier, pytorch")
+
     def init_seq2seq(self) -> None:
         """The book's initialisation (d2l §10.7.2): Xavier-uniform Linear and GRU weights."""
         for module in self.modules():
@@ -100,7 +106,8 @@ class _RNNDecoderBase(nn.Module):
                   gradient_clip_val=1.0, data_kwargs={"num_steps": 9, "max_examples": 640}),
     "full": Recipe(optimizer="adam", lr=0.005, batch_size=256, max_epochs=1,
                    gradient_clip_val=1.0, data_kwargs=FULL_DATA,
-                   model_kwargs={"embed_size": 128, "num_hiddens": 128, "dropout": 0.1}),
+                   model_kwargs={"embed_size": 128, "num_hiddens": 128, "dropout": 0.1,
+                                 "init": "pytorch"}),
 })
 class Seq2SeqGRU(_RNNDecoderBase):
     """GRU encoder-decoder, d2l §10.7.
@@ -115,13 +122,19 @@ class Seq2SeqGRU(_RNNDecoderBase):
         num_hiddens: GRU width (book: 256).
         num_layers: GRU layers (book: 2).
         dropout: dropout between GRU layers (book: 0.2).
+        init: ``"xavier"`` (the book's ``init_seq2seq``) or ``"pytorch"`` (the layers' own
+            defaults; the ``full`` recipe's: far better after 300 whole-corpus steps, see
+            docs/results-translation.md).
     """
 
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, embed_size: int = 256,
-                 num_hiddens: int = 256, num_layers: int = 2, dropout: float = 0.2) -> None:
+                 num_hiddens: int = 256, num_layers: int = 2, dropout: float = 0.2,
+                 init: str = "xavier") -> None:
         super().__init__(src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers,
                          dropout)
-        self.init_seq2seq()
+        self.check_init(init)
+        if init == "xavier":
+            self.init_seq2seq()
 
     def decode(self, tgt: torch.Tensor, memory, state):
         """``(B, T)`` tokens -> ``(B, T, V)`` logits; ``state`` is ``(B, L, H)`` or ``None``."""
@@ -139,7 +152,8 @@ class Seq2SeqGRU(_RNNDecoderBase):
                   gradient_clip_val=1.0, data_kwargs={"num_steps": 9, "max_examples": 640}),
     "full": Recipe(optimizer="adam", lr=0.005, batch_size=256, max_epochs=1,
                    gradient_clip_val=1.0, data_kwargs=FULL_DATA,
-                   model_kwargs={"embed_size": 128, "num_hiddens": 128, "dropout": 0.1}),
+                   model_kwargs={"embed_size": 128, "num_hiddens": 128, "dropout": 0.1,
+                                 "init": "pytorch"}),
 })
 class Seq2SeqBahdanau(_RNNDecoderBase):
     """GRU encoder-decoder with additive attention, d2l §11.4.
@@ -154,11 +168,14 @@ class Seq2SeqBahdanau(_RNNDecoderBase):
     has_attention = True
 
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, embed_size: int = 256,
-                 num_hiddens: int = 256, num_layers: int = 2, dropout: float = 0.2) -> None:
+                 num_hiddens: int = 256, num_layers: int = 2, dropout: float = 0.2,
+                 init: str = "xavier") -> None:
         super().__init__(src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers,
                          dropout)
         self.attention = AdditiveAttention(num_hiddens, dropout)
-        self.init_seq2seq()
+        self.check_init(init)
+        if init == "xavier":
+            self.init_seq2seq()
 
     def decode(self, tgt: torch.Tensor, memory, state):
         """Step by step over ``(B, T)``; ``state`` is the hidden state ``(B, L, H)``."""

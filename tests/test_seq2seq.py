@@ -19,7 +19,7 @@ from datamodules.fra_eng_text import (
     tokenize_sentence,
 )
 from lit_models import Seq2Seq, load_checkpoint
-from models import build_model, load_exported
+from models import build_model, get_spec, load_exported
 from models.bleu import bleu, corpus_bleu
 from models.decoding import beam_search, greedy_decode
 
@@ -342,3 +342,10 @@ def test_rnn_translation_models_use_the_books_xavier_init(name) -> None:
         fan_out, fan_in = weight.shape
         bound = (6 / (fan_in + fan_out)) ** 0.5
         assert weight.abs().max() <= bound and weight.abs().max() > 0.95 * bound
+    # the `full` recipe keeps PyTorch's initialisation (better after 300 whole-corpus steps)
+    full = get_spec(name).recipe("full").model_kwargs
+    assert full["init"] == "pytorch"
+    plain = build_model(name, src_vocab_size=300, tgt_vocab_size=200, **full)
+    assert plain.dense.weight.abs().max() < 0.9 * (6 / (128 + 200)) ** 0.5
+    with pytest.raises(ValueError, match="xavier, pytorch"):
+        build_model(name, src_vocab_size=3, tgt_vocab_size=3, init="he")
