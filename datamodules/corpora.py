@@ -106,12 +106,18 @@ def read_wikitext(name: str, split: str, data_dir: str | Path | None = None) -> 
     return read_text(corpus.path(f"wiki.{split}.tokens", data_dir), corpus.title).splitlines()
 
 
+def extracted_fra_txt(data_dir: str | Path | None = None) -> Path | None:
+    """An extracted ``fra.txt`` under ``fra-eng/`` (or ``fra-eng/fra-eng/``), if there is one."""
+    folder = resolve_data_dir(data_dir) / FRA_ENG.folder
+    return next((p for p in (folder / "fra.txt", folder / "fra-eng" / "fra.txt")
+                 if p.is_file()), None)
+
+
 def read_fra_eng(data_dir: str | Path | None = None) -> str:
     """The raw ``fra.txt`` (``English<TAB>French`` per line), from the zip or extracted."""
-    folder = resolve_data_dir(data_dir) / FRA_ENG.folder
-    for extracted in (folder / "fra.txt", folder / "fra-eng" / "fra.txt"):
-        if extracted.is_file():
-            return read_text(extracted, FRA_ENG.title)
+    extracted = extracted_fra_txt(data_dir)
+    if extracted is not None:
+        return read_text(extracted, FRA_ENG.title)
     path = FRA_ENG.path("fra-eng.zip", data_dir)
     try:
         with zipfile.ZipFile(path) as z:

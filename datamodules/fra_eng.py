@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import TensorDataModule
-from .corpora import FRA_ENG, read_fra_eng
+from .corpora import FRA_ENG, extracted_fra_txt, read_fra_eng
 from .download import DataError, resolve_data_dir
 from .fra_eng_text import (
     build_vocab,
@@ -57,8 +57,7 @@ class EngFraDataModule(TensorDataModule):
 
     def prepare_data(self) -> None:
         """Locate or download the corpus (one clear error offline)."""
-        folder = self.data_dir / FRA_ENG.folder
-        if not any(p.is_file() for p in (folder / "fra.txt", folder / "fra-eng" / "fra.txt")):
+        if extracted_fra_txt(self.data_dir) is None:
             FRA_ENG.prepare(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:

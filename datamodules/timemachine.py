@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from .corpora import read_time_machine
+from .corpora import TIME_MACHINE, read_time_machine
 from .download import DataError
 from .loader import IndexSampler, ResumableLoader
 from .text import Vocab, preprocess_time_machine, tokenize
@@ -254,8 +254,8 @@ class TimeMachineDataModule(LanguageModelDataModule):
         self.sample_prefix = "time traveller " if level == "char" else "time traveller"
 
     def prepare_data(self) -> None:
-        """Locate (or download) and check the book; one clear error offline."""
-        read_time_machine(self.data_dir)
+        """Locate (or download) the book; one clear error offline (checked when read)."""
+        TIME_MACHINE.prepare(self.data_dir)
 
     def load(self) -> tuple[dict[str, list[str]], Vocab]:
         """The book's tokens, split into training text and a held-out tail."""

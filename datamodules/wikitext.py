@@ -30,18 +30,21 @@ class WikiTextDataModule(LanguageModelDataModule):
 
     Real WikiText-2: 2,088,628 training tokens, vocabulary 33,278.
 
+    Subclasses set ``name``: ``wikitext2`` or ``wikitext103`` (folder ``wikitext-2/`` or
+    ``wikitext-103/``).
+
     Args:
-        name: ``wikitext2`` or ``wikitext103`` (folder ``wikitext-2/`` or ``wikitext-103/``).
         data_dir, batch_size, seed, num_steps, sampler, eval_batch_size: see
             :class:`datamodules.timemachine.LanguageModelDataModule` (pytorch/examples: batch
             20, bptt 35, eval batch 10).
     """
 
-    def __init__(self, name: str = "wikitext2", data_dir: str | None = None,
-                 batch_size: int = 20, seed: int = 0, num_steps: int = 35,
-                 sampler: str = "sequential", eval_batch_size: int | None = 10) -> None:
+    name = "wikitext2"  #: key of ``datamodules.corpora.WIKITEXT``
+
+    def __init__(self, data_dir: str | None = None, batch_size: int = 20, seed: int = 0,
+                 num_steps: int = 35, sampler: str = "sequential",
+                 eval_batch_size: int | None = 10) -> None:
         super().__init__(data_dir, batch_size, seed, num_steps, sampler, eval_batch_size)
-        self.name = name
 
     def prepare_data(self) -> None:
         """Locate (or download) the three files; one clear error offline."""
@@ -57,18 +60,10 @@ class WikiTextDataModule(LanguageModelDataModule):
 class WikiText2DataModule(WikiTextDataModule):
     """WikiText-2 (``--data wikitext2``)."""
 
-    def __init__(self, data_dir: str | None = None, batch_size: int = 20, seed: int = 0,
-                 num_steps: int = 35, sampler: str = "sequential",
-                 eval_batch_size: int | None = 10) -> None:
-        super().__init__("wikitext2", data_dir, batch_size, seed, num_steps, sampler,
-                         eval_batch_size)
+    name = "wikitext2"
 
 
 class WikiText103DataModule(WikiTextDataModule):
     """WikiText-103 (``--data wikitext103``), same layout under ``wikitext-103/``."""
 
-    def __init__(self, data_dir: str | None = None, batch_size: int = 20, seed: int = 0,
-                 num_steps: int = 35, sampler: str = "sequential",
-                 eval_batch_size: int | None = 10) -> None:
-        super().__init__("wikitext103", data_dir, batch_size, seed, num_steps, sampler,
-                         eval_batch_size)
+    name = "wikitext103"

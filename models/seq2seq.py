@@ -27,6 +27,18 @@ from .registry import Recipe, register
 FULL_DATA = {"num_steps": 10, "min_freq": 5, "val_size": 2000, "test_size": 5000}
 
 
+#: The book's setting (d2l 1.0 ``MTFraEng``: 640 pairs) and the whole-corpus one, for both RNN
+#: models; ``full`` keeps PyTorch's initialisation (see :class:`Seq2SeqGRU`).
+RNN_RECIPES = {
+    "d2l": Recipe(optimizer="adam", lr=0.005, batch_size=128, max_epochs=30,
+                  gradient_clip_val=1.0, data_kwargs={"num_steps": 9, "max_examples": 640}),
+    "full": Recipe(optimizer="adam", lr=0.005, batch_size=256, max_epochs=1,
+                   gradient_clip_val=1.0, data_kwargs=FULL_DATA,
+                   model_kwargs={"embed_size": 128, "num_hiddens": 128, "dropout": 0.1,
+                                 "init": "pytorch"}),
+}
+
+
 class Seq2SeqEncoder(nn.Module):
     """Embedding + multi-layer GRU encoder, d2l §10.7.1.
 
@@ -69,14 +81,15 @@ class _RNNDecoderBase(nn.Module):
         self.keep_attention = False
         self.step_attention: torch.Tensor | None = None
 
-    @staticmethod
-    def check_init(init: str) -> None:
-        """Only ``xavier`` and ``pytorch`` initialisations exist."""
+    def init_seq2seq(self, init: str = "xavier") -> None:
+        """The book's initialisation (d2l §10.7.2): Xavier-uniform Linear and GRU weights.
+
+        Call it last in a subclass constructor; ``init="pytorch"`` keeps the layers' defaults.
+        """
         if init not in ("xavier", "pytorch"):
             raise ValueError(f"unknown init '{init}'; choose from: xavier, pytorch")
-
-    def init_seq2seq(self) -> None:
-        """The book's initialisation (d2l §10.7.2): Xavier-uniform Linear and GRU weights."""
+        if init == "pytorch":
+            return
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -101,14 +114,8 @@ class _RNNDecoderBase(nn.Module):
         return self.decode(tokens, memory, state)
 
 
-@register("seq2seq_gru", task="seq2seq", data="fra_eng", section="10.7", recipes={
-    "d2l": Recipe(optimizer="adam", lr=0.005, batch_size=128, max_epochs=30,
-                  gradient_clip_val=1.0, data_kwargs={"num_steps": 9, "max_examples": 640}),
-    "full": Recipe(optimizer="adam", lr=0.005, batch_size=256, max_epochs=1,
-                   gradient_clip_val=1.0, data_kwargs=FULL_DATA,
-                   model_kwargs={"embed_size": 128, "num_hiddens": 128, "dropout": 0.1,
-                                 "init": "pytorch"}),
-})
+@register("seq2seq_gru", task="seq2seq", data="fra_eng", section="10.7",
+          recipes=RNN_RECIPES)
 class Seq2SeqGRU(_RNNDecoderBase):
     """GRU encoder-decoder, d2l §10.7.
 
@@ -132,9 +139,7 @@ class Seq2SeqGRU(_RNNDecoderBase):
                  init: str = "xavier") -> None:
         super().__init__(src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers,
                          dropout)
-        self.check_init(init)
-        if init == "xavier":
-            self.init_seq2seq()
+        self.init_seq2seq(init)
 
     def decode(self, tgt: torch.Tensor, memory, state):
         """``(B, T)`` tokens -> ``(B, T, V)`` logits; ``state`` is ``(B, L, H)`` or ``None``."""
@@ -147,14 +152,8 @@ class Seq2SeqGRU(_RNNDecoderBase):
         return self.dense(out), h.transpose(0, 1)
 
 
-@register("seq2seq_bahdanau", task="seq2seq", data="fra_eng", section="11.4", recipes={
-    "d2l": Recipe(optimizer="adam", lr=0.005, batch_size=128, max_epochs=30,
-                  gradient_clip_val=1.0, data_kwargs={"num_steps": 9, "max_examples": 640}),
-    "full": Recipe(optimizer="adam", lr=0.005, batch_size=256, max_epochs=1,
-                   gradient_clip_val=1.0, data_kwargs=FULL_DATA,
-                   model_kwargs={"embed_size": 128, "num_hiddens": 128, "dropout": 0.1,
-                                 "init": "pytorch"}),
-})
+@register("seq2seq_bahdanau", task="seq2seq", data="fra_eng", section="11.4",
+          recipes=RNN_RECIPES)
 class Seq2SeqBahdanau(_RNNDecoderBase):
     """GRU encoder-decoder with additive attention, d2l §11.4.
 
@@ -173,9 +172,7 @@ class Seq2SeqBahdanau(_RNNDecoderBase):
         super().__init__(src_vocab_size, tgt_vocab_size, embed_size, num_hiddens, num_layers,
                          dropout)
         self.attention = AdditiveAttention(num_hiddens, dropout)
-        self.check_init(init)
-        if init == "xavier":
-            self.init_seq2seq()
+        self.init_seq2seq(init)
 
     def decode(self, tgt: torch.Tensor, memory, state):
         """Step by step over ``(B, T)``; ``state`` is the hidden state ``(B, L, H)``."""
