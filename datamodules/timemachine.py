@@ -184,9 +184,9 @@ class LanguageModelDataModule(L.LightningDataModule):
     def data_info(self) -> dict[str, Any]:
         """Task-module arguments: vocabulary, state carrying, how to encode prompts."""
         self.setup()
-        return {"vocab": self.vocab.to_json(), "vocab_size": len(self.vocab),
-                "carry_state": self.sampler == "sequential", "token_level": self.level,
-                "text_preprocess": self.preprocess, "sample_prefix": self.sample_prefix}
+        return {"vocab": self.vocab.to_json(), "carry_state": self.sampler == "sequential",
+                "token_level": self.level, "text_preprocess": self.preprocess,
+                "sample_prefix": self.sample_prefix}
 
     def sizes(self) -> dict[str, int]:
         """Tokens per split and the vocabulary size (after :meth:`setup`)."""

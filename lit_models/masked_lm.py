@@ -67,7 +67,6 @@ class MaskedLM(TaskModule):
         if missing:
             raise ValueError(f"the vocabulary lacks the special tokens {missing}")
         self.save_hyperparameters()
-        self.vocab_size = len(vocab)
         self._build(arch, {**(model_kwargs or {}), "vocab_size": len(vocab),
                                  "max_len": max_seq_len})
         # loss*n, n, mlm nll sum, mlm slots, mlm correct, nsp nll sum, nsp correct
