@@ -237,6 +237,9 @@ class TimeMachineDataModule(LanguageModelDataModule):
         level: ``char`` (d2l) or ``word``.
         sampler: ``random`` (default) or ``sequential``.
         val_fraction: held-out tail of the book.
+        max_tokens: train on only the first ``max_tokens`` tokens of the book (d2l 0.17's
+            ``load_corpus_time_machine(max_tokens=10000)``, the setting of the perplexities the
+            book prints); the vocabulary and the held-out tail stay those of the whole book.
     """
 
     preprocess = "time_machine"
@@ -244,13 +247,16 @@ class TimeMachineDataModule(LanguageModelDataModule):
 
     def __init__(self, data_dir: str | None = None, batch_size: int = 1024, seed: int = 0,
                  num_steps: int = 32, level: str = "char", sampler: str = "random",
-                 val_fraction: float = 0.1, eval_batch_size: int | None = None) -> None:
+                 val_fraction: float = 0.1, eval_batch_size: int | None = None,
+                 max_tokens: int | None = None) -> None:
         super().__init__(data_dir, batch_size, seed, num_steps, sampler, eval_batch_size)
         if level not in ("char", "word"):
             raise DataError(f"unknown token level '{level}'; choose from: char, word")
         if not 0.0 < val_fraction < 1.0:
             raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        self.level, self.val_fraction = level, val_fraction
+        if max_tokens is not None and max_tokens < 2:
+            raise DataError(f"max_tokens must be at least 2, got {max_tokens}")
+        self.level, self.val_fraction, self.max_tokens = level, val_fraction, max_tokens
         self.sample_prefix = "time traveller " if level == "char" else "time traveller"
 
     def prepare_data(self) -> None:
@@ -264,4 +270,5 @@ class TimeMachineDataModule(LanguageModelDataModule):
         if len(tokens) - n_val < 2:
             raise DataError(f"The Time Machine holds only {len(tokens)} {self.level} tokens")
         train, tail = tokens[:-n_val], tokens[-n_val:]
-        return {"train": train, "val": tail, "test": tail}, Vocab(train)
+        vocab = Vocab(train)
+        return {"train": train[:self.max_tokens], "val": tail, "test": tail}, vocab

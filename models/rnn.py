@@ -342,6 +342,18 @@ def _d2l(lr: float, epochs: int) -> Recipe:
 # §10.3 deep RNN: two layers, lr 2, 100 epochs (the book trains the GRU and the scratch RNN).
 _DEEP = Recipe(optimizer="sgd", lr=2.0, batch_size=1024, max_epochs=100, gradient_clip_val=1.0,
                model_kwargs={**_CHAR, "num_layers": 2}, data_kwargs=_STEPS)
+# d2l 0.17 (§8.5-§9.3), whose printed training perplexities (1.0-1.3) the issue quotes: the
+# first 10,000 characters only, sequential partitioning, batch 32, num_steps 35, 500 epochs.
+_V017_DATA = {"num_steps": 35, "sampler": "sequential", "max_tokens": 10_000}
+
+
+def _v017(num_hiddens: int, lr: float = 1.0, num_layers: int = 1) -> Recipe:
+    return Recipe(optimizer="sgd", lr=lr, batch_size=32, max_epochs=500, gradient_clip_val=1.0,
+                  model_kwargs={"embed_size": 0, "num_hiddens": num_hiddens,
+                                "num_layers": num_layers}, data_kwargs=_V017_DATA)
+
+
+_V017_DEEP = _v017(256, lr=2.0, num_layers=2)  # §9.3
 # pytorch/examples word_language_model, for word-level WikiText-2 (data "wikitext2"): SGD lr 20
 # (the example divides it by 4 on a plateau; our "plateau" scheduler divides by 10), bptt 35.
 _WORD = {"num_layers": 2, "tie_weights": True}
@@ -366,19 +378,21 @@ def _builder(cell: str, scratch: bool):
     return build
 
 
-register("rnn_scratch", section="9.5", recipes={"d2l": _d2l(1.0, 100), "deep": _DEEP},
+def _recipes(lr: float, epochs: int, v017_hiddens: int = 256) -> dict[str, Recipe]:
+    return {"d2l": _d2l(lr, epochs), "deep": _DEEP, "d2l-0.17": _v017(v017_hiddens),
+            "d2l-0.17-deep": _V017_DEEP}
+
+
+register("rnn_scratch", section="9.5", recipes=_recipes(1.0, 100, v017_hiddens=512),
          **_LM)(_builder("rnn", True))
-register("rnn", section="9.6", recipes={"d2l": _d2l(1.0, 100), "deep": _DEEP},
-         **_LM)(_builder("rnn", False))
-register("lstm_scratch", section="10.1", recipes={"d2l": _d2l(4.0, 50), "deep": _DEEP},
+register("rnn", section="9.6", recipes=_recipes(1.0, 100), **_LM)(_builder("rnn", False))
+register("lstm_scratch", section="10.1", recipes=_recipes(4.0, 50),
          **_LM)(_builder("lstm", True))
 register("lstm", section="10.1",
-         recipes={"d2l": _d2l(4.0, 50), "deep": _DEEP, "wikitext": _WIKITEXT, "medium": _MEDIUM},
+         recipes={**_recipes(4.0, 50), "wikitext": _WIKITEXT, "medium": _MEDIUM},
          **_LM)(_builder("lstm", False))
-register("gru_scratch", section="10.2", recipes={"d2l": _d2l(4.0, 50), "deep": _DEEP},
-         **_LM)(_builder("gru", True))
-register("gru", section="10.2", recipes={"d2l": _d2l(4.0, 50), "deep": _DEEP},
-         **_LM)(_builder("gru", False))
+register("gru_scratch", section="10.2", recipes=_recipes(4.0, 50), **_LM)(_builder("gru", True))
+register("gru", section="10.2", recipes=_recipes(4.0, 50), **_LM)(_builder("gru", False))
 
 
 @register("bi_lstm", task="sequence_encoding", data="time_machine", section="10.4",

@@ -16,6 +16,7 @@ from torch import nn
 import train
 from conftest import ROOT, read_results, run_cli
 from datamodules import build_datamodule, corpora
+from datamodules.download import DataError
 from datamodules.text import Vocab, preprocess_time_machine
 from datamodules.timemachine import RandomWindowLoader, SequentialLoader
 from lit_models import LanguageModel, load_checkpoint
@@ -122,6 +123,26 @@ def test_time_machine_vocab_sizes_and_held_out_tail(lm_root) -> None:
     info = word.data_info()
     assert "traveller" in info["vocab"] and info["carry_state"] is True
     assert word.sizes()["train"] + word.sizes()["val"] == len(text.split())
+
+
+def test_time_machine_max_tokens_truncates_training_text_only(lm_root) -> None:
+    """d2l 0.17's ``max_tokens``: fewer training tokens; vocabulary and held-out tail unchanged."""
+    full = build_datamodule("time_machine", "language_modeling", data_dir=str(lm_root),
+                            batch_size=2, num_steps=5)
+    short = build_datamodule("time_machine", "language_modeling", data_dir=str(lm_root),
+                             batch_size=2, num_steps=5, max_tokens=60, sampler="sequential")
+    full.setup(), short.setup()
+    assert short.sizes()["train"] == 60 < full.sizes()["train"]
+    assert torch.equal(short.corpora["train"], full.corpora["train"][:60])
+    assert torch.equal(short.corpora["val"], full.corpora["val"])
+    assert short.data_info()["vocab"] == full.data_info()["vocab"]
+    batches = list(short.train_dataloader())
+    rows = torch.cat([x for x, _ in batches] + [batches[-1][1][:, -1:]], 1)  # (B, L) streams
+    first_60 = "".join(full.vocab.to_tokens(full.corpora["train"][:60]))
+    for row in rows:  # each stream is contiguous text from the first 60 characters
+        assert "".join(full.vocab.to_tokens(row)) in first_60
+    with pytest.raises(DataError, match="max_tokens"):
+        build_datamodule("time_machine", "language_modeling", data_dir=str(lm_root), max_tokens=1)
 
 
 def test_wikitext_eos_per_line_official_splits_train_vocab(lm_root, monkeypatch) -> None:
@@ -339,6 +360,18 @@ def test_fast_dev_run_every_model_and_dataset(lm_root, tmp_path, model, data) ->
     assert res["val/ppl"] == pytest.approx(math.exp(res["val/loss"]), rel=1e-5)
     samples = (run / "samples.txt").read_text().splitlines()
     assert len(samples) == 2 and "greedy" in samples[0] and "top-k" in samples[1]
+
+
+def test_d2l_017_recipe_reaches_the_datamodule(lm_root, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert train.main(["--model", "gru", "--recipe", "d2l-0.17", "--data", "time_machine",
+                       "--data-dir", str(lm_root), "--run-dir", str(run), "--fast-dev-run",
+                       "--num-hiddens", "8", "--data-arg", "max_tokens=200",
+                       "--no-progress-bar"]) == 0
+    res = read_results(run)
+    assert res["dataset_sizes"]["train"] == 200  # the flag overrides the recipe's 10,000
+    cfg = (run / "config.yaml").read_text()
+    assert "sampler: sequential" in cfg and "num_steps: 35" in cfg
 
 
 def test_time_machine_word_level_sequential_through_train_py(lm_root, tmp_path) -> None:
