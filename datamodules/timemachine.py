@@ -270,5 +270,4 @@ class TimeMachineDataModule(LanguageModelDataModule):
         if len(tokens) - n_val < 2:
             raise DataError(f"The Time Machine holds only {len(tokens)} {self.level} tokens")
         train, tail = tokens[:-n_val], tokens[-n_val:]
-        vocab = Vocab(train)
-        return {"train": train[:self.max_tokens], "val": tail, "test": tail}, vocab
+        return {"train": train[:self.max_tokens], "val": tail, "test": tail}, Vocab(train)

@@ -365,13 +365,16 @@ def test_fast_dev_run_every_model_and_dataset(lm_root, tmp_path, model, data) ->
 def test_d2l_017_recipe_reaches_the_datamodule(lm_root, tmp_path) -> None:
     run = tmp_path / "run"
     assert train.main(["--model", "gru", "--recipe", "d2l-0.17", "--data", "time_machine",
-                       "--data-dir", str(lm_root), "--run-dir", str(run), "--fast-dev-run",
+                       "--data-dir", str(lm_root), "--run-dir", str(run), "--max-steps", "1",
+                       "--limit-val-batches", "1", "--no-test",
                        "--num-hiddens", "8", "--data-arg", "max_tokens=200",
                        "--no-progress-bar"]) == 0
     res = read_results(run)
     assert res["dataset_sizes"]["train"] == 200  # the flag overrides the recipe's 10,000
     cfg = (run / "config.yaml").read_text()
     assert "sampler: sequential" in cfg and "num_steps: 35" in cfg
+    # the DataModule itself got the sequential sampler: only then does the task carry the state
+    assert "carry_state: true" in (run / "hparams.yaml").read_text()
 
 
 def test_time_machine_word_level_sequential_through_train_py(lm_root, tmp_path) -> None:
