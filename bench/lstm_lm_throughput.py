@@ -37,7 +37,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
-from datamodules import build_datamodule  # noqa: E402
 from lit_models.language_model import detach_state  # noqa: E402
 from models import build_model  # noqa: E402
 
@@ -52,14 +51,15 @@ def config(a: argparse.Namespace, steps: int, run_dir: Path) -> dict:
 
 def plain_loop(cfg: dict, steps: int) -> float:
     """Target tokens/s of a hand-written loop over the same batches."""
-    torch.manual_seed(cfg["seed"])
-    dm = build_datamodule(cfg["data"], cfg["task"], data_dir=cfg["data_dir"],
-                          batch_size=cfg["batch_size"], seed=cfg["seed"], **cfg["data_kwargs"])
+    torch.manual_seed(cfg["run"]["seed"])
+    dm = train.build_data(cfg)
     info = dm.data_info()
-    model = build_model(cfg["model"], vocab_size=info["vocab_size"], **cfg["model_kwargs"])
+    options = {k: v for k, v in cfg["model"].items() if k not in ("name", "recipe")}
+    model = build_model(cfg["model"]["name"], vocab_size=len(info["vocab"]), **options)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                          weight_decay=cfg["weight_decay"])
+    optim = cfg["optim"]
+    opt = torch.optim.SGD(model.parameters(), lr=optim["lr"], momentum=optim["momentum"],
+                          weight_decay=optim["weight_decay"])
     carry = info["carry_state"] and getattr(model, "recurrent", False)
     loader = dm.train_dataloader()
     tokens, step, epoch = 0, 0, 0
@@ -73,8 +73,8 @@ def plain_loop(cfg: dict, steps: int) -> float:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg["gradient_clip_val"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["gradient_clip_val"])
+            if optim["gradient_clip_val"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), optim["gradient_clip_val"])
             opt.step()
             tokens += y.numel()
             step += 1
@@ -128,7 +128,7 @@ def main() -> None:
         scratch_vs_concise(a, run_root)
         return
     cfg = config(a, a.steps, run_root / "cfg")
-    if cfg["optimizer"] != "sgd":
+    if cfg["optim"]["optimizer"] != "sgd":
         raise SystemExit("the plain loop implements SGD only; pick an SGD recipe")
     rates: dict[str, list[float]] = {"ours": [], "plain": []}
     try:
@@ -148,8 +148,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     pairs = [o / q for o, q in zip(rates["ours"], rates["plain"])]
     q1, q2, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
-    print(f"\n{a.model} ({a.recipe} recipe) on {a.data}: batch {cfg['batch_size']}, "
-          f"num_steps {cfg['data_kwargs'].get('num_steps')}, {a.steps} steps x {a.rounds} rounds, "
+    print(f"\n{a.model} ({a.recipe} recipe) on {a.data}: batch {cfg['data']['batch_size']}, "
+          f"num_steps {cfg['data'].get('num_steps')}, {a.steps} steps x {a.rounds} rounds, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     print("| path | tokens/s (median) |\n|---|---|")
     for k, v in med.items():

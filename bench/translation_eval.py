@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,6 +27,7 @@ from datamodules.text import UNK, Vocab  # noqa: E402
 from lit_models.seq2seq import UNK_REF  # noqa: E402
 from models import load_exported  # noqa: E402
 from models.decoding import decode  # noqa: E402
+from training.config import load_config_file, resolve  # noqa: E402
 
 
 def main() -> None:
@@ -40,9 +40,10 @@ def main() -> None:
     p.add_argument("--data-dir")
     args = p.parse_args()
     run = Path(args.run)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    dm = EngFraDataModule(args.data_dir or cfg["data_dir"], seed=cfg["seed"],
-                          **cfg["data_kwargs"])
+    cfg = resolve([load_config_file(run / "config.yaml")])
+    data = {k: v for k, v in cfg["data"].items() if k not in ("name", "data_dir")}
+    dm = EngFraDataModule(args.data_dir or cfg["data"]["data_dir"], seed=cfg["run"]["seed"],
+                          **data)
     dm.setup()
     model, export = load_exported(run / "export")
     torch.set_grad_enabled(False)

@@ -49,12 +49,12 @@ def short_run(name: str, data_dir: str, steps: int, batch: int) -> tuple[list[fl
     dm = build_datamodule(spec.data, data_dir=data_dir, batch_size=batch)
     module = ImageClassifier(name, **dm.data_info(), resize=r.resize, model_kwargs=r.model_kwargs,
                              optimizer=r.optimizer, lr=r.lr, weight_decay=r.weight_decay,
-                             momentum=r.momentum, label_smoothing=r.label_smoothing)
+                             momentum=r.momentum, label_smoothing=r.label_smoothing,
+                             gradient_clip_val=r.gradient_clip_val)
     rec = LossRecorder()
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=[rec],
-                        gradient_clip_val=r.gradient_clip_val)
+                        limit_val_batches=0, callbacks=[rec])
     t0 = time.time()
     trainer.fit(module, datamodule=dm)
     return rec.losses, time.time() - t0, r.resize or 28

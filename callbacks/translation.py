@@ -92,7 +92,7 @@ class TranslationTable(Callback):
             return
         vocab = pl_module.src_vocab
         src, valid = encode_source([tokenize_sentence(s) for s in self.heatmap_sentences],
-                                   vocab, pl_module.hparams.src_len)
+                                   vocab, pl_module.hparams.num_steps)
         was_training = model.training
         model.eval()
         hyps, attention = greedy_decode(model, src.to(pl_module.device),

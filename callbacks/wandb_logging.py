@@ -28,8 +28,10 @@ def _has_api_key() -> bool:
 
 
 def make_wandb_logger(save_dir: str | Path, project: str, name: str | None,
-                      tags: list[str] | None, config: dict[str, Any]):
+                      tags: list[str] | None, config: dict[str, Any], run_id: str | None = None):
     """A ``WandbLogger`` that is offline when there is no key or no network.
+
+    ``run_id`` continues that W&B run (a resumed run keeps its id), else a new id is drawn.
 
     Raises:
         ImportError: wandb is not installed (the message says how to install it).
@@ -49,7 +51,8 @@ def make_wandb_logger(save_dir: str | Path, project: str, name: str | None,
 
     def build(off: bool) -> WandbLogger:
         return WandbLogger(project=project, name=name, tags=tags or None, save_dir=str(save_dir),
-                           offline=off, config=config, settings=settings)
+                           offline=off, config=config, settings=settings, id=run_id,
+                           resume="allow" if run_id else None)
 
     logger = build(offline)
     try:

@@ -8,7 +8,6 @@ Importing this package does not import Lightning: DataModule classes load on fir
 from __future__ import annotations
 
 import importlib
-import inspect
 from typing import Any
 
 from .download import DataError, resolve_data_dir
@@ -56,21 +55,10 @@ def datamodule_class(name: str, task: str | None = None) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def datamodule_params(name: str, task: str | None = None) -> set[str]:
-    """Constructor arguments the DataModule accepts (for routing ``--data-arg`` flags)."""
-    return set(inspect.signature(datamodule_class(name, task).__init__).parameters) - {"self"}
-
-
 def build_datamodule(name: str, task: str | None = None, **kwargs: Any):
-    """Instantiate the DataModule registered as ``name`` (for ``task``; imports Lightning).
-
-    Keyword arguments the class does not take are dropped only when their value is ``None``
-    (an unset flag); any other unknown argument raises ``TypeError``.
-    """
-    cls = datamodule_class(name, task)
-    accepted = datamodule_params(name, task)
-    return cls(**{k: v for k, v in kwargs.items() if k in accepted or v is not None})
+    """Instantiate the DataModule registered as ``name`` (for ``task``; imports Lightning)."""
+    return datamodule_class(name, task)(**kwargs)
 
 
 __all__ = ["DataError", "build_datamodule", "data_names", "data_task", "data_tasks",
-           "datamodule_class", "datamodule_params", "resolve_data_dir"]
+           "datamodule_class", "resolve_data_dir"]

@@ -153,11 +153,13 @@ class EpochLoader(TensorBatchLoader):
         super().__init__(first if first is not None else make(0), batch_size, shuffle=True,
                          **kwargs)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        # Drawn when the epoch's first batch is, not at ``iter()``: a resumed run may set the
+        # epoch (``load_state_dict``) after Lightning has called ``iter()`` on the loader.
         if self.sampler.epoch != self._made_for:
             self.tensors = self._make(self.sampler.epoch)
             self._made_for = self.sampler.epoch
-        return super().__iter__()
+        return super()._batches(start)
 
 
 class BERTPretrainDataModule(TensorDataModule):
@@ -220,9 +222,9 @@ class BERTPretrainDataModule(TensorDataModule):
                            self.train_set, seed=self.seed, rank=rank, world_size=world, even=True)
 
     def data_info(self) -> dict[str, Any]:
-        """The vocabulary and ``max_len`` (as ``max_seq_len``) for the task module."""
+        """The vocabulary and ``max_len`` for the task module."""
         self.setup()
-        return {"vocab": self.vocab.to_json(), "max_seq_len": self.max_len}
+        return {"vocab": self.vocab.to_json(), "max_len": self.max_len}
 
     def sizes(self) -> dict[str, int]:
         """Examples per split, plus paragraphs, sentences and vocabulary size."""

@@ -21,13 +21,11 @@ class SyntheticRegressionDataModule(TensorDataModule):
         num_val: validation (and test) examples.
         batch_size: batch size (d2l: 32).
         seed: seed of the draws and the shuffling.
-        data_dir: ignored (accepted so every DataModule is built the same way).
-        val_size: ignored, as ``data_dir``.
     """
 
     def __init__(self, w: Sequence[float] = (2.0, -3.4), b: float = 4.2, noise: float = 0.01,
                  num_train: int = 1000, num_val: int = 1000, batch_size: int = 32,
-                 seed: int = 0, data_dir: Any = None, val_size: Any = None) -> None:
+                 seed: int = 0) -> None:
         super().__init__(batch_size, seed)
         self.w = torch.tensor(list(w), dtype=torch.float32)
         self.b, self.noise = float(b), float(noise)

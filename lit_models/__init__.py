@@ -31,10 +31,20 @@ def task_module(task: str) -> type[TaskModule]:
     return TASK_MODULES[task]
 
 
+#: hyper-parameters of checkpoints written before the sectioned config: old name -> new name
+#: (``None``: dropped; ``compile`` is now a ``trainer`` setting, not part of the module)
+_RENAMED_HPARAMS = {"src_len": "num_steps", "max_seq_len": "max_len", "compile": None}
+
+
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TaskModule:
     """Rebuild the LightningModule of any checkpoint of ours (weights-only loading, read once)."""
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    hparams = ckpt["hyper_parameters"]
+    hparams = dict(ckpt["hyper_parameters"])
+    for old, new in _RENAMED_HPARAMS.items():
+        if old in hparams:
+            value = hparams.pop(old)
+            if new is not None:
+                hparams[new] = value
     module = task_module(get_spec(hparams["arch"]).task)(**hparams)
     module.load_state_dict(ckpt["state_dict"])
     return module

@@ -32,17 +32,45 @@ class TaskModule(L.LightningModule):
 
     Subclasses build ``self.model`` (a pure ``models/`` module) through :meth:`_build` and
     implement the steps. Constructor arguments are primitives, saved as hyper-parameters, so a
-    checkpoint alone rebuilds the run.
+    checkpoint alone rebuilds the run. The optimisation arguments (``train.py``'s ``optim``
+    section) are taken here once; subclasses pass them on as ``**optim``.
+
+    Args:
+        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        lr: learning rate.
+        weight_decay: weight decay.
+        momentum: SGD momentum.
+        scheduler: ``none``, ``step``, ``cosine``, ``onecycle`` or ``plateau``.
+        gradient_clip_val: clip the gradient norm to this value (``None``: no clipping).
 
     Attributes:
         monitor: ``(metric, mode)`` that selects the best checkpoint.
         task: task-family name as in the registry.
+        data_args: constructor arguments that come from ``DataModule.data_info()``.
+        model_data_args: model constructor arguments this module fills from the data (so a
+            config may not set them).
     """
 
     monitor: tuple[str, str] = ("val/loss", "min")
     task: str = ""
+    data_args: tuple[str, ...] = ()
+    model_data_args: tuple[str, ...] = ()
     #: hyper-parameters kept in checkpoints but not sent to loggers (e.g. a 33k-token vocab)
     unlogged_hparams: tuple[str, ...] = ()
+
+    def __init__(self, optimizer: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,
+                 momentum: float = 0.0, scheduler: str = "none",
+                 gradient_clip_val: float | None = None) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer '{optimizer}'; choose from: "
+                             + ", ".join(OPTIMIZERS))
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler '{scheduler}'; choose from: "
+                             + ", ".join(SCHEDULERS))
+        self.optim_args = {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+                           "momentum": momentum, "scheduler": scheduler,
+                           "gradient_clip_val": gradient_clip_val}
 
     def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None,
                              logger: bool = True) -> None:
@@ -105,26 +133,26 @@ class TaskModule(L.LightningModule):
         """The epoch's training sums over all ranks: ``[loss_sum, count, ...]``."""
         return self.trainer.strategy.reduce(self._train_sums.clone(), reduce_op="sum")
 
-    def _build(self, arch: str, builder_kwargs: dict[str, Any]) -> None:
-        self.builder_kwargs = dict(builder_kwargs)
+    def _build(self, arch: str, from_data: dict[str, Any],
+               model_kwargs: dict[str, Any] | None) -> None:
+        """Build ``self.model`` from the data's sizes plus the config's model options."""
+        clash = sorted(from_data.keys() & (model_kwargs or {}).keys())
+        if clash:
+            raise ValueError(f"model option(s) {', '.join(clash)} come from the data and "
+                             "cannot be set")
+        self.builder_kwargs = {**from_data, **(model_kwargs or {})}
         self.model: nn.Module = build_model(arch, **self.builder_kwargs)
 
     def forward(self, *args: Any) -> torch.Tensor:
         """The pure model's forward: logits, never a loss."""
         return self.model(*args)
 
-    def configure_model(self) -> None:
-        """Compile the inner module in place (``--compile``); state-dict keys stay unchanged."""
-        if self.hparams.get("compile") and not getattr(self, "_compiled", False):
-            self.model.compile()
-            self._compiled = True
-
     def configure_optimizers(self) -> Any:
-        """Optimizer and LR scheduler from the hyper-parameters."""
-        hp = self.hparams
-        opt = build_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay,
-                              hp.momentum)
-        name = hp.scheduler
+        """Optimizer and LR scheduler from the ``optim`` arguments."""
+        hp = self.optim_args
+        opt = build_optimizer(self.parameters(), hp["optimizer"], hp["lr"], hp["weight_decay"],
+                              hp["momentum"])
+        name = hp["scheduler"]
         if name == "none":
             return opt
         if name == "step":
@@ -140,11 +168,57 @@ class TaskModule(L.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         if name == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-        elif name == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=total)
-        else:
-            raise ValueError(f"unknown scheduler '{name}'; choose from: {', '.join(SCHEDULERS)}")
+        else:  # onecycle (names are checked in __init__)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip the gradient norm to the ``optim`` argument ``gradient_clip_val``.
+
+        Without it, a Trainer's own ``gradient_clip_val`` applies, as Lightning does by default.
+        """
+        value = self.optim_args["gradient_clip_val"]
+        if value is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=value,
+                                gradient_clip_algorithm="norm")
+        elif gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                                gradient_clip_algorithm=gradient_clip_algorithm)
+
+    def on_train_start(self) -> None:
+        """Continue a resumed run exactly: the loader's position and the random-number state.
+
+        ``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` for the cosine and
+        one-cycle schedules, which builds the training loader before a checkpoint is restored;
+        Lightning then never passes the loader its saved position (Lightning-AI/
+        pytorch-lightning#20550) and a mid-epoch resume would restart the epoch. Our loaders
+        read the position when their first batch is drawn, so loading it here is exact; it is
+        a no-op when not resuming or when Lightning has already loaded it. The random-number
+        state (dropout) is restored here rather than at load time, so loading a checkpoint for
+        inference never changes the global generator.
+        """
+        load = getattr(self.trainer.fit_loop, "_load_combined_loader_states", None)
+        if load is not None:
+            load()
+        rng = self.__dict__.pop("_resume_rng", None)
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the random-number state, so dropout after a resume draws what it would have."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng_states"] = rng
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the saved random-number state for :meth:`on_train_start`."""
+        if "rng_states" in checkpoint:
+            self._resume_rng = checkpoint["rng_states"]
 
     def export_config(self) -> dict[str, Any]:
         """What ``config.json`` of an export holds; subclasses add preprocessing and labels."""

@@ -34,19 +34,17 @@ class ImageClassifier(TaskModule):
         std: per-channel standard deviation used for normalisation.
         resize: side length the model sees (``None``: native).
         class_names: labels, carried into the export.
-        model_kwargs: extra constructor arguments of the model (e.g. ``activation``).
-        optimizer: ``sgd``, ``adam`` or ``adamw``.
-        lr: learning rate.
-        weight_decay: weight decay.
-        momentum: SGD momentum.
-        scheduler: ``none``, ``step``, ``cosine``, ``onecycle`` or ``plateau``.
+        model_kwargs: constructor arguments of the model besides the data's sizes (e.g.
+            ``activation``).
         label_smoothing: cross-entropy label smoothing.
         channels_last: feed convolutions channels-last tensors.
-        compile: ``torch.compile`` the model.
+        **optim: optimisation arguments of :class:`TaskModule`.
     """
 
     monitor = ("val/acc", "max")
     task = "image_classification"
+    data_args = ("num_classes", "in_channels", "image_size", "mean", "std", "class_names")
+    model_data_args = ("num_classes", "in_channels", "image_size")
 
     def __init__(
         self,
@@ -59,19 +57,14 @@ class ImageClassifier(TaskModule):
         resize: int | None = None,
         class_names: Sequence[str] | None = None,
         model_kwargs: dict[str, Any] | None = None,
-        optimizer: str = "sgd",
-        lr: float = 0.1,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
-        scheduler: str = "none",
         label_smoothing: float = 0.0,
         channels_last: bool = False,
-        compile: bool = False,
+        **optim: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**optim)
         self.save_hyperparameters()
         self._build(arch, {"num_classes": num_classes, "in_channels": in_channels,
-                           "image_size": resize or image_size, **(model_kwargs or {})})
+                           "image_size": resize or image_size}, model_kwargs)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._init_train_sums(3)  # loss sum, count, correct

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,15 +15,20 @@ from datamodules.text import Vocab, encode_prompt, join_tokens
 from .base import TaskModule
 
 
-def detach_state(state: Any) -> Any:
-    """Detach every tensor of a hidden state (a tensor, or nested tuples / lists / dicts)."""
+def map_state(state: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply ``fn`` to every tensor of a hidden state (a tensor, or nested tuples/lists/dicts)."""
     if isinstance(state, torch.Tensor):
-        return state.detach()
+        return fn(state)
     if isinstance(state, (tuple, list)):
-        return type(state)(detach_state(s) for s in state)
+        return type(state)(map_state(s, fn) for s in state)
     if isinstance(state, dict):
-        return {k: detach_state(v) for k, v in state.items()}
+        return {k: map_state(v, fn) for k, v in state.items()}
     return state
+
+
+def detach_state(state: Any) -> Any:
+    """Detach every tensor of a hidden state."""
+    return map_state(state, torch.Tensor.detach)
 
 
 class LanguageModel(TaskModule):
@@ -46,11 +52,13 @@ class LanguageModel(TaskModule):
             (``datamodules.text.TEXT_PREPROCESSORS``).
         sample_prefix: prompt of the sample-generation callback.
         sample_tokens: tokens generated per sample each validation epoch (0: no callback).
-        optimizer, lr, weight_decay, momentum, scheduler, compile: as ``ImageClassifier``.
+        **optim: optimisation arguments of :class:`TaskModule`.
     """
 
     monitor = ("val/ppl", "min")
     task = "language_modeling"
+    data_args = ("vocab", "carry_state", "token_level", "text_preprocess", "sample_prefix")
+    model_data_args = ("vocab_size",)
     unlogged_hparams = ("vocab",)
 
     def __init__(
@@ -63,19 +71,14 @@ class LanguageModel(TaskModule):
         text_preprocess: str = "none",
         sample_prefix: str = "time traveller ",
         sample_tokens: int = 40,
-        optimizer: str = "sgd",
-        lr: float = 1.0,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
-        scheduler: str = "none",
-        compile: bool = False,
+        **optim: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**optim)
         if not vocab:
             raise ValueError("LanguageModel needs the vocabulary: DataModule.data_info()['vocab']")
         self.save_hyperparameters()
         self.vocab = Vocab.from_tokens(vocab)
-        self._build(arch, {"vocab_size": len(vocab), **(model_kwargs or {})})
+        self._build(arch, {"vocab_size": len(vocab)}, model_kwargs)
         self.carries_state = bool(carry_state and getattr(self.model, "recurrent", False))
         self._init_train_sums(2)  # NLL sum, target tokens
         # token-weighted mean NLL per evaluation split (synced across ranks by torchmetrics)
@@ -111,6 +114,28 @@ class LanguageModel(TaskModule):
         """Reset the training sums and the carried state."""
         super().on_train_epoch_start()
         self._states.pop("train", None)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also keep the carried training state, so a mid-epoch resume continues it."""
+        super().on_save_checkpoint(checkpoint)
+        if "train" in self._states:
+            rows, state = self._states["train"]
+            checkpoint["carried_state"] = {"rows": rows, "state": state}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the carried training state of a mid-epoch checkpoint."""
+        super().on_load_checkpoint(checkpoint)
+        carried = checkpoint.get("carried_state")
+        if carried is not None:
+            self._resume_state = (carried["rows"], carried["state"])
+
+    def on_train_start(self) -> None:
+        """As :class:`TaskModule`, plus the carried state (moved to this module's device)."""
+        super().on_train_start()
+        resumed = self.__dict__.pop("_resume_state", None)
+        if resumed is not None:
+            rows, state = resumed
+            self._states["train"] = (rows, map_state(state, lambda t: t.to(self.device)))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         """Cross-entropy over every target token (``train/loss`` every few steps)."""

@@ -42,33 +42,25 @@ class MaskedLM(TaskModule):
     Args:
         arch: registry name (``bert_tiny``, ``bert_small``).
         vocab: the vocabulary's index -> token list (saved in checkpoints, not logged).
-        max_seq_len: longest input the position embedding covers (the DataModule's
-            ``max_len``; named apart from the ``--max-len`` flag, which ``train.py`` would
-            otherwise pass as ``None`` over the data's value).
+        max_len: longest input the position embedding covers (the DataModule's ``max_len``).
         model_kwargs: other constructor arguments of the model (sizes, dropout, activation).
-        optimizer: ``sgd``, ``adam`` or ``adamw``.
-        lr: learning rate.
-        weight_decay: weight decay.
-        momentum: SGD momentum.
-        scheduler: ``none``, ``step``, ``cosine``, ``onecycle`` or ``plateau``.
-        compile: ``torch.compile`` the model.
+        **optim: optimisation arguments of :class:`TaskModule`.
     """
 
     monitor = ("val/mlm_loss", "min")
     task = "masked_lm"
+    data_args = ("vocab", "max_len")
+    model_data_args = ("vocab_size", "max_len")
     unlogged_hparams = ("vocab",)
 
-    def __init__(self, arch: str = "bert_tiny", vocab: Sequence[str] = (), max_seq_len: int = 64,
-                 model_kwargs: dict[str, Any] | None = None, optimizer: str = "adam",
-                 lr: float = 0.01, weight_decay: float = 0.0, momentum: float = 0.0,
-                 scheduler: str = "none", compile: bool = False) -> None:
-        super().__init__()
+    def __init__(self, arch: str = "bert_tiny", vocab: Sequence[str] = (), max_len: int = 64,
+                 model_kwargs: dict[str, Any] | None = None, **optim: Any) -> None:
+        super().__init__(**optim)
         missing = [t for t in SPECIAL_TOKENS if t not in vocab]
         if missing:
             raise ValueError(f"the vocabulary lacks the special tokens {missing}")
         self.save_hyperparameters()
-        self._build(arch, {**(model_kwargs or {}), "vocab_size": len(vocab),
-                                 "max_len": max_seq_len})
+        self._build(arch, {"vocab_size": len(vocab), "max_len": max_len}, model_kwargs)
         # loss*n, n, mlm nll sum, mlm slots, mlm correct, nsp nll sum, nsp correct
         self._init_train_sums(7)
         for split in ("val", "test"):
@@ -145,7 +137,7 @@ class MaskedLM(TaskModule):
     def export_config(self) -> dict[str, Any]:
         """Adds the vocabulary, ``max_len`` and the special tokens."""
         cfg = super().export_config()
-        cfg.update(vocab=list(self.hparams.vocab), max_len=self.hparams.max_seq_len,
+        cfg.update(vocab=list(self.hparams.vocab), max_len=self.hparams.max_len,
                    special_tokens=list(SPECIAL_TOKENS), lowercase=True)
         return cfg
 

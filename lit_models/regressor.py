@@ -15,19 +15,19 @@ class Regressor(TaskModule):
     Args:
         arch: registry name of the model.
         num_inputs: feature count.
-        model_kwargs: extra constructor arguments.
-        optimizer, lr, weight_decay, momentum, scheduler, compile: as ``ImageClassifier``.
+        model_kwargs: other constructor arguments of the model.
+        **optim: optimisation arguments of :class:`TaskModule`.
     """
 
     task = "regression"
+    data_args = ("num_inputs",)
+    model_data_args = ("num_inputs",)
 
     def __init__(self, arch: str = "linear_regression", num_inputs: int = 2,
-                 model_kwargs: dict[str, Any] | None = None, optimizer: str = "sgd",
-                 lr: float = 0.03, weight_decay: float = 0.0, momentum: float = 0.0,
-                 scheduler: str = "none", compile: bool = False) -> None:
-        super().__init__()
+                 model_kwargs: dict[str, Any] | None = None, **optim: Any) -> None:
+        super().__init__(**optim)
         self.save_hyperparameters()
-        self._build(arch, {"num_inputs": num_inputs, **(model_kwargs or {})})
+        self._build(arch, {"num_inputs": num_inputs}, model_kwargs)
         self._init_train_sums(2)  # loss sum, count
 
     @staticmethod

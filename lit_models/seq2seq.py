@@ -46,30 +46,29 @@ class Seq2Seq(TaskModule):
         arch: registry name of the model.
         src_vocab: source vocabulary (``Vocab.to_json()``).
         tgt_vocab: target vocabulary.
-        src_len: tokens per sentence of the data (its ``num_steps``; named apart because
-            ``train.py`` routes an unset ``--num-steps`` flag as ``None``).
-        model_kwargs: extra constructor arguments of the model.
-        optimizer, lr, weight_decay, momentum, scheduler: optimisation (see ``TaskModule``).
+        num_steps: tokens per sentence of the data (its ``num_steps``).
+        model_kwargs: constructor arguments of the model besides the vocabulary sizes.
         label_smoothing: cross-entropy label smoothing.
         beam_size: beam width of ``test/bleu_beam`` and of the export's default (1: greedy).
         length_penalty: GNMT length-penalty alpha of beam search.
-        max_decode_len: most generated tokens (default: ``src_len``).
+        max_decode_len: most generated tokens (default: ``num_steps``).
         bleu_max_sentences: validation pairs decoded for ``val/bleu`` each epoch (> 0).
-        compile: ``torch.compile`` the model.
+        **optim: optimisation arguments of :class:`TaskModule`.
     """
 
     monitor = ("val/bleu", "max")
     task = "seq2seq"
+    data_args = ("src_vocab", "tgt_vocab", "num_steps")
+    model_data_args = ("src_vocab_size", "tgt_vocab_size")
     unlogged_hparams = ("src_vocab", "tgt_vocab")
 
     def __init__(self, arch: str = "seq2seq_gru", src_vocab: list[str] | None = None,
-                 tgt_vocab: list[str] | None = None, src_len: int = 9,
-                 model_kwargs: dict[str, Any] | None = None, optimizer: str = "adam",
-                 lr: float = 0.005, weight_decay: float = 0.0, momentum: float = 0.0,
-                 scheduler: str = "none", label_smoothing: float = 0.0, beam_size: int = 1,
-                 length_penalty: float = 0.0, max_decode_len: int | None = None,
-                 bleu_max_sentences: int = 1000, compile: bool = False) -> None:
-        super().__init__()
+                 tgt_vocab: list[str] | None = None, num_steps: int = 9,
+                 model_kwargs: dict[str, Any] | None = None, label_smoothing: float = 0.0,
+                 beam_size: int = 1, length_penalty: float = 0.0,
+                 max_decode_len: int | None = None, bleu_max_sentences: int = 1000,
+                 **optim: Any) -> None:
+        super().__init__(**optim)
         if not src_vocab or not tgt_vocab:
             raise ValueError("Seq2Seq needs src_vocab and tgt_vocab (from the DataModule)")
         if bleu_max_sentences < 1:
@@ -77,8 +76,8 @@ class Seq2Seq(TaskModule):
         self.save_hyperparameters()
         self.src_vocab, self.tgt_vocab = Vocab.from_tokens(src_vocab), Vocab.from_tokens(tgt_vocab)
         self.pad, self.bos, self.eos = (self.tgt_vocab[t] for t in (PAD, BOS, EOS))
-        self._build(arch, {"src_vocab_size": len(src_vocab), "tgt_vocab_size": len(tgt_vocab),
-                           **(model_kwargs or {})})
+        self._build(arch, {"src_vocab_size": len(src_vocab), "tgt_vocab_size": len(tgt_vocab)},
+                    model_kwargs)
         self._init_train_sums(3)  # loss sum, token count, correct tokens
         V = len(tgt_vocab)
         self.val_acc = MulticlassAccuracy(V, average="micro", ignore_index=self.pad)
@@ -93,7 +92,7 @@ class Seq2Seq(TaskModule):
     @property
     def max_len(self) -> int:
         """Most generated tokens."""
-        return self.hparams.max_decode_len or self.hparams.src_len
+        return self.hparams.max_decode_len or self.hparams.num_steps
 
     def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         src, tgt_in, src_valid_len, tgt_out = batch
@@ -174,7 +173,7 @@ class Seq2Seq(TaskModule):
         was_training = self.model.training
         self.model.eval()
         src, valid = encode_source([tokenize_sentence(s) for s in sentences], self.src_vocab,
-                                   self.hparams.src_len)
+                                   self.hparams.num_steps)
         hyps = decode(self.model, src.to(self.device), valid.to(self.device), self.bos,
                       self.eos, self.max_len, beam_size, self.hparams.length_penalty)
         self.model.train(was_training)
@@ -191,7 +190,7 @@ class Seq2Seq(TaskModule):
         hp = self.hparams
         cfg = super().export_config()
         cfg.update(src_vocab=list(hp.src_vocab), tgt_vocab=list(hp.tgt_vocab),
-                   num_steps=hp.src_len, max_decode_len=self.max_len,
+                   num_steps=hp.num_steps, max_decode_len=self.max_len,
                    special_tokens={"unk": UNK, "pad": PAD, "bos": BOS, "eos": EOS},
                    preprocess=PREPROCESS, beam_size=hp.beam_size,
                    length_penalty=hp.length_penalty)

@@ -115,18 +115,43 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return get_spec(name).builder(**kwargs)
 
 
+def recipe_summary(recipe: Recipe) -> str:
+    """A recipe's values in one line, e.g. ``adamw lr=0.002 wd=0.01 cosine bs=128 ep=10``."""
+    r = recipe
+    parts = [f"{r.optimizer} lr={r.lr:g}"]
+    parts += [f"momentum={r.momentum:g}"] if r.momentum else []
+    parts += [f"wd={r.weight_decay:g}"] if r.weight_decay else []
+    parts += [r.scheduler] if r.scheduler != "none" else []
+    parts += [f"clip={r.gradient_clip_val:g}"] if r.gradient_clip_val is not None else []
+    parts += [f"smoothing={r.label_smoothing:g}"] if r.label_smoothing else []
+    parts += [f"bs={r.batch_size} ep={r.max_epochs}"]
+    parts += [f"{r.resize}px"] if r.resize else []
+    for k, v in {**r.model_kwargs, **r.data_kwargs}.items():
+        parts.append(f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}")
+    return " ".join(parts)
+
+
+def source_file(spec: ModelSpec) -> str:
+    """Where the model is defined, as ``models/lenet.py:108`` (relative to the project)."""
+    import inspect
+    from pathlib import Path
+
+    fn = inspect.unwrap(spec.builder)
+    path = Path(inspect.getsourcefile(fn) or "?")
+    root = Path(__file__).resolve().parents[1]
+    if path.resolve().is_relative_to(root):
+        path = path.resolve().relative_to(root)
+    return f"{path.as_posix()}:{inspect.getsourcelines(fn)[1]}"
+
+
 def format_table() -> str:
-    """The registry as a text table (``train.py --list``)."""
-    header = ("model", "task", "data", "d2l recipe", "recipes", "section")
+    """The registry as a text table, one row per recipe (``train.py --list``)."""
+    header = ("model", "task", "data", "section", "file", "recipe", "values")
     rows = [header]
     for spec in sorted(_REGISTRY.values(), key=_section_key):
-        r = spec.recipe("d2l")
-        recipe = f"{r.optimizer} lr={r.lr:g} bs={r.batch_size} ep={r.max_epochs}"
-        if r.resize:
-            recipe += f" {r.resize}px"
-        rows.append(
-            (spec.name, spec.task, spec.data, recipe, ",".join(spec.recipes), spec.section)
-        )
+        first = (spec.name, spec.task, spec.data, spec.section, source_file(spec))
+        for i, (name, recipe) in enumerate(spec.recipes.items()):
+            rows.append((*(first if i == 0 else [""] * 5), name, recipe_summary(recipe)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

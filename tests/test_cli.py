@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import glob
 import signal
 import subprocess
@@ -40,20 +41,23 @@ def test_bad_names_exit_2_with_the_valid_choices(args, needle) -> None:
     (["--num-steps", "5"], "data 'fashion_mnist' takes no 'num_steps'"),
     (["--model-arg", "depth=3"], "model 'lenet' takes no 'depth'"),
     (["--model-arg", "oops"], "expected KEY=VALUE"),
-    (["--beam-size", "4"], "--beam-size does not apply to image_classification"),
+    (["--beam-size", "4"], "--beam-size: the image_classification task takes no 'beam_size'"),
 ])
 def test_flags_a_model_or_dataset_cannot_take_exit_2(args, needle) -> None:
     proc = run_cli("train.py", "--model", "lenet", *args)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_model_and_data_args_reach_the_constructors(tmp_path) -> None:
+def test_model_and_data_args_reach_their_sections(tmp_path) -> None:
     import train
 
     cfg = train.config_from_argv(["--model", "lenet", "--model-arg", "activation=relu",
-                                  "--data-arg", "val_size=100", "--val-size", "50"])
-    assert cfg["model_kwargs"] == {"activation": "relu"}
-    assert cfg["data_kwargs"] == {"val_size": 100}  # --data-arg wins over the named flag
+                                  "--data-arg", "val_size=100"])
+    assert cfg["model"] == {"name": "lenet", "recipe": "d2l", "activation": "relu",
+                            "pool": "avg"}
+    assert cfg["data"]["val_size"] == 100
+    proc = run_cli("train.py", "--data-arg", "val_size=100", "--val-size", "50")
+    assert proc.returncode == 2 and "both set data.val_size" in proc.stderr
 
 
 def test_missing_data_offline_is_one_clear_error(tmp_path) -> None:
@@ -82,14 +86,14 @@ def test_existing_run_folder_is_never_overwritten(tmp_path) -> None:
     run.mkdir()
     (run / "config.yaml").write_text("precious: true\n")
     proc = run_cli("train.py", "--model", "linear_regression", "--run-dir", str(run))
-    assert proc.returncode == 1 and "already holds a run" in proc.stderr
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
     assert (run / "config.yaml").read_text() == "precious: true\n"
 
 
-def test_resume_of_a_missing_checkpoint(tmp_path) -> None:
-    proc = run_cli("train.py", "--model", "linear_regression", "--resume", "last",
-                   "--run-dir", str(tmp_path / "nothing"))
-    assert proc.returncode == 1 and "does not exist" in proc.stderr
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path) -> None:
+    proc = run_cli("train.py", "--resume", "last", "--run-dir", str(tmp_path / "nothing"))
+    assert proc.returncode == 2 and "is not a run folder" in proc.stderr
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_predict_rejects_bad_exports(tmp_path) -> None:
@@ -129,12 +133,14 @@ def _weights(run: Path) -> dict:
 
 
 def test_resume_after_kill_continues_exactly(tmp_path) -> None:
-    """Kill mid-run, --resume last: same global step, optimizer state and data order."""
+    """kill -9 mid-epoch, then --resume last with no flags repeated: the uninterrupted run's
+    global step, weights and metrics, and a metrics.csv with every row of before the kill and
+    every epoch exactly once."""
     root = tmp_path / "data"
     make_idx_dataset(root / "mnist", n_train=600, n_test=20)
     common = ["--model", "lenet", "--data", "mnist", "--data-dir", str(root), "--batch-size",
               "16", "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05", "--max-epochs",
-              "3", "--no-test", "--no-progress-bar", "--ckpt-every-n-steps", "7"]
+              "3", "--no-progress-bar", "--ckpt-every-n-steps", "7"]
     ref = tmp_path / "ref"
     run_cli("train.py", *common, "--run-dir", str(ref), check=True)
     total = read_results(ref)["global_step"]
@@ -161,16 +167,31 @@ def test_resume_after_kill_continues_exactly(tmp_path) -> None:
     proc.wait()
     assert killed_at is not None, "the run finished before it could be killed"
     assert killed_at < total and not (run / "results.json").exists()
+    before = (run / "metrics.csv").read_text().splitlines()
 
     original = (run / "config.yaml").read_text()
-    run_cli("train.py", *common, "--run-dir", str(run), "--resume", "last", check=True)
+    resumed = run_cli("train.py", "--resume", "last", "--run-dir", str(run), check=True)
+    assert resumed.stdout.startswith(f"resuming {run} (lenet on mnist) from last.ckpt")
     assert (run / "config.yaml").read_text() == original  # not overwritten
-    assert "resume: last" in (run / "config.resume.yaml").read_text()
-    res = read_results(run)
+    assert "resumed from" in (run / "config.resume.yaml").read_text()
+    res, ref_res = read_results(run), read_results(ref)
     assert res["global_step"] == total and res["resumed_from"].endswith("last.ckpt")
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss"):
+        assert res[key] == pytest.approx(ref_res[key], abs=1e-6), key
     ref_w, run_w = _weights(ref), _weights(run)
     for k in ref_w:
         assert torch.allclose(ref_w[k], run_w[k], atol=1e-5), k
+    lines = (run / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    old_header = before[0].split(",")
+    for line, row in zip(before[1:], rows):  # every row from before the kill, unchanged
+        assert dict(zip(old_header, line.split(","))) == {k: row[k] for k in old_header}
+    assert [int(r["epoch"]) for r in rows if r["val/acc"]] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in rows if r["train/loss_epoch"]] == [0, 1, 2]
+    steps = [int(r["step"]) for r in rows if r["train/loss"]]
+    assert steps == sorted(set(steps)) and "test/acc" in header
 
 
 def test_ddp_on_cpu_trains_and_syncs_metrics(data_root, tmp_path) -> None:

@@ -112,7 +112,7 @@ def test_batches_follow_the_contract_and_the_book_layout(fra_root) -> None:
     assert sv.to_tokens(full_src[0, :full_len[0]]) == ["<unk>", ".", "<eos>"]
     assert "i" in sv and "go" not in sv
     info = dm.data_info()
-    assert info["src_len"] == 6 and info["tgt_vocab"] == tv.to_json()
+    assert info["num_steps"] == 6 and info["tgt_vocab"] == tv.to_json()
 
 
 # --- models ---------------------------------------------------------------------------------

@@ -167,12 +167,49 @@ def test_non_finite_loss_stops_with_a_message(tmp_path) -> None:
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-def test_recipe_fills_unset_flags_and_flags_override(monkeypatch) -> None:
-    parser = train.build_parser()
-    cfg = train.resolve_config(parser.parse_args(["--model", "lenet"]), parser)
+def test_recipe_fills_unset_flags_and_flags_override() -> None:
+    cfg = train.config_from_argv(["--model", "lenet"])
     d2l = get_spec("lenet").recipe("d2l")
-    assert (cfg["lr"], cfg["batch_size"], cfg["optimizer"]) == (d2l.lr, d2l.batch_size, "sgd")
-    cfg = train.resolve_config(parser.parse_args(["--model", "lenet", "--recipe", "modern",
-                                                  "--lr", "0.5"]), parser)
-    assert cfg["lr"] == 0.5 and cfg["optimizer"] == "adamw"
-    assert cfg["model_kwargs"] == {"activation": "relu", "pool": "max"}
+    assert (cfg["optim"]["lr"], cfg["data"]["batch_size"], cfg["optim"]["optimizer"]) == (
+        d2l.lr, d2l.batch_size, "sgd")
+    cfg = train.config_from_argv(["--model", "lenet", "--recipe", "modern", "--lr", "0.5"])
+    assert cfg["optim"]["lr"] == 0.5 and cfg["optim"]["optimizer"] == "adamw"
+    assert (cfg["model"]["activation"], cfg["model"]["pool"]) == ("relu", "max")
+
+
+def test_checkpoints_of_the_flat_config_era_still_load(tmp_path) -> None:
+    """Hyper-parameters renamed by the sectioned config (src_len, max_seq_len, compile)."""
+    from lit_models import Seq2Seq
+
+    vocab = ["<unk>", "<pad>", "<bos>", "<eos>", "a", "b"]
+    module = Seq2Seq("seq2seq_gru", src_vocab=vocab, tgt_vocab=vocab, num_steps=7,
+                     model_kwargs={"embed_size": 4, "num_hiddens": 8, "num_layers": 1})
+    hparams = dict(module.hparams)
+    hparams["src_len"] = hparams.pop("num_steps")
+    hparams["compile"] = False
+    torch.save({"hyper_parameters": hparams, "state_dict": module.state_dict()},
+               tmp_path / "old.ckpt")
+    loaded = load_checkpoint(tmp_path / "old.ckpt")
+    assert loaded.hparams.num_steps == 7 and "compile" not in loaded.hparams
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+
+
+@pytest.mark.parametrize("clip, where", [(1e-3, "optim"), (1e-3, "trainer"), (None, None)])
+def test_gradient_norm_is_clipped_by_the_optim_section(clip, where) -> None:
+    """One SGD step with lr 1 moves the weights by exactly the clipped gradient norm."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8)
+    y = torch.randint(0, 10, (32,))
+    module = ImageClassifier("mlp", lr=1.0, gradient_clip_val=clip if where == "optim" else None)
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        gradient_clip_val=clip if where == "trainer" else None)
+    trainer.fit(module, train_dataloaders=TensorBatchLoader((x, y), 32))
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum()
+                           for p, b in zip(module.parameters(), before)))
+    if clip is None:
+        assert moved > 0.01
+    else:
+        assert moved == pytest.approx(clip, rel=1e-3)

@@ -1,0 +1,190 @@
+"""Run folders: choosing one for a new run, and continuing a run from its folder alone.
+
+A run folder holds ``config.yaml`` (the resolved config), ``metrics.csv``, ``checkpoints/``,
+``results.json`` and ``export/``. ``--resume`` reads ``config.yaml`` plus every
+``config.resume*.yaml`` written by earlier resumes (each records only what that resume
+changed), so a killed run continues with no flags repeated.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, ConfigError, Layer, dump_config, load_config_file
+
+RUN_DIR_ENV = "_D2L_RUN_DIR"  # hands the run folder to DDP child processes
+#: what may change when a run is resumed: how long it runs and what it writes or shows
+RESUMABLE = {
+    ("trainer", "max_epochs"), ("trainer", "max_steps"), ("trainer", "limit_train_batches"),
+    ("trainer", "limit_val_batches"), ("trainer", "limit_test_batches"),
+    ("trainer", "progress_bar"), ("data", "data_dir"), ("run", "logger"),
+    ("run", "wandb_project"), ("run", "wandb_name"), ("run", "wandb_tags"),
+    ("run", "ckpt_every_n_steps"), ("run", "test"), ("run", "run_dir"),
+}
+#: schedules sized to the run's length when it starts, so its length cannot change on resume
+LENGTH_SCHEDULES = ("cosine", "onecycle")
+LENGTH_KEYS = (("trainer", "max_epochs"), ("trainer", "max_steps"),
+               ("trainer", "limit_train_batches"))
+
+
+@dataclass
+class ResumePlan:
+    """Everything known about a resume before anything is written.
+
+    Attributes:
+        run_dir: the run folder.
+        ckpt: the checkpoint to continue from.
+        layers: ``config.yaml`` and the earlier ``config.resume*.yaml`` files.
+        changes: what this command line changes (run-length and logging keys only).
+        record: the file that will record ``changes`` (``config.resume2.yaml``...).
+        step: the checkpoint's global step.
+    """
+
+    run_dir: Path
+    ckpt: Path
+    layers: list[Layer]
+    changes: Layer
+    record: Path
+    step: int
+
+    def check(self, cfg: Config) -> None:
+        """Refuse a length change of a schedule sized to the original length."""
+        scheduler = cfg["optim"].get("scheduler")
+        if scheduler in LENGTH_SCHEDULES:
+            for section, key in LENGTH_KEYS:
+                if key in self.changes.values.get(section, {}):
+                    raise ConfigError(
+                        f"{self.changes.sources[section, key]} cannot change when resuming a "
+                        f"run with the {scheduler} schedule, which was sized to the run's "
+                        f"original length; start a new run with --config "
+                        f"{self.run_dir / 'config.yaml'} instead")
+
+    def write_record(self, header: str) -> None:
+        """Write ``config.resume*.yaml`` with only what changed."""
+        text = dump_config(self.changes.values, header) if self.changes.values else (
+            "\n".join(f"# {line}" for line in header.splitlines()) + "\n{}\n")
+        self.record.write_text(text, encoding="utf-8")
+
+
+def newest_run(runs_root: Path) -> Path:
+    """The run folder under ``runs_root`` whose ``last.ckpt`` was written last."""
+    found = sorted(runs_root.glob("**/checkpoints/last.ckpt"), key=lambda q: q.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"--resume last: no run under {runs_root}/ has a "
+                          "checkpoints/last.ckpt; name the run with --run-dir")
+    return found[-1].parent.parent
+
+
+def plan_resume(resume: str, cli: Layer, configs: list[str],
+                runs_root: Path = Path("runs")) -> ResumePlan:
+    """Find the run and checkpoint, read the run's config, and check the flags given with it.
+
+    Raises:
+        ConfigError: a flag that would change the model, data or optimisation, a folder that
+            is not a run, a missing or foreign checkpoint.
+    """
+    import torch
+
+    if configs:
+        raise ConfigError("--config cannot be given with --resume: the run's own config.yaml "
+                          "is used")
+    for section, key, _ in cli.items():
+        if (section, key) not in RESUMABLE:
+            flag = cli.sources.get((section, key), f"--{section}.{key}")
+            raise ConfigError(f"{flag} cannot be given with --resume, which continues a run "
+                              f"exactly as configured (it would change the run's {section}); "
+                              f"branch off instead with --config RUN/config.yaml {flag} ...")
+    given_dir = cli.values.get("run", {}).get("run_dir")
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if resume != "last":
+        ckpt = Path(resume)
+        if not ckpt.is_file():
+            raise ConfigError(f"--resume: checkpoint {ckpt} does not exist")
+        run_dir = Path(inherited) if inherited else ckpt.parent.parent
+        if given_dir and Path(given_dir).resolve() != run_dir.resolve():
+            raise ConfigError(f"--resume: checkpoint {ckpt} belongs to the run {run_dir}, "
+                              f"not to --run-dir {given_dir}")
+    else:
+        run_dir = Path(inherited or given_dir or newest_run(runs_root))
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"--resume: {run_dir} is not a run folder of train.py "
+                          "(it has no config.yaml)")
+    if not ckpt.is_file():
+        raise ConfigError(f"--resume: {run_dir} has no checkpoint to continue from "
+                          f"({ckpt} does not exist)")
+    layers = [load_config_file(config)]
+    n = 1
+    record = run_dir / "config.resume.yaml"
+    while record.exists():
+        layers.append(load_config_file(record))
+        n += 1
+        record = run_dir / f"config.resume{n}.yaml"
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        arch, step = saved["hyper_parameters"]["arch"], int(saved["global_step"])
+    except Exception as e:  # any unreadable or foreign file: one sentence
+        raise ConfigError(f"--resume: {ckpt} is not a readable checkpoint of train.py "
+                          f"({type(e).__name__})") from None
+    model = layers[0].values.get("model", {}).get("name")
+    if arch != model:
+        raise ConfigError(f"--resume: {ckpt} was written by a '{arch}' run, but {config} "
+                          f"describes a '{model}' run")
+    changes = Layer(cli.label, {s: {k: v for k, v in values.items() if (s, k) != ("run", "run_dir")}
+                                for s, values in cli.values.items()}, dict(cli.sources))
+    changes.values = {s: values for s, values in changes.values.items() if values}
+    return ResumePlan(run_dir, ckpt, layers, changes, record, step)
+
+
+def same_config(path: Path, cfg: Config) -> bool:
+    """Whether the YAML file at ``path`` holds exactly ``cfg``."""
+    import json
+
+    import yaml
+
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return saved == json.loads(json.dumps(cfg, default=str))
+
+
+def prepare_run_dir(cfg: Config, resuming: bool) -> tuple[Path, bool]:
+    """Pick the run folder and create it: ``(folder, whether config.yaml is already there)``.
+
+    A folder that holds a run (a checkpoint or results) is never reused by a new run. A folder
+    with only the same ``config.yaml`` (a run killed before its first checkpoint, e.g. a sweep
+    trial) is reused: nothing in it is lost, and ``metrics.csv`` skips rows it already has.
+
+    Raises:
+        ConfigError: the folder holds another run.
+    """
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited:  # a DDP child: the parent already chose and checked it
+        return Path(inherited), True
+    run = cfg["run"]
+    if run["run_dir"]:
+        run_dir = Path(run["run_dir"])
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = f"{cfg['model']['name']}-{cfg['data']['name']}-{stamp}"
+        run_dir, n = Path("runs") / base, 1
+        while run_dir.exists():
+            n += 1
+            run_dir = Path("runs") / f"{base}-{n}"
+        run["run_dir"] = str(run_dir)
+    config = run_dir / "config.yaml"
+    written = config.exists()
+    if not resuming and written:
+        started = (run_dir / "results.json").exists() or any(run_dir.glob("checkpoints/*.ckpt"))
+        if started or not same_config(config, cfg):
+            raise ConfigError(f"{run_dir} already holds a run; choose another --run-dir, "
+                              f"replay it elsewhere with --config {config} --run-dir NEW, or "
+                              f"continue it with --resume last --run-dir {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    return run_dir, written
