@@ -151,6 +151,15 @@ def finished_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    """A copy of the finished run, to resume or alter."""
+    import shutil
+
+    shutil.copytree(finished_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--lr", "0.5"], "--lr cannot be given with --resume"),
     (["--model", "lenet"], "--model cannot be given with --resume"),
@@ -189,17 +198,14 @@ def test_resume_refuses_folders_that_are_not_this_run(finished_run, tmp_path, ca
     refused(["--resume", "last", "--run-dir", str(other)], "not a readable checkpoint")
 
 
-def test_resume_of_another_models_checkpoint_or_unregistered_model(finished_run, tmp_path,
-                                                                   capsys) -> None:
-    import shutil
-
-    run = tmp_path / "copy"
-    shutil.copytree(finished_run, run)
+def test_resume_of_another_models_checkpoint_or_unregistered_model(run_copy, capsys) -> None:
+    run = run_copy
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("name: mlp", "name: softmax_regression"))
     before = tree_hash(run)
     assert train.main(["--resume", "last", "--run-dir", str(run)]) == 2
     assert "was written by a 'mlp' run" in capsys.readouterr().err
+    assert tree_hash(run) == before
     ckpt = run / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     saved["hyper_parameters"]["arch"] = "mlp9"
@@ -212,12 +218,8 @@ def test_resume_of_another_models_checkpoint_or_unregistered_model(finished_run,
     assert tree_hash(run) == before
 
 
-def test_resume_records_only_what_changed_and_keeps_every_row(finished_run, tmp_path,
-                                                              capsys) -> None:
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
+def test_resume_records_only_what_changed_and_keeps_every_row(run_copy, capsys) -> None:
+    run = run_copy
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("scheduler: cosine", "scheduler: none"))
     rows = metric_rows(run)
@@ -240,12 +242,11 @@ def test_resume_records_only_what_changed_and_keeps_every_row(finished_run, tmp_
     assert res["epochs"] == 3 and [r["epochs"] for r in res["earlier"]] == [1, 2]
 
 
-def test_resume_last_without_run_dir_names_the_run_first(finished_run, tmp_path, monkeypatch,
+def test_resume_last_without_run_dir_names_the_run_first(run_copy, tmp_path, monkeypatch,
                                                          capsys) -> None:
-    import shutil
-
     monkeypatch.chdir(tmp_path)
-    shutil.copytree(finished_run, tmp_path / "runs" / "a")
+    (tmp_path / "runs").mkdir()
+    run_copy.rename(tmp_path / "runs" / "a")
     assert train.main(["--resume", "last", "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "name: mlp" in out and f"run_dir: {Path('runs') / 'a'}" in out
