@@ -31,7 +31,6 @@ from training.config import (
     ConfigError,
     dump_config,
     load_config_file,
-    main_error,
     parse_command_line,
     resolve,
 )
@@ -260,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"resuming {plan.run_dir} ({cfg['model']['name']} on {cfg['data']['name']}) "
                   f"from {plan.ckpt.name} at step {plan.step}", flush=True)
         results = run(cfg, plan)
-    except ConfigError as e:
-        return main_error(str(e))
+    except ConfigError as e:  # one sentence, as argparse's own refusals
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
     except (DataError, ExportError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -18,16 +18,8 @@ from torch import nn
 import train
 from conftest import ROOT, make_idx_dataset, read_results
 from models import Recipe, get_spec, model_names
-from training.config import (
-    RECIPE_SECTIONS,
-    SECTIONS,
-    Layer,
-    build_parser,
-    dump_config,
-    flag_actions,
-    load_config_file,
-    resolve,
-)
+from training.config import RECIPE_SECTIONS, SECTIONS, Layer, dump_config, load_config_file, resolve
+from training.flags import build_parser, flag_actions
 
 COMMANDS = {"-h", "--config", "--print-config", "--list", "--resume", "--sweep"}
 

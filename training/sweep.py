@@ -27,8 +27,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import SECTIONS, Config, ConfigError, Layer, Request, dump_config, load_config_file
-from .config import resolve as resolve_config
+from .config import (
+    SECTIONS,
+    Config,
+    ConfigError,
+    Layer,
+    Request,
+    dump_config,
+    load_config_file,
+    resolve,
+)
 from .runs import RUN_DIR_ENV, same_config
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
@@ -148,7 +156,7 @@ def plan(request: Request) -> tuple[dict[str, Any], Path, list[dict[str, Any]], 
                               f"which the sweep {spec['path']} varies")
     folder = request.cli.values.get("run", {}).get("run_dir")
     sweep_dir = Path(folder) if folder else Path("runs") / f"sweep-{spec['path'].stem}"
-    seed = resolve_config(base)["run"]["seed"]
+    seed = resolve(base)["run"]["seed"]
     values = trials(spec, seed)
     if not values:
         raise ConfigError(f"sweep {spec['path']} has no trials")
@@ -159,7 +167,7 @@ def plan(request: Request) -> tuple[dict[str, Any], Path, list[dict[str, Any]], 
             section, _, key = dotted.partition(".")
             layer.set(section, key, value, f"sweep {spec['path']} ({dotted})")
         layer.set("run", "run_dir", str(sweep_dir / f"trial-{i:03d}"))
-        configs.append(resolve_config([*base, layer]))
+        configs.append(resolve([*base, layer]))
     return spec, sweep_dir, values, configs
 
 

@@ -1,0 +1,167 @@
+"""The flags of ``train.py``: each one sets one key of one config section.
+
+A flag's ``dest`` is ``"section.key"`` and its default stays unset on the command line (so a
+flag given wins over the recipe and config files, and a flag not given changes nothing); the
+defaults of the ``trainer`` and ``run`` sections are kept on the action as ``config_default``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not the whole usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _limit(value: str) -> int | float:
+    """``--limit-*-batches``: an int is a batch count, a float a fraction."""
+    return float(value) if "." in value or "e" in value.lower() else int(value)
+
+
+def _devices(value: str) -> int | str:
+    """``--devices``: a count, ``auto``, or a list of indices such as ``0,1``."""
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with a YAML-typed value (``3``, ``0.5``, ``true``, ``word``)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    return key, yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI. Each flag's ``dest`` is ``section.key``; flags that are not set stay absent."""
+    from lit_models import OPTIMIZERS, SCHEDULERS
+
+    p = _Parser(prog="train.py", description="Train any registered model with one Lightning "
+                "Trainer. Unset values come from the model's recipe (see --list MODEL).",
+                epilog="Any config key can also be set as --SECTION.KEY=VALUE "
+                "(e.g. --optim.lr=0.05, --model.activation=relu).")
+
+    def section(name: str, title: str):
+        group = p.add_argument_group(f"{name}: {title}")
+
+        def add(flag: str, key: str | None = None, default: Any = None, **kw: Any):
+            key = key or flag[2:].replace("-", "_")
+            if default is not None and "help" in kw:
+                kw["help"] += f" (default: {default})"
+            action = group.add_argument(flag, dest=f"{name}.{key}", default=argparse.SUPPRESS,
+                                        **kw)
+            action.config_default = default
+            return action
+
+        return add
+
+    g = p.add_argument_group("commands")
+    g.add_argument("--config", action="append", default=[], metavar="FILE.yaml",
+                   help="config file (any subset of the six sections); several are applied "
+                   "in order, and flags override them")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML and exit (writes nothing)")
+    g.add_argument("--list", nargs="?", const="", default=None, metavar="MODEL",
+                   help="list models and every recipe's values; with MODEL, its options and "
+                   "each recipe resolved")
+    g.add_argument("--resume", metavar="PATH|last",
+                   help="continue a run from its folder alone: 'last' (of --run-dir, else the "
+                   "newest run) or a checkpoint path; only --max-epochs, --max-steps, "
+                   "--limit-*-batches, --progress-bar, --data-dir, --logger, --wandb-*, "
+                   "--ckpt-every-n-steps and --test may be given with it")
+    g.add_argument("--sweep", metavar="SWEEP.yaml",
+                   help="run a grid or random search, one run folder per trial (see README)")
+
+    m = section("model", "the architecture")
+    m("--model", key="name", metavar="NAME", help="registered model (see --list)",
+      default="lenet")
+    m("--recipe", metavar="NAME", help="named recipe of the model (d2l, modern...)",
+      default="d2l")
+    m("--num-hiddens", type=int, help="model width")
+    m("--num-layers", type=int, help="stacked layers (deep RNN, Transformer)")
+    m("--dropout", type=float, help="dropout probability")
+    m("--model-arg", key="*", type=_key_value, action="append", metavar="KEY=VALUE",
+      help="any other constructor argument of the model")
+
+    d = section("data", "the DataModule")
+    d("--data", key="name", metavar="NAME", help="dataset (default: the model's)")
+    d("--data-dir", help="data root (else $D2L_DATA_DIR, else ./data)")
+    d("--batch-size", type=int, help="batch size (from the recipe)")
+    d("--val-size", type=int, help="validation examples (default: 1/12 of train)")
+    d("--num-steps", type=int, help="tokens per sequence (d2l num_steps)")
+    d("--level", choices=("char", "word"), help="token level of The Time Machine")
+    d("--sampler", choices=("random", "sequential"),
+      help="language-model batches: random windows or sequential partitioning")
+    d("--max-examples", type=int, help="use only the first N examples (fra-eng, BERT)")
+    d("--max-len", type=int, help="longest input sequence (BERT)")
+    d("--data-arg", key="*", type=_key_value, action="append", metavar="KEY=VALUE",
+      help="any other DataModule argument")
+
+    t = section("task", "loss, metrics, decoding and preprocessing of the task family")
+    t("--resize", type=int, help="side length the image model sees (from the recipe)")
+    t("--channels-last", action="store_true", help="channels-last convolutions (images)")
+    t("--beam-size", type=int, help="beam search width for evaluation (1: greedy)")
+    t("--length-penalty", type=float, help="beam search length penalty alpha")
+    t("--task-arg", key="*", type=_key_value, action="append", metavar="KEY=VALUE",
+      help="any other argument of the task module")
+
+    o = section("optim", "optimisation (every value from the recipe unless set)")
+    o("--optimizer", choices=OPTIMIZERS, help="optimizer")
+    o("--lr", type=float, help="learning rate")
+    o("--scheduler", choices=SCHEDULERS, help="learning-rate schedule")
+    o("--weight-decay", type=float, help="weight decay")
+    o("--momentum", type=float, help="SGD momentum")
+    o("--label-smoothing", type=float, help="cross-entropy label smoothing")
+    o("--gradient-clip-val", type=float, help="clip the gradient norm to this value")
+
+    tr = section("trainer", "lightning.Trainer")
+    tr("--max-epochs", type=int, help="epochs (from the recipe)")
+    tr("--max-steps", type=int, default=-1, help="stop after N optimizer steps (-1: off)")
+    tr("--accumulate-grad-batches", type=int, default=1,
+       help="batches per optimizer step")
+    tr("--accelerator", default="auto", help="auto, cpu, gpu, mps...")
+    tr("--devices", type=_devices, default="auto", help="count, list such as 0,1, or auto")
+    tr("--strategy", choices=STRATEGIES, default="auto", help="distributed strategy")
+    tr("--num-nodes", type=int, default=1, help="machines")
+    tr("--precision", choices=PRECISIONS, default="32-true", help="numeric precision")
+    tr("--compile", action="store_true", default=False, help="torch.compile the model")
+    tr("--deterministic", action="store_true", default=False,
+       help="deterministic algorithms only")
+    tr("--limit-train-batches", type=_limit, help="batches (int) or fraction (float) per epoch")
+    tr("--limit-val-batches", type=_limit, help="as --limit-train-batches, validation")
+    tr("--limit-test-batches", type=_limit, help="as --limit-train-batches, test")
+    tr("--fast-dev-run", type=int, nargs="?", const=1, default=0, metavar="N",
+       help="run N (flag alone: 1) batches of each split as a smoke test")
+    tr("--progress-bar", action=argparse.BooleanOptionalAction,
+       help="show the progress bar (default: when stderr is a terminal)")
+
+    r = section("run", "run folder, seed, logging and checkpoints")
+    r("--run-dir", help="run folder (default: runs/MODEL-DATA-TIMESTAMP)")
+    r("--seed", type=int, default=0, help="seed of the weights, the split and the shuffling")
+    r("--logger", choices=("csv", "tensorboard", "wandb"), default="csv",
+      help="metrics.csv is always written; this adds TensorBoard or W&B")
+    r("--wandb-project", default="d2l-lightning", help="W&B project")
+    r("--wandb-name", help="W&B run name")
+    r("--wandb-tags", nargs="*", default=[], help="W&B tags")
+    r("--ckpt-every-n-steps", type=int, default=0,
+      help="also refresh last.ckpt every N training steps (0: each epoch)")
+    r("--test", action=argparse.BooleanOptionalAction, default=True,
+      help="evaluate the test split after fit")
+    return p
+
+
+def flag_actions(parser: argparse.ArgumentParser) -> dict[tuple[str, str], argparse.Action]:
+    """``(section, key) -> action`` for every flag that sets one config key."""
+    out = {}
+    for action in parser._actions:
+        section, dot, key = action.dest.partition(".")
+        if dot and key != "*":
+            out[section, key] = action
+    return out
