@@ -338,7 +338,7 @@ def test_flat_config_of_an_earlier_train_py_still_loads(tmp_path) -> None:
         "model": "lenet", "data": "mnist", "recipe": "modern", "lr": 0.01, "batch_size": 64,
         "max_epochs": 2, "no_test": True, "compile": False, "task": "image_classification",
         "section": "7.6", "model_kwargs": {"pool": "avg"}, "data_kwargs": {"val_size": 10},
-        "progress_bar": False, "resume": None}))
+        "progress_bar": False, "resume": None, "num_hiddens": None, "val_size": None}))
     cfg = resolve([load_config_file(old)])
     assert (cfg["model"]["name"], cfg["model"]["pool"], cfg["data"]["val_size"]) == (
         "lenet", "avg", 10)

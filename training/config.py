@@ -170,6 +170,8 @@ def _from_flat(flat: dict[str, Any], path: Path) -> Config:
     by_key.pop("name", None)
     out: Config = {s: {} for s in SECTIONS}
     for key, value in flat.items():
+        if value is None:  # an unset flag: the recipe or the constructor decides, as then
+            continue
         if key in ("model", "data"):
             out[key]["name"] = value
         elif key in ("model_kwargs", "data_kwargs"):
