@@ -187,6 +187,39 @@ def test_corpus_brevity_penalty_on_short_hypotheses_matches_sacrebleu() -> None:
     assert bleu("il est", "il est calme .", k=2) == pytest.approx(math.exp(1 - 4 / 2), rel=1e-12)
 
 
+def test_bleu_default_is_the_books_k2_and_long_predictions_get_no_bonus() -> None:
+    # 5 predicted tokens for 4 reference tokens: brevity exp(min(0, 1 - 4/5)) = 1 (no bonus);
+    # p1 = 4/5 (the second "." is unmatched), p2 = 3/4 ("il est", "est calme", "calme ."),
+    # BLEU(k=2) = (4/5) ** (1/2) * (3/4) ** (1/4) = 0.8323 (k=3 would add (2/3) ** (1/8)).
+    expected = (4 / 5) ** 0.5 * (3 / 4) ** 0.25
+    assert bleu("il est calme . .", "il est calme .") == pytest.approx(expected, rel=1e-12)
+    assert bleu("il est calme . .", "il est calme .", k=2) == pytest.approx(expected, rel=1e-12)
+
+
+def test_bleu_matches_each_reference_ngram_as_often_as_it_occurs() -> None:
+    # "le chat" occurs twice in both: every n-gram matches, BLEU is exactly 1
+    assert bleu("le chat et le chat", "le chat et le chat", k=2) == 1.0
+    # a word the reference has twice matches twice, not three times: p1 = 4/5
+    assert bleu("le le le chat .", "le chat le noir .", k=1) == pytest.approx((4 / 5) ** 0.5)
+
+
+def test_corpus_bleu_edge_cases_match_sacrebleu() -> None:
+    # A hypothesis shorter than n has no n-grams (it adds nothing to that order's total):
+    # h = 2 + 7 = 9, r = 4 + 7 = 11, every n-gram matches (9/9, 7/7, 5/5, 4/4):
+    # 100 * exp(1 - 11/9).
+    hyps, refs = ["il est", "je suis chez moi ce soir ."], ["il est calme .",
+                                                            "je suis chez moi ce soir ."]
+    assert corpus_bleu(hyps, refs) == pytest.approx(100 * math.exp(1 - 11 / 9), rel=1e-12)
+    assert sacrebleu(hyps, refs) == pytest.approx(100 * math.exp(1 - 11 / 9), abs=1e-3)
+    # no matching 4-gram (1-grams 3/4, 2-grams 2/3, 3-grams 1/2, 4-grams 0/1): BLEU 0
+    assert corpus_bleu(["le chat est noir"], ["le chat est blanc"]) == 0.0
+    assert sacrebleu(["le chat est noir"], ["le chat est blanc"]) == 0.0
+    # BLEU-1 of a one-token corpus: p1 = 1, h = r = 1
+    assert corpus_bleu(["chat"], ["chat"], max_n=1) == 100.0
+    with pytest.raises(ValueError):  # one reference per hypothesis, never silently truncated
+        corpus_bleu(["le chat"], ["le chat", "un chien"])
+
+
 # --- GPT: cached generation for every positional encoding -----------------------------------
 
 GPT_POSITIONS = ("learned", "sinusoidal")
