@@ -66,7 +66,7 @@ TARGETS: dict[str, Target] = {
         "beam or greedy or padding or decod or (eval_mode and (seq2seq or transformer_mt))"),
     "generate": Target(
         ["models/generate.py"],
-        ["tests/test_lm_models.py", "tests/test_reported_numbers.py"],
+        ["tests/test_generation.py", "tests/test_lm_models.py", "tests/test_reported_numbers.py"],
         "generat or sampl or bidirectional or gpt"),
     # the metric code of the task modules: losses, accuracies, perplexities, BLEU plumbing,
     # epoch sums and the learning-rate schedules
@@ -74,7 +74,7 @@ TARGETS: dict[str, Target] = {
         ["lit_models/base.py", "lit_models/seq2seq.py", "lit_models/language_model.py",
          "lit_models/masked_lm.py"],
         ["tests/test_reported_numbers.py", "tests/test_seq2seq.py",
-         "tests/test_language_modeling.py", "tests/test_bert.py"],
+         "tests/test_language_modeling.py", "tests/test_bert.py", "tests/test_metrics.py"],
         "val_acc or schedule or loss_ignores or perplexity or uniform or carried or padded "
         "or unigram or metric",
         ["lit_models.base.TaskModule.configure_optimizers",
