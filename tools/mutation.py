@@ -86,8 +86,9 @@ TARGETS: dict[str, Target] = {
          "lit_models.masked_lm.bert_losses", "lit_models.masked_lm.MaskedLM.*"]),
     "samplers": Target(
         ["datamodules/loader.py", "datamodules/timemachine.py"],
-        ["tests/test_data.py", "tests/test_language_modeling.py"],
-        "loader or sequential or random or resume or held_out or max_tokens or windows",
+        ["tests/test_samplers.py", "tests/test_data.py", "tests/test_language_modeling.py"],
+        "sampler or loader or sequential or random or resume or held_out or max_tokens "
+        "or windows",
         ["datamodules.loader.*", "datamodules.timemachine._offset",
          "datamodules.timemachine.RandomWindowLoader.*",
          "datamodules.timemachine.SequentialLoader.*",
