@@ -73,18 +73,36 @@ def test_translation_bleu_is_corpus_bleu_of_the_greedy_translations(tmp_path) ->
     table = torch.full((len(sv),), tv["<unk>"])
     for e, f in zip(en, fr):
         table[sv[e]] = tv[f]
-    module = task_module("seq2seq")("transformer_mt", **dm.data_info(), model_kwargs=TINY_MT)
+    module = task_module("seq2seq")("transformer_mt", **dm.data_info(), model_kwargs=TINY_MT,
+                                    beam_size=2, bleu_max_sentences=10)
     module.model = WordByWord(table, tv["<eos>"], len(tv))
-    [result] = quiet_trainer(tmp_path).test(module, datamodule=dm, verbose=False)
-    hyps, refs = [], []
-    for source, target in dm.split_pairs["test"]:
-        words = source.split()[:7]  # 7 words + <eos> fill num_steps 8
-        hyps.append(" ".join(fr[en.index(w)] if w in en and w in sv else "<unk>"
-                             for w in words))
-        refs.append(" ".join(w if w in tv else "<unk:ref>" for w in target.split()[:7]))
-    expected = corpus_bleu(hyps, refs)
+    book = ["va !", "j'ai perdu .", "il est riche .", "je suis chez moi ."]
+    module.translate = lambda sentences, beam_size=1: book  # the book's four sentences
+    dm.batch_size = 4  # val/bleu's first 10 sentences span three batches
+    trainer = quiet_trainer(tmp_path)
+    [val] = trainer.validate(module, datamodule=dm, verbose=False)
+    [test] = trainer.test(module, datamodule=dm, verbose=False)
+
+    def expected_bleu(pairs):
+        hyps, refs = [], []
+        for source, target in pairs:
+            words = source.split()[:7]  # 7 words + <eos> fill num_steps 8
+            hyps.append(" ".join(fr[en.index(w)] if w in en and w in sv else "<unk>"
+                                 for w in words))
+            refs.append(" ".join(w if w in tv else "<unk:ref>" for w in target.split()[:7]))
+        return corpus_bleu(hyps, refs)
+
+    expected = expected_bleu(dm.split_pairs["test"])
     assert 20 < expected < 90  # most words right, some not
-    assert result["test/bleu"] == pytest.approx(expected, abs=1e-3)
+    assert test["test/bleu"] == pytest.approx(expected, abs=1e-3)
+    assert test["test/bleu_beam"] == pytest.approx(expected, abs=1e-3)  # one-hot: same words
+    first10 = expected_bleu(dm.split_pairs["val"][:10])
+    assert first10 != pytest.approx(expected_bleu(dm.split_pairs["val"]), abs=0.5)
+    assert val["val/bleu"] == pytest.approx(first10, abs=1e-3)
+    # d2l BLEU(k=2) of the four: 1, 1, (3/4) ** (1/2) * (1/3) ** (1/4) = 0.658 (d2l §10.7.6's
+    # "il est riche ." for "il est calme ."), 1
+    assert val["val/book_bleu"] == pytest.approx((3 + (3 / 4) ** 0.5 * (1 / 3) ** 0.25) / 4,
+                                                 abs=1e-6)
 
 
 def test_training_epoch_loss_and_accuracy_weight_every_non_pad_token(tmp_path) -> None:
@@ -93,6 +111,8 @@ def test_training_epoch_loss_and_accuracy_weight_every_non_pad_token(tmp_path) -
     torch.manual_seed(0)
     module = task_module("seq2seq")("transformer_mt", **dm.data_info(), model_kwargs=TINY_MT,
                                     optimizer="sgd", lr=0.0)
+    with torch.no_grad():  # often <eos>: right at sentence ends, wrong elsewhere
+        module.model.dense.bias[dm.tgt_vocab["<eos>"]] += 3.0
     quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(module, datamodule=dm)
     src, tgt_in, valid, tgt_out = dm.train_set
     with torch.no_grad():
@@ -102,6 +122,7 @@ def test_training_epoch_loss_and_accuracy_weight_every_non_pad_token(tmp_path) -
     acc = (logits.argmax(-1) == tgt_out)[real].double().mean()
     metrics = module.trainer.callback_metrics
     assert float(metrics["train/loss_epoch"]) == pytest.approx(float(nll), rel=1e-5)
+    assert 0.05 < float(acc) < 0.95
     assert float(metrics["train/acc"]) == pytest.approx(float(acc), abs=1e-6)
 
 
@@ -143,14 +164,18 @@ def bert_expected(module, batches) -> dict[str, float]:
 def test_bert_validation_metrics_count_real_prediction_slots_only(tmp_path) -> None:
     dm, module = bert_setup(tmp_path)
     [val] = quiet_trainer(tmp_path).validate(module, datamodule=dm, verbose=False)
-    exp = bert_expected(module, dm.val_dataloader())
-    assert val["val/mlm_loss"] == pytest.approx(exp["mlm_loss"], rel=1e-5)
-    assert val["val/mlm_acc"] == pytest.approx(exp["mlm_acc"], abs=1e-6)
-    assert val["val/nsp_loss"] == pytest.approx(exp["nsp_loss"], rel=1e-5)
-    assert val["val/nsp_acc"] == pytest.approx(exp["nsp_acc"], abs=1e-6)
-    assert val["val/mlm_ppl"] == pytest.approx(torch.tensor(exp["mlm_loss"]).exp().item(),
-                                               rel=1e-5)
-    assert val["val/loss"] == pytest.approx(exp["mlm_loss"] + exp["nsp_loss"], rel=1e-5)
+    [test] = quiet_trainer(tmp_path).test(module, datamodule=dm, verbose=False)
+    for split, got, loader in (("val", val, dm.val_dataloader()),
+                               ("test", test, dm.test_dataloader())):
+        exp = bert_expected(module, loader)
+        assert got[f"{split}/mlm_loss"] == pytest.approx(exp["mlm_loss"], rel=1e-5)
+        assert got[f"{split}/mlm_acc"] == pytest.approx(exp["mlm_acc"], abs=1e-6)
+        assert got[f"{split}/nsp_loss"] == pytest.approx(exp["nsp_loss"], rel=1e-5)
+        assert got[f"{split}/nsp_acc"] == pytest.approx(exp["nsp_acc"], abs=1e-6)
+        assert got[f"{split}/mlm_ppl"] == pytest.approx(
+            torch.tensor(exp["mlm_loss"]).exp().item(), rel=1e-5)
+        assert got[f"{split}/loss"] == pytest.approx(exp["mlm_loss"] + exp["nsp_loss"],
+                                                     rel=1e-5)
 
 
 def test_bert_training_epoch_metrics(tmp_path) -> None:

@@ -407,14 +407,15 @@ class LRRecorder(L.Callback):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def lr_curve(scheduler: str, tmp_path: Path, lr: float = 0.1, epochs: int = 3) -> list[float]:
+def lr_curve(scheduler: str, tmp_path: Path, lr: float = 0.1, epochs: int = 3,
+             val: bool = False) -> list[float]:
     """The learning rate of each training step: 10 steps per epoch."""
     dm = build_datamodule("synthetic_regression", num_train=160, num_val=16, batch_size=16)
     module = task_module("regression")("linear_regression", num_inputs=2, optimizer="sgd",
                                        lr=lr, scheduler=scheduler)
     recorder = LRRecorder()
     quiet_trainer(tmp_path, max_epochs=epochs, callbacks=[recorder],
-                  limit_val_batches=0).fit(module, datamodule=dm)
+                  limit_val_batches=1.0 if val else 0).fit(module, datamodule=dm)
     assert len(recorder.lrs) == 10 * epochs
     return recorder.lrs
 
@@ -441,8 +442,15 @@ def test_one_cycle_schedule_steps_every_batch_and_peaks_at_lr(tmp_path) -> None:
 
 
 def test_step_schedule_divides_by_ten_at_epoch_boundaries_only(tmp_path) -> None:
-    lrs = lr_curve("step", tmp_path)  # StepLR(step_size = 3 epochs // 3 = 1, gamma 0.1)
-    assert lrs == pytest.approx([0.1] * 10 + [0.01] * 10 + [0.001] * 10)
+    lrs = lr_curve("step", tmp_path, epochs=6)  # StepLR(step_size = 6 epochs // 3 = 2, 0.1)
+    assert lrs == pytest.approx([0.1] * 20 + [0.01] * 20 + [0.001] * 20)
+
+
+def test_plateau_schedule_divides_by_ten_after_two_epochs_without_improvement(tmp_path) -> None:
+    # lr 1e-7: val/loss never improves by ReduceLROnPlateau's relative 1e-4; epoch 0 sets the
+    # best, epochs 1, 2 and 3 do not improve, the third exceeds patience 2: epoch 4 at lr/10
+    lrs = lr_curve("plateau", tmp_path, lr=1e-7, epochs=5, val=True)
+    assert lrs == pytest.approx([1e-7] * 40 + [1e-8] * 10, rel=1e-9)
 
 
 # --- image / label pairing against the raw IDX files -----------------------------------------

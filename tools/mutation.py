@@ -46,12 +46,16 @@ class Target:
         select: pytest ``-k`` expression within those files.
         functions: ``fnmatch`` patterns of the functions (``module.function`` or
             ``module.Class.method``) whose mutants are run; default all.
+        exclude: patterns of functions left alone among those (a LightningModule's
+            ``__init__``: ``save_hyperparameters`` reads its caller's frame, which mutmut's
+            trampoline replaces).
     """
 
     modules: list[str]
     tests: list[str]
     select: str = ""
     functions: list[str] = field(default_factory=lambda: ["*"])
+    exclude: list[str] = field(default_factory=list)
 
 
 TARGETS: dict[str, Target] = {
@@ -83,7 +87,12 @@ TARGETS: dict[str, Target] = {
          "lit_models.seq2seq.Seq2Seq.*", "lit_models.language_model.LanguageModel._*",
          "lit_models.language_model.LanguageModel.*_step",
          "lit_models.language_model.LanguageModel.on_*_epoch_*",
-         "lit_models.masked_lm.bert_losses", "lit_models.masked_lm.MaskedLM.*"]),
+         "lit_models.masked_lm.bert_losses", "lit_models.masked_lm.MaskedLM.*"],
+        ["lit_models.seq2seq.Seq2Seq.__init__", "lit_models.language_model.LanguageModel.__init__",
+         "lit_models.masked_lm.MaskedLM.__init__", "lit_models.seq2seq.Seq2Seq.export_config",
+         "lit_models.seq2seq.Seq2Seq.configure_callbacks",
+         "lit_models.masked_lm.MaskedLM.export_config",
+         "lit_models.masked_lm.MaskedLM.extra_exports"]),
     "samplers": Target(
         ["datamodules/loader.py", "datamodules/timemachine.py"],
         ["tests/test_samplers.py", "tests/test_data.py", "tests/test_language_modeling.py"],
@@ -139,6 +148,31 @@ def undecorate_no_grad(path: Path) -> int:
     return len(edits)
 
 
+def skip_unselected(path: Path, module: str, patterns: list[str], exclude: list[str]) -> int:
+    """Mark functions that no pattern selects ``# pragma: no mutate block``; count them.
+
+    mutmut would still wrap them in its trampoline, which breaks code that inspects its
+    caller's frame (``save_hyperparameters`` in a LightningModule's ``__init__``).
+    """
+    lines = path.read_text().splitlines(keepends=True)
+    tree = ast.parse("".join(lines))
+    functions = [(f"x_{n.name}", n) for n in tree.body if isinstance(n, ast.FunctionDef)]
+    functions += [(f"xǁ{c.name}ǁ{n.name}", n) for c in tree.body if isinstance(c, ast.ClassDef)
+                  for n in c.body if isinstance(n, ast.FunctionDef)]
+    skipped = 0
+    for name, node in functions:
+        mutant = f"{module}.{name}__mutmut_1"
+        if (any(fnmatch.fnmatch(mutant, p) for p in patterns)
+                and not any(fnmatch.fnmatch(mutant, p) for p in exclude)):
+            continue
+        colon = node.body[0].lineno - 2  # the header's last line (docstrings follow it)
+        if lines[colon].rstrip().endswith(":"):
+            lines[colon] = lines[colon].rstrip() + "  # pragma: no mutate block\n"
+            skipped += 1
+    path.write_text("".join(lines))
+    return skipped
+
+
 def mutmut_config(target: Target) -> str:
     """The ``[tool.mutmut]`` section of a target."""
     dirs = sorted({m.split("/")[0] + "/" for m in target.modules})
@@ -160,10 +194,10 @@ def mutmut_config(target: Target) -> str:
         "timeout_multiplier = 5.0", "timeout_constant = 20.0", ""])
 
 
-def mutant_patterns(target: Target) -> list[str]:
+def mutant_patterns(target: Target, functions: list[str] | None = None) -> list[str]:
     """The names mutmut gives the selected functions' mutants (``module.x_fn__mutmut_N``)."""
     out = []
-    for pattern in target.functions:
+    for pattern in target.functions if functions is None else functions:
         if pattern == "*":
             out += [m[:-3].replace("/", ".") + ".*" for m in target.modules]
             continue
@@ -183,11 +217,14 @@ def run_target(name: str, target: Target, max_children: int | None) -> dict[str,
     work = BUILD / name
     copy_checkout(work)
     shimmed = sum(undecorate_no_grad(work / m) for m in target.modules)
+    patterns = mutant_patterns(target)
+    exclude = mutant_patterns(target, target.exclude)
+    for m in target.modules:
+        skip_unselected(work / m, m[:-3].replace("/", "."), patterns, exclude)
     with open(work / "pyproject.toml", "a", encoding="utf-8") as f:
         f.write(mutmut_config(target))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "D2L_DATA_DIR": "", "WANDB_MODE": "disabled",
            "PYTHONWARNINGS": "ignore"}
-    patterns = mutant_patterns(target)
     cmd = [sys.executable, "-m", "mutmut", "run", *patterns]
     if max_children:
         cmd[4:4] = ["--max-children", str(max_children)]
@@ -195,7 +232,12 @@ def run_target(name: str, target: Target, max_children: int | None) -> dict[str,
     print(f"== {name}: {', '.join(target.modules)} ({shimmed} @torch.no_grad() unwrapped); "
           f"tests {' '.join(target.tests)} -k {target.select!r}", flush=True)
     with open(work / "mutmut-run.log", "w") as log:
-        subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if rc.returncode:
+        tail = (work / "mutmut-run.log").read_text(errors="replace").replace("\r", "\n")
+        print(f"   {name}: mutmut failed (exit {rc.returncode}); the end of "
+              f"{(work / 'mutmut-run.log').relative_to(ROOT)}:\n{tail[-1500:]}", flush=True)
+        return {"mutmut failed": [name]}
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
                          env=env, capture_output=True, text=True).stdout
     by_status: dict[str, list[str]] = {}
@@ -205,7 +247,7 @@ def run_target(name: str, target: Target, max_children: int | None) -> dict[str,
             by_status.setdefault(m.group(2), []).append(m.group(1))
     report = [f"# mutmut survivors: {name} ({time.time() - start:.0f} s)\n"]
     for status, names in sorted(by_status.items()):
-        if status == "killed":
+        if status in ("killed", "not checked"):
             continue
         for mutant in names:
             diff = subprocess.run([sys.executable, "-m", "mutmut", "show", mutant], cwd=work,
