@@ -5,13 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .lenet import init_cnn
+from .layers import conv_out, init_cnn
 from .registry import Recipe, register
-
-
-def conv_out(size: int, kernel_size: int, stride: int = 1, padding: int = 0) -> int:
-    """Side length after a convolution or pooling window (floor mode, as PyTorch)."""
-    return (size + 2 * padding - kernel_size) // stride + 1
 
 
 def alexnet_feature_side(image_size: int) -> int:

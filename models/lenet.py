@@ -5,22 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import choose, init_cnn
 from .registry import Recipe, register
 
 _ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 _POOLS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
-
-
-def _choose(table: dict, key: str, what: str) -> type[nn.Module]:
-    if key not in table:
-        raise ValueError(f"unknown {what} '{key}'; choose from: {', '.join(table)}")
-    return table[key]
-
-
-def init_cnn(module: nn.Module) -> None:
-    """Xavier-uniform weights for conv and linear layers, as d2l's ``init_cnn``."""
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        nn.init.xavier_uniform_(module.weight)
 
 
 class LeNet(nn.Module):
@@ -43,8 +32,8 @@ class LeNet(nn.Module):
         pool: str = "avg",
     ) -> None:
         super().__init__()
-        act = _choose(_ACTIVATIONS, activation, "activation")
-        pooling = _choose(_POOLS, pool, "pool")
+        act = choose(_ACTIVATIONS, activation, "activation")
+        pooling = choose(_POOLS, pool, "pool")
         side = ((image_size // 2) - 4) // 2  # conv(pad 2) keeps size; pool /2; conv -4; pool /2
         if side < 1:
             raise ValueError(f"LeNet needs images of at least 12 pixels, got {image_size}")
@@ -80,8 +69,8 @@ class BNLeNet(nn.Module):
         pool: str = "avg",
     ) -> None:
         super().__init__()
-        act = _choose(_ACTIVATIONS, activation, "activation")
-        pooling = _choose(_POOLS, pool, "pool")
+        act = choose(_ACTIVATIONS, activation, "activation")
+        pooling = choose(_POOLS, pool, "pool")
         side = ((image_size - 4) // 2 - 4) // 2
         if side < 1:
             raise ValueError(f"BNLeNet needs images of at least 16 pixels, got {image_size}")
