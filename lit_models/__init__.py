@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from models import get_spec
+from models.attention import upgrade_state_dict
 
 from .base import OPTIMIZERS, SCHEDULERS, TaskModule
 from .image_classifier import ImageClassifier
@@ -46,7 +47,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TaskModule:
             if new is not None:
                 hparams[new] = value
     module = task_module(get_spec(hparams["arch"]).task)(**hparams)
-    module.load_state_dict(ckpt["state_dict"])
+    module.load_state_dict(upgrade_state_dict(ckpt["state_dict"]))
     return module
 
 
