@@ -17,7 +17,7 @@ class SampleGeneration(Callback):
     After each validation epoch (not the sanity check) global rank 0 prints them through the
     logger, appends them to ``RUN_DIR/samples.txt`` (``trainer.default_root_dir``) and, when a
     ``WandbLogger`` is present, logs every row so far as the W&B table ``samples``. The task
-    module provides ``encode_prompt(text)`` and ``decode(ids)``; decoding is
+    module provides ``encode_prompt(text)`` and ``ids_to_text(ids)``; decoding is
     :func:`models.generate.generate`, as in ``predict.py generate``.
 
     Args:
@@ -46,7 +46,7 @@ class SampleGeneration(Callback):
                 (f"T={self.temperature:g} top-k={self.top_k}", self.temperature, self.top_k)):
             ids = generate(pl_module.model, prefix, self.num_tokens, temperature=temperature,
                            top_k=top_k, generator=gen)
-            out.append((mode, pl_module.decode(ids.cpu())))
+            out.append((mode, pl_module.ids_to_text(ids.cpu())))
         return out
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -92,7 +92,7 @@ class LanguageModel(TaskModule):
         hp = self.hparams
         return encode_prompt(text, self.vocab, hp.token_level, hp.text_preprocess)
 
-    def decode(self, ids: torch.Tensor) -> str:
+    def ids_to_text(self, ids: torch.Tensor) -> str:
         """Token ids -> text (characters joined, or words spaced)."""
         return join_tokens(self.vocab.to_tokens(ids.flatten()), self.hparams.token_level)
 

@@ -133,7 +133,7 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
     return _strip(seqs[torch.arange(B, device=device), best], eos)
 
 
-def decode(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor, bos: int, eos: int,
+def search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor, bos: int, eos: int,
            max_len: int, beam_size: int = 1, alpha: float = 0.0) -> list[list[int]]:
     """Greedy decoding for ``beam_size`` 1, else beam search."""
     if beam_size <= 1:
