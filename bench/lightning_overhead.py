@@ -31,7 +31,7 @@ import lightning as L  # noqa: E402
 
 import train  # noqa: E402
 from callbacks import TrainingMonitor  # noqa: E402
-from datamodules import build_datamodule  # noqa: E402
+from datamodules.registry import build_datamodule  # noqa: E402
 from lit_models import ImageClassifier  # noqa: E402
 from models import build_model, preprocess_images  # noqa: E402
 

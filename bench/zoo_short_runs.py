@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning as L  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
-from datamodules import build_datamodule  # noqa: E402
+from datamodules.registry import build_datamodule  # noqa: E402
 from lit_models import ImageClassifier  # noqa: E402
 from models import get_spec, model_names  # noqa: E402
 

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from models.bert import SPECIAL_TOKENS
+from datamodules.bert_text import SPECIAL_TOKENS
 
 from .base import TaskModule
 

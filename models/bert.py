@@ -16,7 +16,6 @@ from .attention import TransformerEncoderBlock
 from .registry import Recipe, register
 
 #: Reserved tokens of the pretraining vocabulary, after ``<unk>`` (d2l §15.9).
-SPECIAL_TOKENS = ("<pad>", "<mask>", "<cls>", "<sep>")
 
 
 class BERTEncoder(nn.Module):

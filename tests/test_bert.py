@@ -11,7 +11,8 @@ import torch
 
 import train
 from conftest import ROOT, read_results, run_cli
-from datamodules.bert import BERTPretrainDataModule, EpochLoader, unigram_baseline
+from datamodules.bert import BERTPretrainDataModule, EpochLoader
+from datamodules.bert_text import unigram_baseline
 from datamodules.loader import TensorBatchLoader
 from lit_models import load_checkpoint
 from lit_models.masked_lm import MaskedLM, bert_losses

@@ -15,10 +15,11 @@ from torch import nn
 
 import train
 from conftest import ROOT, read_results, run_cli
-from datamodules import build_datamodule, corpora
+from datamodules import corpora
 from datamodules.download import DataError
+from datamodules.language_model import RandomWindowLoader, SequentialLoader
+from datamodules.registry import build_datamodule
 from datamodules.text import Vocab, preprocess_time_machine
-from datamodules.timemachine import RandomWindowLoader, SequentialLoader
 from lit_models import LanguageModel, load_checkpoint
 from models import model_names
 from models.generate import generate

@@ -231,7 +231,7 @@ def resolve(layers: Sequence[Layer]) -> Config:
         ConfigError: an unknown model, recipe, data or key, a wrong type, or a key that the
             chosen model, DataModule or task module cannot take.
     """
-    from datamodules import data_names, data_tasks
+    from datamodules.registry import data_names, data_tasks
     from models import get_spec
 
     users, sources, _ = _merge(layers)
@@ -294,7 +294,7 @@ def _task_class(spec: Any) -> type:
 
 def _consumers(spec: Any, task_cls: type, data: str) -> dict[str, Any]:
     """What takes each section: ``(label, parameters or None, reserved keys)``."""
-    from datamodules import datamodule_class
+    from datamodules.registry import datamodule_class
     from lit_models import TaskModule
 
     from .checks import Consumer
