@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from .wandb_logging import wandb_logger
+
 
 class SampleGeneration(Callback):
     """Greedy and temperature / top-k continuations of a fixed prefix.
@@ -64,9 +66,7 @@ class SampleGeneration(Callback):
         root.mkdir(parents=True, exist_ok=True)
         with open(root / "samples.txt", "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_table("samples", columns=["epoch", "step", "mode", "prefix", "text"],
-                                 data=[list(r) for r in self.rows])
+        logger = wandb_logger(trainer)
+        if logger is not None:
+            logger.log_table("samples", columns=["epoch", "step", "mode", "prefix", "text"],
+                             data=[list(r) for r in self.rows])

@@ -16,11 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-
-def _wandb_logger(trainer: L.Trainer):
-    from lightning.pytorch.loggers import WandbLogger
-
-    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+from .wandb_logging import wandb_logger
 
 
 def save_heatmap(weights: torch.Tensor, src_tokens: list[str], tgt_tokens: list[str],
@@ -75,7 +71,7 @@ class TranslationTable(Callback):
         lines += [f"  [{k}] {s} => {h}   (ref: {r})" for k, s, r, h in rows]
         lines += [f"  book BLEU(k=2) {s!r}: {b:.3f}" for s, _, _, b in pl_module.book_samples]
         rank_zero_info("\n".join(lines))
-        logger = _wandb_logger(trainer)
+        logger = wandb_logger(trainer)
         if logger is not None:
             logger.log_table("val/translations",
                              columns=["split", "source", "reference", "hypothesis"],
@@ -93,7 +89,7 @@ class TranslationTable(Callback):
                  for i, (sentence, (src, tgt, weights)) in enumerate(
                      zip(self.heatmap_sentences, details))]
         rank_zero_info(f"attention heatmaps: {out_dir}")
-        logger = _wandb_logger(trainer)
+        logger = wandb_logger(trainer)
         if logger is not None:
             logger.log_image("attention", [str(p) for p in paths],
                              caption=list(self.heatmap_sentences))

@@ -134,8 +134,8 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
     if packed:
         raise ConfigError(f"--resume: {ckpt} holds '{arch}' attention blocks of an earlier "
                           "version, whose optimizer state cannot continue in today's blocks; "
-                          "its weights still load (export it with `python -m callbacks.export "
-                          "CKPT`), or start a new run")
+                          "its weights still load (export it with `python export.py CKPT`), "
+                          "or start a new run")
     model = layers[0].values.get("model", {}).get("name")
     if arch != model:
         raise ConfigError(f"--resume: {ckpt} was written by a '{arch}' run, but {config} "
