@@ -20,9 +20,9 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import lightning as L
 import torch
 
+from .base import DataModule
 from .download import DataError
 from .loader import IndexSampler, ResumableLoader
 from .text import Vocab
@@ -127,7 +127,7 @@ class SequentialLoader(ResumableLoader):
             yield data[:, i:i + t].contiguous(), data[:, i + 1:i + 1 + t].contiguous()
 
 
-class LanguageModelDataModule(L.LightningDataModule):
+class LanguageModelDataModule(DataModule):
     """Token streams of a train/val/test split served as language-model batches.
 
     Subclasses implement :meth:`load` (token lists per split and the vocabulary) and set

@@ -192,7 +192,9 @@ def bert_small(vocab_size: int = 20000, num_hiddens: int = 256, ffn_num_hiddens:
 
 
 @register("bert_encoder", task="text_encoding", data="wikitext2", section="15.8",
-          recipes={"d2l": _D2L})
+          recipes={"d2l": _D2L},
+          cannot_train="bert_encoder is the encoder of bert_tiny / bert_small: pretrain one of "
+                       "them (its export holds the encoder in export/encoder/)")
 def bert_encoder(vocab_size: int = 20000, num_hiddens: int = 128, ffn_num_hiddens: int = 256,
                  num_heads: int = 2, num_layers: int = 2, dropout: float = 0.2,
                  max_len: int = 64, activation: str = "gelu") -> BERTEncoder:

@@ -39,7 +39,7 @@ class GPT(nn.Module):
         tie_weights: the decoder reuses the token embedding matrix.
     """
 
-    recurrent = False
+    recurrent, bidirectional = False, False  # the NextTokenModel interface (with max_len)
 
     def __init__(self, vocab_size: int, num_hiddens: int = 64, num_layers: int = 2,
                  num_heads: int = 4, ffn_num_hiddens: int | None = None, dropout: float = 0.0,

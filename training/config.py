@@ -282,10 +282,9 @@ def resolve(layers: Sequence[Layer]) -> Config:
 def _task_class(spec: Any) -> type:
     from lit_models import TASK_MODULES
 
-    if spec.name == "bi_lstm":  # an encoder only: it has already read x_{t+1} (d2l §10.4)
-        from models.rnn import BIDIRECTIONAL_LM_REFUSAL
-
-        raise ConfigError(BIDIRECTIONAL_LM_REFUSAL)
+    if spec.cannot_train:
+        raise ConfigError(f"model '{spec.name}' cannot train with train.py: "
+                          f"{spec.cannot_train}")
     if spec.task not in TASK_MODULES:
         raise ConfigError(f"model '{spec.name}' ({spec.task}) cannot train with train.py, "
                           "which trains " + ", ".join(TASK_MODULES) + " models")
