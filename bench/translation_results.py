@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.fra_eng_text import translate  # noqa: E402
 from datamodules.text import Vocab  # noqa: E402
-from lit_models.seq2seq import BOOK_PAIRS  # noqa: E402
+from lit_models.translation import BOOK_PAIRS  # noqa: E402
 from models import load_exported  # noqa: E402
 from models.bleu import bleu  # noqa: E402
 

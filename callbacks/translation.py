@@ -1,10 +1,10 @@
 """Translation table each validation epoch, and cross-attention heatmaps at the end of fit.
 
-Returned by ``Seq2Seq.configure_callbacks()``. The table (source, reference, hypothesis, plus
-the book's four sentences with their BLEU(k=2)) goes to the console via ``rank_zero_info`` and,
-with a ``WandbLogger``, to a W&B table. Heatmaps (one panel per layer and head) are written as
-PNG files to ``RUN_DIR/attention/`` and logged as W&B images; ``wandb`` and ``matplotlib`` are
-imported lazily.
+Returned by ``TranslationTask.configure_callbacks()``. The table (source, reference,
+hypothesis, plus the book's four sentences with their BLEU(k=2)) goes to the console via
+``rank_zero_info`` and, with a ``WandbLogger``, to a W&B table. Heatmaps (one panel per layer
+and head) are written as PNG files to ``RUN_DIR/attention/`` and logged as W&B images; ``wandb``
+and ``matplotlib`` are imported lazily.
 """
 
 from __future__ import annotations

@@ -20,11 +20,12 @@ class DataModule(L.LightningDataModule):
     def data_info(self) -> dict[str, Any]:
         """What the task module must know about the data, e.g. classes or the vocabulary.
 
-        The keys are the task module's ``data_args`` (``ImageClassifier``: ``num_classes``,
-        ``in_channels``, ``image_size``, ``mean``, ``std``, ``class_names``; ``LanguageModel``:
-        ``vocab``, ``carry_state``, ``token_level``, ``text_preprocess``, ``sample_prefix``;
-        ``Seq2Seq``: ``src_vocab``, ``tgt_vocab``, ``num_steps``; ``MaskedLM``: ``vocab``,
-        ``max_len``; ``Regressor``: ``num_inputs``). ``train.py`` refuses any other key.
+        The keys are the task module's ``data_args``: ``ImageClassificationTask``:
+        ``num_classes``, ``in_channels``, ``image_size``, ``mean``, ``std``, ``class_names``;
+        ``LanguageModelingTask``: ``vocab``, ``carry_state``, ``token_level``,
+        ``text_preprocess``, ``sample_prefix``; ``TranslationTask``: ``src_vocab``,
+        ``tgt_vocab``, ``num_steps``; ``MaskedLMTask``: ``vocab``, ``max_len``;
+        ``RegressionTask``: ``num_inputs``. ``train.py`` refuses any other key.
         """
         raise NotImplementedError
 

@@ -255,7 +255,7 @@ def test_exports_and_checkpoints_from_before_the_shared_blocks_still_load(
     logits with today's blocks (weights mapped by ``upgrade_state_dict``)."""
     import legacy_attention_classifiers as legacy
 
-    from lit_models import ImageClassifier, load_checkpoint
+    from lit_models import ImageClassificationTask, load_checkpoint
     from models import save_export
 
     torch.manual_seed(0)
@@ -274,7 +274,7 @@ def test_exports_and_checkpoints_from_before_the_shared_blocks_still_load(
         expected = old(x)
         new, _ = load_exported(tmp_path / "export")
         torch.testing.assert_close(new(x), expected, atol=1e-5, rtol=1e-5)
-    module = ImageClassifier(name, model_kwargs=kwargs)
+    module = ImageClassificationTask(name, model_kwargs=kwargs)
     torch.save({"hyper_parameters": dict(module.hparams),
                 "state_dict": {f"model.{k}": v for k, v in old.state_dict().items()}},
                tmp_path / "old.ckpt")

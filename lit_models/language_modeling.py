@@ -20,7 +20,7 @@ def detach_state(state: Any) -> Any:
     return map_tensors(state, torch.Tensor.detach)
 
 
-class LanguageModel(TaskModule):
+class LanguageModelingTask(TaskModule):
     """Next-token cross-entropy; perplexity = exp(total NLL / total target tokens) per split.
 
     Batches are ``(X, Y)``, ``(B, T)`` token ids with ``Y`` the next tokens; the model returns
@@ -64,7 +64,8 @@ class LanguageModel(TaskModule):
     ) -> None:
         super().__init__(**optim)
         if not vocab:
-            raise ValueError("LanguageModel needs the vocabulary: DataModule.data_info()['vocab']")
+            raise ValueError("LanguageModelingTask needs the vocabulary: "
+                             "DataModule.data_info()['vocab']")
         self.save_hyperparameters()
         self.vocab = Vocab.from_tokens(vocab)
         self._build(arch, {"vocab_size": len(vocab)}, model_kwargs)

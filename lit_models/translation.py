@@ -24,7 +24,7 @@ BOOK_PAIRS = (("go .", "va !"), ("i lost .", "j'ai perdu ."), ("he's calm .", "i
 UNK_REF = "<unk:ref>"
 
 
-class Seq2Seq(TaskModule):
+class TranslationTask(TaskModule):
     """Teacher-forced cross-entropy ignoring ``<pad>``, token accuracy, decoding and BLEU.
 
     Validation logs ``val/loss``, ``val/acc`` (non-pad tokens), ``val/bleu`` (corpus BLEU,
@@ -62,7 +62,7 @@ class Seq2Seq(TaskModule):
                  **optim: Any) -> None:
         super().__init__(**optim)
         if not src_vocab or not tgt_vocab:
-            raise ValueError("Seq2Seq needs src_vocab and tgt_vocab (from the DataModule)")
+            raise ValueError("TranslationTask needs src_vocab and tgt_vocab (from the DataModule)")
         if bleu_max_sentences < 1:
             raise ValueError("bleu_max_sentences must be positive (val/bleu is the monitor)")
         self.save_hyperparameters()
