@@ -121,6 +121,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
     for sentence, text in zip(args.sentences, texts):
         print(f"{sentence} => {text}")
     return 0
+
+
 def _bert_words(text: str | None, config: dict) -> list[str] | None:
     """Word tokens as in pretraining (lower-cased, split on whitespace)."""
     if text is None:
@@ -168,6 +170,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         torch.save({"cls": encoded[0], "encodings": encoded, "tokens": tokens,
                     "segments": segments[0]}, args.out)
         print(f"saved to {args.out}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """``generate``: continue a prompt with an exported language model (plain PyTorch)."""
     from datamodules.text import Vocab, join_tokens, prompt_tokens

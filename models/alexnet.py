@@ -40,14 +40,8 @@ class AlexNet(nn.Module):
 
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 1,
-        image_size: int = 224,
-        num_hiddens: int = 4096,
-        dropout: float = 0.5,
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 224,
+                 num_hiddens: int = 4096, dropout: float = 0.5) -> None:
         super().__init__()
         side = alexnet_feature_side(image_size)
         self.features = nn.Sequential(

@@ -8,7 +8,7 @@ module from the registry name stored in an export's ``config.json``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -35,10 +35,6 @@ class Recipe:
     gradient_clip_val: float | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form, for configs and tables."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

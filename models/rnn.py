@@ -19,7 +19,6 @@ from .registry import Recipe, register
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-
 def _param(*shape: int, sigma: float) -> nn.Parameter:
     return nn.Parameter(torch.randn(*shape) * sigma)
 
@@ -335,7 +334,7 @@ def _d2l(lr: float, epochs: int) -> Recipe:
 # §10.3 deep RNN: two layers, lr 2, 100 epochs (the book trains the GRU and the scratch RNN).
 _DEEP = Recipe(optimizer="sgd", lr=2.0, batch_size=1024, max_epochs=100, gradient_clip_val=1.0,
                model_kwargs={**_CHAR, "num_layers": 2}, data_kwargs=_STEPS)
-# d2l 0.17 (§8.5-§9.3), whose printed training perplexities (1.0-1.3) the issue quotes: the
+# d2l 0.17 (§8.5-§9.3), the edition whose printed training perplexities are 1.0-1.3: the
 # first 10,000 characters only, sequential partitioning, batch 32, num_steps 35, 500 epochs.
 _V017_DATA = {"num_steps": 35, "sampler": "sequential", "max_tokens": 10_000}
 

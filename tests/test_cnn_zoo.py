@@ -262,10 +262,14 @@ def test_exports_and_checkpoints_from_before_the_shared_blocks_still_load(
     small = {"num_hiddens": 16, "num_heads": 2, "num_blks": 2}
     if name == "vit":
         kwargs = {**small, "patch_size": 7, "mlp_num_hiddens": 32, "use_bias": use_bias}
-        old = legacy.ViT(10, 1, 28, **kwargs).eval()
+        old_block = lambda: legacy.ViTBlock(16, 32, 2, 0.1, use_bias)  # noqa: E731
     else:
         kwargs = {**small, "ffn_num_hiddens": 32}
-        old = legacy.RowTransformer(10, 1, 28, **kwargs).eval()
+        old_block = lambda: legacy.TransformerEncoderBlock(16, 32, 2, 0.1)  # noqa: E731
+    old = build_model(name, num_classes=10, in_channels=1, image_size=28, **kwargs)
+    old.blks = nn.Sequential(old_block(), old_block())  # the blocks of before, old names
+    old.eval()
+    assert any(k.endswith("attention.in_proj_weight") for k in old.state_dict())
     config = {"arch": name, "task": "image_classification",
               "model_kwargs": {"num_classes": 10, "in_channels": 1, "image_size": 28, **kwargs}}
     save_export(old, config, tmp_path / "export")
