@@ -1,7 +1,7 @@
 """Mamba on the CPU: training tokens/s of the three scans, and generation cost per token vs GPT.
 
     python bench/mamba_scan.py [--lengths 64,128,256,512,1024,2048] [--batch-sizes 1,tokens]
-        [--rounds 3] [--gen-length 4096] [--plot docs/mamba_bench.png]
+        [--rounds 3] [--gen-length 4096] [--models] [--plot docs/mamba_bench.png]
 
 (train) The registered ``mamba`` at its Time Machine recipe size (4 x 118, vocab 28), one full
     training step (forward, cross-entropy, backward, AdamW) on random tokens, for each sequence
@@ -9,6 +9,8 @@
     ``associative`` (log-depth over the whole sequence). Rounds rotate the order of the scans;
     the table gives the median tokens/s and the chunked / sequential ratio (target >= 5x at
     length 1,024). A batch size is a number, or ``tokens``: ``--tokens // length`` rows.
+(--models) Training tokens/s of ``mamba``, ``gpt`` (their recipes) and a 1 x 222 LSTM (the same
+    parameter count) on the recipe's 64 x 64 batches, rounds rotating the order.
 (generate) Batch 1, greedy, from a one-token prompt: the time of each ``model(token, state)``
     step of the registered ``mamba`` (state: ``(conv_state, ssm_state)`` per layer) and ``gpt``
     (its recipe, but ``max_len`` = the generated length so that the key/value cache keeps
@@ -75,6 +77,32 @@ def bench_training(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def matched_models() -> dict[str, torch.nn.Module]:
+    """mamba and gpt at their Time Machine recipes, and the 1 x 222 LSTM of about their size."""
+    return {"mamba": build_model("mamba", vocab_size=VOCAB,
+                                 **get_spec("mamba").recipe().model_kwargs),
+            "gpt": build_model("gpt", vocab_size=VOCAB, **get_spec("gpt").recipe().model_kwargs),
+            "lstm": build_model("lstm", vocab_size=VOCAB, num_hiddens=222, embed_size=222,
+                                dropout=0.1)}
+
+
+def bench_models(a: argparse.Namespace) -> None:
+    """Training tokens/s of the three matched models on the recipe's 64 x 64 batches."""
+    torch.manual_seed(0)
+    models = matched_models()
+    opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
+    rates: dict[str, list[float]] = {n: [] for n in models}
+    names = list(models)
+    for rnd in range(a.rounds):
+        for n in names[rnd % 3:] + names[:rnd % 3]:
+            rates[n].append(train_rate(models[n], opts[n], 64, 64, a.steps))
+    print("\n| model | parameters | training tokens/s (batch 64 x 64, median of rounds) |"
+          "\n|---|---|---|")
+    for n, m in models.items():
+        print(f"| {n} | {sum(p.numel() for p in m.parameters()):,} | "
+              f"{statistics.median(rates[n]):,.0f} |")
+
+
 def state_bytes(state) -> int:
     return sum(t.numel() * t.element_size() for layer in state for t in layer)
 
@@ -128,9 +156,9 @@ def plot(path: str, rows: list[dict], gen: dict) -> None:
         for scan, color in colors.items():
             ax1.plot([r["T"] for r in pts], [r[scan] for r in pts], style, color=color,
                      label=f"{scan}, {label}")
-    ax1.set(xscale="log", xlabel="sequence length", ylabel="training tokens/s",
-            title="Mamba 4x118: scans")
-    ax1.legend(fontsize=8)
+    ax1.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="training tokens/s",
+            title="Mamba 4x118: the three scans")
+    ax1.legend(fontsize=6, loc="lower left")
     for name, pts in gen.items():
         ax2.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
     ax2.set(xscale="log", xlabel="tokens generated so far", ylabel="ms per new token",
@@ -151,6 +179,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--gen-length", type=int, default=4096, help="0: skip generation")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--models", action="store_true",
+                   help="also: training tokens/s of mamba, gpt and a 222-unit LSTM, matched sizes")
     p.add_argument("--plot", help="write a PNG of both benchmarks")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -161,6 +191,8 @@ def main() -> None:
           + " | chunked / sequential | associative / sequential |\n|---|---|---|---|---|---|---|")
     rows = bench_training(a) if a.lengths else []
     gen = bench_generation(a) if a.gen_length else {}
+    if a.models:
+        bench_models(a)
     print(f"load at the end {os.getloadavg()[0]:.1f}")
     if a.plot:
         plot(a.plot, rows, gen)
