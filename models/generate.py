@@ -1,8 +1,10 @@
 """Autoregressive generation from a language model (d2l §9.5.6 ``predict``), plain PyTorch.
 
 Works for every ``language_modeling`` model of the registry: the prefix is fed once, then one
-token at a time through ``model(token, state)``, where ``state`` is the RNN hidden state or the
-GPT key/value cache, so each new token costs one step, not a recomputation of the sequence.
+token at a time through ``model(token, state)``, where ``state`` is the RNN hidden state, the
+GPT key/value cache or Mamba's per-layer ``(conv_state, ssm_state)``, so each new token costs one
+step, not a recomputation of the sequence (for the RNNs and Mamba a step of constant cost; for
+GPT one that grows with the cache).
 """
 
 from __future__ import annotations
