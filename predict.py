@@ -101,15 +101,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_translate(args: argparse.Namespace) -> int:
     """``translate``: English sentences to French, preprocessed exactly as in training."""
-    from datamodules.fra_eng_text import (
-        PREPROCESS,
-        detokenize,
-        encode_source,
-        preprocess_fra_eng,
-        tokenize_sentence,
-    )
+    from datamodules.fra_eng_text import PREPROCESS, translate
     from datamodules.text import Vocab
-    from models.decoding import decode
 
     model, config = load_exported(args.export, map_location=args.device)
     if config.get("task") != "seq2seq":
@@ -119,18 +112,17 @@ def cmd_translate(args: argparse.Namespace) -> int:
         raise ExportError(f"{args.export}: unknown preprocessing '{config.get('preprocess')}'")
     if not args.sentences:
         raise DataError("give one or more English sentences to translate")
-    src_vocab = Vocab.from_tokens(config["src_vocab"])
-    tgt_vocab = Vocab.from_tokens(config["tgt_vocab"])
-    special = config["special_tokens"]
-    lines = [tokenize_sentence(preprocess_fra_eng(s)) for s in args.sentences]
-    src, valid = encode_source(lines, src_vocab, config["num_steps"])
     beam = args.beam_size if args.beam_size is not None else config.get("beam_size", 1)
     alpha = (args.length_penalty if args.length_penalty is not None
              else config.get("length_penalty", 0.0))
-    hyps = decode(model, src.to(args.device), valid.to(args.device), tgt_vocab[special["bos"]],
-                  tgt_vocab[special["eos"]], args.max_len or config["max_decode_len"], beam, alpha)
-    for sentence, hyp in zip(args.sentences, hyps):
-        print(f"{sentence} => {detokenize(hyp, tgt_vocab)}")
+    texts = translate(model, args.sentences, Vocab.from_tokens(config["src_vocab"]),
+                      Vocab.from_tokens(config["tgt_vocab"]), config["num_steps"],
+                      args.max_len or config["max_decode_len"], beam, alpha)
+    for sentence, text in zip(args.sentences, texts):
+        print(f"{sentence} => {text}")
+    return 0
+
+
 def _bert_words(text: str | None, config: dict) -> list[str] | None:
     """Word tokens as in pretraining (lower-cased, split on whitespace)."""
     if text is None:
@@ -178,9 +170,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
         torch.save({"cls": encoded[0], "encodings": encoded, "tokens": tokens,
                     "segments": segments[0]}, args.out)
         print(f"saved to {args.out}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """``generate``: continue a prompt with an exported language model (plain PyTorch)."""
-    from datamodules.text import TEXT_PREPROCESSORS, Vocab, join_tokens, tokenize
+    from datamodules.text import Vocab, join_tokens, prompt_tokens
     from models.generate import generate
 
     if args.temperature < 0 or args.top_k < 0 or args.num_tokens < 0:
@@ -192,8 +187,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                           "not a language model")
     vocab, text = Vocab.from_tokens(config["vocab"]), config["text"]
     prefix = text["prefix"] if args.prefix is None else args.prefix
-    # exactly as the training text: preprocess, tokenize, look up (datamodules.text.encode_prompt)
-    tokens = tokenize(TEXT_PREPROCESSORS[text["preprocess"]](prefix), text["level"])
+    tokens = prompt_tokens(prefix, text["level"], text["preprocess"])  # as the training text
     if not tokens:
         raise DataError(f"the prefix {prefix!r} holds no token after preprocessing")
     unknown = sorted({t for t in tokens if t not in vocab})

@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from datamodules import DataError, build_datamodule
+from datamodules import DataError
+from datamodules.registry import build_datamodule
 from models import ExportError
 from training.config import (
     Config,

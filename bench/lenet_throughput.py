@@ -13,8 +13,8 @@ the median ratio (and quartiles) is reported against the foundation issue's targ
     indexing, the same on-batch normalisation.
 (b) d2l-style: torchvision ``FashionMNIST`` with per-sample ``Resize`` + ``ToTensor`` transforms
     and a ``DataLoader`` with 4 workers, as d2l's ``FashionMNIST.get_dataloader``.
-(ours) ``train.py``'s own Trainer, DataModule, ImageClassifier, callbacks and CSV logger; the
-    rate is the ``TrainingMonitor``'s (training steps only; validation disabled).
+(ours) ``train.py``'s own Trainer, DataModule, ImageClassificationTask, callbacks and CSV
+    logger; the rate is the ``TrainingMonitor``'s (training steps only; validation disabled).
 """
 
 from __future__ import annotations

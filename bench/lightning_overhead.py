@@ -2,7 +2,7 @@
 
 Softmax regression at batch 16 (µs per step, median over rounds, one process):
     plain        a hand-written loop (index_select, normalise, forward, backward, SGD step)
-    bare         Trainer + our ImageClassifier, no logger, no checkpoint, our monitor callback
+    bare         Trainer + our ImageClassificationTask, no logger or checkpoint, our monitor
     bare+log     as bare, plus one ``self.log(on_step, on_epoch)`` per step (what we avoid)
     train.py     the full path: CSV logger, checkpoints, export, monitor
 
@@ -31,15 +31,15 @@ import lightning as L  # noqa: E402
 
 import train  # noqa: E402
 from callbacks import TrainingMonitor  # noqa: E402
-from datamodules import build_datamodule  # noqa: E402
-from lit_models import ImageClassifier  # noqa: E402
+from datamodules.registry import build_datamodule  # noqa: E402
+from lit_models import ImageClassificationTask  # noqa: E402
 from models import build_model, preprocess_images  # noqa: E402
 
 MODEL, BATCH = "softmax_regression", 16
 
 
-class LoggingEveryStep(ImageClassifier):
-    """ImageClassifier that also calls ``self.log`` on every training step."""
+class LoggingEveryStep(ImageClassificationTask):
+    """ImageClassificationTask that also calls ``self.log`` on every training step."""
 
     def training_step(self, batch, batch_idx):  # noqa: D102
         loss = super().training_step(batch, batch_idx)
@@ -63,7 +63,7 @@ def plain(dm, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e6
 
 
-def bare(dm, steps: int, cls=ImageClassifier) -> float:
+def bare(dm, steps: int, cls=ImageClassificationTask) -> float:
     module = cls(MODEL, **dm.data_info())
     monitor = TrainingMonitor()
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,

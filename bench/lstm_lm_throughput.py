@@ -13,8 +13,8 @@ alternates; the median per-round ratio ours/plain is reported against the issue'
     cross-entropy, ``zero_grad``, backward, gradient-norm clipping, SGD step.
 (--scratch-vs-concise) instead: the plain loop's tokens/s of ``rnn_scratch`` vs ``rnn``,
     ``gru_scratch`` vs ``gru`` and ``lstm_scratch`` vs ``lstm`` with their d2l recipes, interleaved.
-(ours) ``train.py``'s own Trainer, DataModule, LanguageModel, callbacks and CSV logger; the rate
-    is the ``TrainingMonitor``'s target tokens/s over training steps (validation disabled).
+(ours) ``train.py``'s own Trainer, DataModule, LanguageModelingTask, callbacks and CSV logger;
+    the rate is the ``TrainingMonitor``'s target tokens/s over training steps (validation disabled).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
-from lit_models.language_model import detach_state  # noqa: E402
+from lit_models.language_modeling import detach_state  # noqa: E402
 from models import build_model  # noqa: E402
 
 

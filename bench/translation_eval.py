@@ -3,7 +3,7 @@
     python bench/translation_eval.py RUN_DIR [--beam-size 1 4] [--alpha 0 0.6] [--split test]
 
 Rebuilds the run's split from its config.yaml (same data arguments and seed), decodes it from
-RUN_DIR/export in batches exactly like ``Seq2Seq.test_step`` (references: target rows up to
+RUN_DIR/export in batches exactly like ``TranslationTask.test_step`` (references: target rows up to
 ``<eos>``, their ``<unk>`` never matching) and prints corpus BLEU (sacreBLEU, tokenize "none",
 0-100) and generated tokens per second for each beam size / length penalty.
 """
@@ -24,9 +24,9 @@ from torchmetrics.text import SacreBLEUScore  # noqa: E402
 from datamodules.fra_eng import EngFraDataModule  # noqa: E402
 from datamodules.fra_eng_text import detokenize  # noqa: E402
 from datamodules.text import UNK, Vocab  # noqa: E402
-from lit_models.seq2seq import UNK_REF  # noqa: E402
+from lit_models.translation import UNK_REF  # noqa: E402
 from models import load_exported  # noqa: E402
-from models.decoding import decode  # noqa: E402
+from models.decoding import search  # noqa: E402
 from training.config import load_config_file, resolve  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main() -> None:
             hyps, generated = [], 0
             t0 = time.perf_counter()
             for i in range(0, len(src_all), args.batch_size):
-                out = decode(model, src_all[i:i + args.batch_size],
+                out = search(model, src_all[i:i + args.batch_size],
                              valid_all[i:i + args.batch_size], bos, eos,
                              export["max_decode_len"], beam, alpha)
                 generated += sum(len(h) + 1 for h in out)

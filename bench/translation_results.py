@@ -16,17 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.fra_eng_text import (  # noqa: E402
-    detokenize,
-    encode_source,
-    preprocess_fra_eng,
-    tokenize_sentence,
-)
+from datamodules.fra_eng_text import translate  # noqa: E402
 from datamodules.text import Vocab  # noqa: E402
-from lit_models.seq2seq import BOOK_PAIRS  # noqa: E402
+from lit_models.translation import BOOK_PAIRS  # noqa: E402
 from models import load_exported  # noqa: E402
 from models.bleu import bleu  # noqa: E402
-from models.decoding import greedy_decode  # noqa: E402
 
 
 def last_train_loss(run: Path) -> float | None:
@@ -37,16 +31,10 @@ def last_train_loss(run: Path) -> float | None:
 
 def book_translations(run: Path) -> list[tuple[str, str, float]]:
     model, cfg = load_exported(run / "export")
-    src_vocab, tgt_vocab = Vocab.from_tokens(cfg["src_vocab"]), Vocab.from_tokens(cfg["tgt_vocab"])
-    lines = [tokenize_sentence(preprocess_fra_eng(s)) for s, _ in BOOK_PAIRS]
-    src, valid = encode_source(lines, src_vocab, cfg["num_steps"])
-    hyps = greedy_decode(model, src, valid, tgt_vocab["<bos>"], tgt_vocab["<eos>"],
-                         cfg["max_decode_len"])
-    out = []
-    for (s, ref), h in zip(BOOK_PAIRS, hyps):
-        text = detokenize(h, tgt_vocab)
-        out.append((s, text, bleu(text, ref, k=2)))
-    return out
+    texts = translate(model, [s for s, _ in BOOK_PAIRS], Vocab.from_tokens(cfg["src_vocab"]),
+                      Vocab.from_tokens(cfg["tgt_vocab"]), cfg["num_steps"],
+                      cfg["max_decode_len"])
+    return [(s, text, bleu(text, ref, k=2)) for (s, ref), text in zip(BOOK_PAIRS, texts)]
 
 
 def main(runs: list[str]) -> None:

@@ -1,9 +1,9 @@
 """Short real-data runs of every image model: does the training loss fall?
 
 Each model trains on Fashion-MNIST (MNIST for the attention classifiers, their default data)
-through our own path (DataModule + ImageClassifier + Trainer) with its d2l recipe's optimizer,
-learning rate and resolution, for ``--steps`` steps at a CPU-sized batch. The table gives the
-mean loss of the first and last ``--window`` steps and the wall time.
+through our own path (DataModule + ImageClassificationTask + Trainer) with its d2l recipe's
+optimizer, learning rate and resolution, for ``--steps`` steps at a CPU-sized batch. The table
+gives the mean loss of the first and last ``--window`` steps and the wall time.
 
     python bench/zoo_short_runs.py --data-dir ../shared/data [--models lenet,alexnet]
 """
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning as L  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
-from datamodules import build_datamodule  # noqa: E402
-from lit_models import ImageClassifier  # noqa: E402
+from datamodules.registry import build_datamodule  # noqa: E402
+from lit_models import ImageClassificationTask  # noqa: E402
 from models import get_spec, model_names  # noqa: E402
 
 
@@ -47,10 +47,10 @@ def short_run(name: str, data_dir: str, steps: int, batch: int) -> tuple[list[fl
     r = spec.recipe("d2l")
     L.seed_everything(0, verbose=False)
     dm = build_datamodule(spec.data, data_dir=data_dir, batch_size=batch)
-    module = ImageClassifier(name, **dm.data_info(), resize=r.resize, model_kwargs=r.model_kwargs,
-                             optimizer=r.optimizer, lr=r.lr, weight_decay=r.weight_decay,
-                             momentum=r.momentum, label_smoothing=r.label_smoothing,
-                             gradient_clip_val=r.gradient_clip_val)
+    module = ImageClassificationTask(
+        name, **dm.data_info(), resize=r.resize, model_kwargs=r.model_kwargs,
+        optimizer=r.optimizer, lr=r.lr, weight_decay=r.weight_decay, momentum=r.momentum,
+        label_smoothing=r.label_smoothing, gradient_clip_val=r.gradient_clip_val)
     rec = LossRecorder()
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,

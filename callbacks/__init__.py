@@ -1,6 +1,6 @@
 """Callbacks: export, monitoring, W&B tables. ``train.py`` only wires them together."""
 
-from .export import ExportCallback, export_checkpoint
+from .export import ExportCallback
 from .monitoring import NonFiniteLossError, TrainingMonitor
 
-__all__ = ["ExportCallback", "NonFiniteLossError", "TrainingMonitor", "export_checkpoint"]
+__all__ = ["ExportCallback", "NonFiniteLossError", "TrainingMonitor"]

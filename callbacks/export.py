@@ -1,4 +1,4 @@
-"""Export to plain PyTorch at the end of fit, and ``python -m callbacks.export CKPT``.
+"""Export to plain PyTorch at the end of fit (``export.py`` does the same for any checkpoint).
 
 The export folder holds ``model.safetensors`` (the pure ``models/`` module's weights, no
 Lightning prefixes) and ``config.json``; :func:`models.load_exported` reads it with torch alone.
@@ -6,15 +6,12 @@ Lightning prefixes) and ``config.json``; :func:`models.load_exported` reads it w
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from models import save_export
-from models.export import CONFIG_NAME
 
 
 def save_module_exports(module: L.LightningModule, out_dir: str | Path) -> Path:
@@ -46,39 +43,3 @@ class ExportCallback(Callback):
         """Export the final weights."""
         if trainer.is_global_zero:
             save_module_exports(pl_module, self.out_dir)
-
-
-def export_checkpoint(ckpt: str | Path, out_dir: str | Path, force: bool = False) -> Path:
-    """Export any checkpoint of ours the same way the callback does."""
-    from lit_models import load_checkpoint
-
-    out = Path(out_dir)
-    if (out / CONFIG_NAME).exists() and not force:
-        raise FileExistsError(f"{out} already holds an export; pass --force to replace it")
-    module = load_checkpoint(ckpt)
-    return save_module_exports(module, out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m callbacks.export CKPT [--out DIR] [--force]``."""
-    p = argparse.ArgumentParser(prog="python -m callbacks.export", description=__doc__)
-    p.add_argument("ckpt", help="a checkpoint of train.py, e.g. RUN_DIR/checkpoints/last.ckpt")
-    p.add_argument("--out", help="export folder (default: RUN_DIR/export-<checkpoint name>)")
-    p.add_argument("--force", action="store_true", help="replace an existing export")
-    args = p.parse_args(argv)
-    ckpt = Path(args.ckpt)
-    if not ckpt.is_file():
-        print(f"error: checkpoint {ckpt} does not exist", file=sys.stderr)
-        return 1
-    out = Path(args.out) if args.out else ckpt.parent.parent / f"export-{ckpt.stem}"
-    try:
-        path = export_checkpoint(ckpt, out, args.force)
-    except (FileExistsError, KeyError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"exported {ckpt} to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from .wandb_logging import wandb_logger
+
 
 class SampleGeneration(Callback):
     """Greedy and temperature / top-k continuations of a fixed prefix.
@@ -17,7 +19,7 @@ class SampleGeneration(Callback):
     After each validation epoch (not the sanity check) global rank 0 prints them through the
     logger, appends them to ``RUN_DIR/samples.txt`` (``trainer.default_root_dir``) and, when a
     ``WandbLogger`` is present, logs every row so far as the W&B table ``samples``. The task
-    module provides ``encode_prompt(text)`` and ``decode(ids)``; decoding is
+    module provides ``encode_prompt(text)`` and ``ids_to_text(ids)``; decoding is
     :func:`models.generate.generate`, as in ``predict.py generate``.
 
     Args:
@@ -46,7 +48,7 @@ class SampleGeneration(Callback):
                 (f"T={self.temperature:g} top-k={self.top_k}", self.temperature, self.top_k)):
             ids = generate(pl_module.model, prefix, self.num_tokens, temperature=temperature,
                            top_k=top_k, generator=gen)
-            out.append((mode, pl_module.decode(ids.cpu())))
+            out.append((mode, pl_module.ids_to_text(ids.cpu())))
         return out
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -64,9 +66,7 @@ class SampleGeneration(Callback):
         root.mkdir(parents=True, exist_ok=True)
         with open(root / "samples.txt", "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_table("samples", columns=["epoch", "step", "mode", "prefix", "text"],
-                                 data=[list(r) for r in self.rows])
+        logger = wandb_logger(trainer)
+        if logger is not None:
+            logger.log_table("samples", columns=["epoch", "step", "mode", "prefix", "text"],
+                             data=[list(r) for r in self.rows])

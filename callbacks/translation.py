@@ -1,10 +1,10 @@
 """Translation table each validation epoch, and cross-attention heatmaps at the end of fit.
 
-Returned by ``Seq2Seq.configure_callbacks()``. The table (source, reference, hypothesis, plus
-the book's four sentences with their BLEU(k=2)) goes to the console via ``rank_zero_info`` and,
-with a ``WandbLogger``, to a W&B table. Heatmaps (one panel per layer and head) are written as
-PNG files to ``RUN_DIR/attention/`` and logged as W&B images; ``wandb`` and ``matplotlib`` are
-imported lazily.
+Returned by ``TranslationTask.configure_callbacks()``. The table (source, reference,
+hypothesis, plus the book's four sentences with their BLEU(k=2)) goes to the console via
+``rank_zero_info`` and, with a ``WandbLogger``, to a W&B table. Heatmaps (one panel per layer
+and head) are written as PNG files to ``RUN_DIR/attention/`` and logged as W&B images; ``wandb``
+and ``matplotlib`` are imported lazily.
 """
 
 from __future__ import annotations
@@ -16,14 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from datamodules.fra_eng_text import EOS, encode_source, tokenize_sentence
-from models.decoding import greedy_decode
-
-
-def _wandb_logger(trainer: L.Trainer):
-    from lightning.pytorch.loggers import WandbLogger
-
-    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+from .wandb_logging import wandb_logger
 
 
 def save_heatmap(weights: torch.Tensor, src_tokens: list[str], tgt_tokens: list[str],
@@ -58,7 +51,7 @@ class TranslationTable(Callback):
 
     Args:
         num_rows: validation rows shown.
-        heatmap_sentences: English sentences (preprocessed) to draw heatmaps for.
+        heatmap_sentences: English sentences to draw heatmaps for.
     """
 
     def __init__(self, num_rows: int = 8,
@@ -78,7 +71,7 @@ class TranslationTable(Callback):
         lines += [f"  [{k}] {s} => {h}   (ref: {r})" for k, s, r, h in rows]
         lines += [f"  book BLEU(k=2) {s!r}: {b:.3f}" for s, _, _, b in pl_module.book_samples]
         rank_zero_info("\n".join(lines))
-        logger = _wandb_logger(trainer)
+        logger = wandb_logger(trainer)
         if logger is not None:
             logger.log_table("val/translations",
                              columns=["split", "source", "reference", "hypothesis"],
@@ -87,28 +80,16 @@ class TranslationTable(Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Cross-attention heatmaps of the final model (models with attention only)."""
-        model = pl_module.model
-        if trainer.fast_dev_run or not getattr(model, "has_attention", False):
+        if trainer.fast_dev_run or not getattr(pl_module.model, "has_attention", False):
             return
-        vocab = pl_module.src_vocab
-        src, valid = encode_source([tokenize_sentence(s) for s in self.heatmap_sentences],
-                                   vocab, pl_module.hparams.num_steps)
-        was_training = model.training
-        model.eval()
-        hyps, attention = greedy_decode(model, src.to(pl_module.device),
-                                        valid.to(pl_module.device), pl_module.bos,
-                                        pl_module.eos, pl_module.max_len, return_attention=True)
-        model.train(was_training)
+        texts, details = pl_module.translate(list(self.heatmap_sentences), return_attention=True)
         out_dir = Path(trainer.default_root_dir) / "attention"
-        paths = []
-        for i, (sentence, hyp, att) in enumerate(zip(self.heatmap_sentences, hyps, attention)):
-            src_tokens = vocab.to_tokens(src[i, : int(valid[i])])
-            tgt_tokens = [*pl_module.tgt_vocab.to_tokens(hyp), EOS][: att.shape[2]]
-            paths.append(save_heatmap(att[:, :, :, : len(src_tokens)], src_tokens, tgt_tokens,
-                                      out_dir / f"sentence{i}.png",
-                                      f"{sentence} => {' '.join(tgt_tokens)}"))
+        paths = [save_heatmap(weights, src, tgt, out_dir / f"sentence{i}.png",
+                              f"{sentence} => {' '.join(tgt)}")
+                 for i, (sentence, (src, tgt, weights)) in enumerate(
+                     zip(self.heatmap_sentences, details))]
         rank_zero_info(f"attention heatmaps: {out_dir}")
-        logger = _wandb_logger(trainer)
+        logger = wandb_logger(trainer)
         if logger is not None:
             logger.log_image("attention", [str(p) for p in paths],
                              caption=list(self.heatmap_sentences))

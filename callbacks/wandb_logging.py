@@ -27,6 +27,13 @@ def _has_api_key() -> bool:
         return False
 
 
+def wandb_logger(trainer: L.Trainer):
+    """The trainer's ``WandbLogger``, or ``None`` (the one lookup the callbacks share)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+
 def make_wandb_logger(save_dir: str | Path, project: str, name: str | None,
                       tags: list[str] | None, config: dict[str, Any], run_id: str | None = None):
     """A ``WandbLogger`` that is offline when there is no key or no network.
@@ -75,17 +82,12 @@ class WandbPredictionTable(Callback):
     def __init__(self, num_samples: int = 32) -> None:
         self.num_samples = num_samples
 
-    def _wandb_logger(self, trainer: L.Trainer):
-        from lightning.pytorch.loggers import WandbLogger
-
-        return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-
     @rank_zero_only
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                           outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
         """Log the table from the first batch."""
-        logger = self._wandb_logger(trainer)
+        logger = wandb_logger(trainer)
         if batch_idx != 0 or logger is None or not isinstance(outputs, dict):
             return
         import wandb
@@ -108,7 +110,7 @@ class WandbPredictionTable(Callback):
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Log the confusion matrix as a table (rows: true class)."""
-        logger = self._wandb_logger(trainer)
+        logger = wandb_logger(trainer)
         cm = getattr(pl_module, "confusion_matrix", None)
         if logger is None or cm is None:
             return

@@ -1,6 +1,8 @@
-"""Base DataModule for datasets held in memory as tensors."""
+"""The DataModule interface of ``train.py``, and the base for datasets held in memory."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning as L
 import torch
@@ -8,7 +10,31 @@ import torch
 from .loader import TensorBatchLoader
 
 
-class TensorDataModule(L.LightningDataModule):
+class DataModule(L.LightningDataModule):
+    """What ``train.py`` needs from a DataModule besides Lightning's hooks (d2l's ``DataModule``).
+
+    Its constructor arguments are the ``data`` section of the run config (checked against their
+    type hints; ``seed`` comes from ``run.seed``).
+    """
+
+    def data_info(self) -> dict[str, Any]:
+        """What the task module must know about the data, e.g. classes or the vocabulary.
+
+        The keys are the task module's ``data_args``: ``ImageClassificationTask``:
+        ``num_classes``, ``in_channels``, ``image_size``, ``mean``, ``std``, ``class_names``;
+        ``LanguageModelingTask``: ``vocab``, ``carry_state``, ``token_level``,
+        ``text_preprocess``, ``sample_prefix``; ``TranslationTask``: ``src_vocab``,
+        ``tgt_vocab``, ``num_steps``; ``MaskedLMTask``: ``vocab``, ``max_len``;
+        ``RegressionTask``: ``num_inputs``. ``train.py`` refuses any other key.
+        """
+        raise NotImplementedError
+
+    def sizes(self) -> dict[str, int]:
+        """Examples (or tokens) per split after :meth:`setup`, for ``results.json``."""
+        raise NotImplementedError
+
+
+class TensorDataModule(DataModule):
     """Serves in-memory ``(inputs..., target)`` tensors through :class:`TensorBatchLoader`.
 
     Subclasses fill ``self.train_set``, ``self.val_set`` and ``self.test_set`` (tuples of equally

@@ -97,7 +97,7 @@ class EngFraDataModule(TensorDataModule):
             setattr(self, f"{split}_set", (src, tgt_in, src_valid_len, tgt_out))
 
     def data_info(self) -> dict[str, Any]:
-        """Vocabularies and ``num_steps`` for the ``Seq2Seq`` task module."""
+        """Vocabularies and ``num_steps`` for the ``TranslationTask`` task module."""
         self.setup()
         return {"src_vocab": self.src_vocab.to_json(), "tgt_vocab": self.tgt_vocab.to_json(),
                 "num_steps": self.num_steps}

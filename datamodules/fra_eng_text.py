@@ -1,7 +1,7 @@
 """English-French text pipeline of d2l §10.5, Lightning-free (``predict.py`` uses it).
 
-Preprocessing, word tokenization, truncation/padding to ``num_steps`` with valid lengths, and
-the source-grouped train/val/test split of the whole corpus.
+Preprocessing, word tokenization, truncation/padding to ``num_steps`` with valid lengths, the
+source-grouped train/val/test split of the whole corpus, and :func:`translate` (text to text).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import random
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from .text import Vocab
 
@@ -108,3 +109,58 @@ def detokenize(indices: Sequence[int], vocab: Vocab) -> str:
         if i not in (pad, bos):
             out.append(vocab.idx_to_token[i])
     return " ".join(out)
+
+
+def translate(model: nn.Module, sentences: Sequence[str], src_vocab: Vocab, tgt_vocab: Vocab,
+              num_steps: int, max_len: int | None = None, beam_size: int = 1,
+              length_penalty: float = 0.0, return_attention: bool = False):
+    """English sentences -> French with a translation model (d2l §10.7.6's ``predict_step``).
+
+    The one path from text to text, used by the task module, its callback, ``predict.py
+    translate`` and the benchmarks: preprocess (d2l §10.5, so raw and already preprocessed
+    input give the same result), tokenize, encode to ``num_steps``, search (greedy, or beam
+    search for ``beam_size > 1``), detokenize. The model runs in eval mode (restored after).
+
+    Args:
+        model: a translation model (``encode``/``decode_step``, see ``models/seq2seq.py``).
+        sentences: English sentences.
+        src_vocab: source vocabulary.
+        tgt_vocab: target vocabulary.
+        num_steps: source length of training (longer inputs are cut, as in training).
+        max_len: most generated tokens (default: ``num_steps``).
+        beam_size: beam width (1: greedy).
+        length_penalty: GNMT alpha of beam search.
+        return_attention: also return, per sentence, ``(source tokens, target tokens,
+            cross-attention (layers, heads, T, S))`` (greedy decoding, attention models only).
+
+    Returns:
+        The translations, and with ``return_attention`` the per-sentence attention details.
+    """
+    from models.decoding import greedy_decode, search
+
+    lines = [tokenize_sentence(preprocess_fra_eng(s)) for s in sentences]
+    src, valid = encode_source(lines, src_vocab, num_steps)
+    device = next(model.parameters()).device
+    src, valid = src.to(device), valid.to(device)
+    bos, eos, max_len = tgt_vocab[BOS], tgt_vocab[EOS], max_len or num_steps
+    was_training = model.training
+    model.eval()
+    try:
+        if return_attention:
+            if beam_size > 1:
+                raise ValueError("attention weights come from greedy decoding (beam_size 1)")
+            hyps, weights = greedy_decode(model, src, valid, bos, eos, max_len,
+                                          return_attention=True)
+        else:
+            hyps = search(model, src, valid, bos, eos, max_len, beam_size, length_penalty)
+    finally:
+        model.train(was_training)
+    texts = [detokenize(h, tgt_vocab) for h in hyps]
+    if not return_attention:
+        return texts
+    details = []
+    for i, (hyp, w) in enumerate(zip(hyps, weights)):  # w: (layers, heads, T, S)
+        src_tokens = src_vocab.to_tokens(src[i, : int(valid[i])].cpu())
+        tgt_tokens = [*tgt_vocab.to_tokens(hyp), EOS][: w.shape[2]]
+        details.append((src_tokens, tgt_tokens, w[:, :, :, : len(src_tokens)]))
+    return texts, details

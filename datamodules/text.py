@@ -149,22 +149,23 @@ def read_text(path: Path, title: str) -> str:
 TEXT_PREPROCESSORS = {"none": lambda text: text, "time_machine": preprocess_time_machine}
 
 
-def encode_prompt(text: str, vocab: Vocab, level: str, preprocess: str = "none") -> torch.Tensor:
-    """Encode a prompt exactly as the training text was: preprocess, tokenize, look up.
+def prompt_tokens(text: str, level: str, preprocess: str = "none") -> list[str]:
+    """A prompt's tokens exactly as the training text's: preprocess, then tokenize.
 
     Args:
         text: the prompt, e.g. ``"time traveller "``.
-        vocab: the training vocabulary.
         level: ``"char"`` or ``"word"``.
         preprocess: a key of :data:`TEXT_PREPROCESSORS`.
-
-    Returns:
-        ``int64`` indices, shape ``(T,)`` (unknown tokens map to ``<unk>``).
     """
     if preprocess not in TEXT_PREPROCESSORS:
         raise ValueError(f"unknown text preprocessing '{preprocess}'; choose from: "
                          + ", ".join(TEXT_PREPROCESSORS))
-    return vocab.encode(tokenize(TEXT_PREPROCESSORS[preprocess](text), level))
+    return tokenize(TEXT_PREPROCESSORS[preprocess](text), level)
+
+
+def encode_prompt(text: str, vocab: Vocab, level: str, preprocess: str = "none") -> torch.Tensor:
+    """A prompt's ``int64`` indices ``(T,)`` (:func:`prompt_tokens`; unknown -> ``<unk>``)."""
+    return vocab.encode(prompt_tokens(text, level, preprocess))
 
 
 def join_tokens(tokens: Sequence[str], level: str) -> str:

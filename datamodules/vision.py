@@ -2,7 +2,7 @@
 
 Images stay uint8 ``(N, 28, 28)`` tensors in memory; batches are built by tensor indexing, and
 normalisation / resizing happen per batch on the model's device (see
-:func:`models.preprocess_images`, called by the ``ImageClassifier``).
+:func:`models.preprocess_images`, called by the ``ImageClassificationTask``).
 """
 
 from __future__ import annotations

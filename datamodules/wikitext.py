@@ -10,8 +10,8 @@ vocabulary holds every type of the training split (WikiText already maps rare wo
 from __future__ import annotations
 
 from .corpora import WIKITEXT, read_wikitext
+from .language_model import LanguageModelDataModule
 from .text import Vocab
-from .timemachine import LanguageModelDataModule
 
 EOS = "<eos>"
 
@@ -35,7 +35,7 @@ class WikiTextDataModule(LanguageModelDataModule):
 
     Args:
         data_dir, batch_size, seed, num_steps, sampler, eval_batch_size: see
-            :class:`datamodules.timemachine.LanguageModelDataModule` (pytorch/examples: batch
+            :class:`datamodules.language_model.LanguageModelDataModule` (pytorch/examples: batch
             20, bptt 35, eval batch 10).
     """
 

@@ -7,20 +7,21 @@ from pathlib import Path
 import torch
 
 from models import get_spec
+from models.attention import upgrade_state_dict
 
 from .base import OPTIMIZERS, SCHEDULERS, TaskModule
-from .image_classifier import ImageClassifier
-from .language_model import LanguageModel
-from .masked_lm import MaskedLM
-from .regressor import Regressor
-from .seq2seq import Seq2Seq
+from .image_classification import ImageClassificationTask
+from .language_modeling import LanguageModelingTask
+from .masked_lm import MaskedLMTask
+from .regression import RegressionTask
+from .translation import TranslationTask
 
 TASK_MODULES: dict[str, type[TaskModule]] = {
-    "image_classification": ImageClassifier,
-    "language_modeling": LanguageModel,
-    "regression": Regressor,
-    "seq2seq": Seq2Seq,
-    "masked_lm": MaskedLM,
+    "image_classification": ImageClassificationTask,
+    "language_modeling": LanguageModelingTask,
+    "regression": RegressionTask,
+    "seq2seq": TranslationTask,
+    "masked_lm": MaskedLMTask,
 }
 
 
@@ -46,9 +47,10 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TaskModule:
             if new is not None:
                 hparams[new] = value
     module = task_module(get_spec(hparams["arch"]).task)(**hparams)
-    module.load_state_dict(ckpt["state_dict"])
+    module.load_state_dict(upgrade_state_dict(ckpt["state_dict"]))
     return module
 
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassifier", "LanguageModel",
-           "MaskedLM", "Regressor", "Seq2Seq", "TaskModule", "load_checkpoint", "task_module"]
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "TASK_MODULES", "ImageClassificationTask",
+           "LanguageModelingTask", "MaskedLMTask", "RegressionTask", "TaskModule",
+           "TranslationTask", "load_checkpoint", "task_module"]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from models import build_model
+from models.attention import upgrade_state_dict
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
@@ -216,7 +217,11 @@ class TaskModule(L.LightningModule):
         checkpoint["rng_states"] = rng
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the saved random-number state for :meth:`on_train_start`."""
+        """Map weights saved before the shared Transformer blocks; keep the saved RNG state.
+
+        The random-number state is restored in :meth:`on_train_start`.
+        """
+        checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
         if "rng_states" in checkpoint:
             self._resume_rng = checkpoint["rng_states"]
 

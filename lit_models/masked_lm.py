@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from models.bert import SPECIAL_TOKENS
+from datamodules.bert_text import SPECIAL_TOKENS
 
 from .base import TaskModule
 
@@ -33,7 +33,7 @@ def bert_losses(mlm_logits: torch.Tensor, nsp_logits: torch.Tensor, mlm_weights:
     return mlm_loss, F.cross_entropy(nsp_logits, nsp_labels), n_real
 
 
-class MaskedLM(TaskModule):
+class MaskedLMTask(TaskModule):
     """BERT pretraining: masked-LM + next-sentence losses (sum), accuracies and MLM perplexity.
 
     Batches: ``(tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_labels,

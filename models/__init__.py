@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (register the architectures)
     gpt,
     lenet,
     linear,
+    mamba,
     mlp,
     nin,
     resnet,

@@ -5,13 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .lenet import init_cnn
+from .layers import conv_out, init_cnn
 from .registry import Recipe, register
-
-
-def conv_out(size: int, kernel_size: int, stride: int = 1, padding: int = 0) -> int:
-    """Side length after a convolution or pooling window (floor mode, as PyTorch)."""
-    return (size + 2 * padding - kernel_size) // stride + 1
 
 
 def alexnet_feature_side(image_size: int) -> int:
@@ -45,14 +40,8 @@ class AlexNet(nn.Module):
 
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 1,
-        image_size: int = 224,
-        num_hiddens: int = 4096,
-        dropout: float = 0.5,
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 224,
+                 num_hiddens: int = 4096, dropout: float = 0.5) -> None:
         super().__init__()
         side = alexnet_feature_side(image_size)
         self.features = nn.Sequential(

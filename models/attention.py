@@ -221,52 +221,114 @@ class PositionalEncoding(nn.Module):
 
 
 class PositionWiseFFN(nn.Module):
-    """Two dense layers applied at every position, d2l §11.7.2."""
+    """Two dense layers applied at every position, d2l §11.7.2.
 
-    def __init__(self, num_hiddens: int, ffn_num_hiddens: int, activation: str = "relu") -> None:
+    Args:
+        num_hiddens: model width.
+        ffn_num_hiddens: hidden width.
+        activation: ``relu`` (the book's Transformer) or ``gelu`` (ViT, BERT, GPT).
+        dropout: dropout after the activation and after the output layer (d2l §11.8's ViT MLP);
+            0 in the blocks that drop the whole sub-layer output instead.
+    """
+
+    def __init__(self, num_hiddens: int, ffn_num_hiddens: int, activation: str = "relu",
+                 dropout: float = 0.0) -> None:
         super().__init__()
         if activation not in ("relu", "gelu"):  # a typo must not silently train a ReLU model
             raise ValueError(f"unknown activation '{activation}'; choose from: relu, gelu")
         self.dense1 = nn.Linear(num_hiddens, ffn_num_hiddens)
         self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
         self.dense2 = nn.Linear(ffn_num_hiddens, num_hiddens)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """``(B, T, H)`` -> ``(B, T, H)``."""
-        return self.dense2(self.act(self.dense1(X)))
+        return self.dropout(self.dense2(self.dropout(self.act(self.dense1(X)))))
 
 
 class TransformerEncoderBlock(nn.Module):
     """Self-attention + FFN, each with residual and layer norm, d2l §11.7.4.
 
+    One block serves every encoder here: post-norm (the book's Transformer §11.7, BERT §15.8),
+    pre-norm (ViT §11.8, GPT), causal with a key/value cache (GPT). Dropout always acts on the
+    attention weights; then either on each sub-layer's output (the book's ``AddNorm``, GPT-2),
+    or, with ``mlp_dropout``, only inside the FFN after its activation and its output layer
+    (d2l §11.8's ``ViTMLP``; the attention output is not dropped there).
+
     Args:
         num_hiddens: model width.
         ffn_num_hiddens: FFN hidden width.
         num_heads: attention heads.
-        dropout: dropout on attention weights and sub-layer outputs.
+        dropout: dropout probability.
         norm_first: pre-norm (GPT/ViT style) instead of the book's post-norm.
         bias: biases in the attention projections.
-        activation: ``relu`` (book) or ``gelu`` (BERT/GPT).
+        activation: ``relu`` (book) or ``gelu`` (ViT/BERT/GPT).
+        mlp_dropout: the ViT dropout layout described above.
     """
 
     def __init__(self, num_hiddens: int, ffn_num_hiddens: int, num_heads: int,
                  dropout: float = 0.0, norm_first: bool = False, bias: bool = False,
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", mlp_dropout: bool = False) -> None:
         super().__init__()
         self.norm_first = norm_first
         self.attention = MultiHeadAttention(num_hiddens, num_heads, dropout, bias)
         self.norm1 = nn.LayerNorm(num_hiddens)
-        self.ffn = PositionWiseFFN(num_hiddens, ffn_num_hiddens, activation)
+        self.ffn = PositionWiseFFN(num_hiddens, ffn_num_hiddens, activation,
+                                   dropout if mlp_dropout else 0.0)
         self.norm2 = nn.LayerNorm(num_hiddens)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(0.0 if mlp_dropout else dropout)
 
     def forward(self, X: torch.Tensor, valid_lens: torch.Tensor | None = None,
-                causal: bool = False, need_weights: bool = False) -> torch.Tensor:
-        """``(B, T, H)`` -> ``(B, T, H)``; padded keys (``valid_lens``) get no attention."""
+                causal: bool = False, need_weights: bool = False,
+                cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``(B, T, H)`` -> ``(B, T, H)``; padded keys (``valid_lens``) get no attention.
+
+        With a ``cache`` (the ``(B, heads, T0, d)`` keys and values of earlier positions; empty
+        tensors for none), returns ``(output, cache extended to T0 + T)`` as
+        :class:`MultiHeadAttention` does.
+        """
+        h = self.norm1(X) if self.norm_first else X
+        a = self.attention(h, h, h, valid_lens, causal, need_weights, cache)
+        if cache is not None:
+            a, cache = a
         if self.norm_first:
-            h = self.norm1(X)
-            X = X + self.dropout(self.attention(h, h, h, valid_lens, causal, need_weights))
-            return X + self.dropout(self.ffn(self.norm2(X)))
-        Y = self.norm1(X + self.dropout(self.attention(X, X, X, valid_lens, causal,
-                                                       need_weights)))
-        return self.norm2(Y + self.dropout(self.ffn(Y)))
+            X = X + self.dropout(a)
+            out = X + self.dropout(self.ffn(self.norm2(X)))
+        else:
+            Y = self.norm1(X + self.dropout(a))
+            out = self.norm2(Y + self.dropout(self.ffn(Y)))
+        return out if cache is None else (out, cache)
+
+
+def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the blocks of ``vit``/``row_transformer`` weights saved before the shared toolbox.
+
+    Those blocks used ``nn.MultiheadAttention`` (one packed ``in_proj_weight`` for q, k, v and an
+    ``out_proj``) and named their norms ``ln1``/``ln2`` and the ViT MLP ``mlp``; this returns the
+    same weights under :class:`TransformerEncoderBlock`'s names (``W_q``/``W_k``/``W_v``/``W_o``,
+    ``norm1``/``norm2``, ``ffn``). Other state dicts come back unchanged.
+    """
+    old_blocks = {k[: -len("attention.in_proj_weight")] for k in state
+                  if k.endswith("attention.in_proj_weight")}
+    if not old_blocks:
+        return state
+    out = {}
+    for key, value in state.items():
+        block = next((b for b in old_blocks if key.startswith(b)), None)
+        if block is None:
+            out[key] = value
+            continue
+        rest = key[len(block):]
+        if rest.startswith("attention.in_proj_"):
+            kind = rest.rsplit("_", 1)[1]  # weight or bias
+            for name, part in zip(("W_q", "W_k", "W_v"), value.chunk(3, dim=0)):
+                out[f"{block}attention.{name}.{kind}"] = part
+            continue
+        for before, after in (("attention.out_proj.", "attention.W_o."), ("ln1.", "norm1."),
+                              ("ln2.", "norm2."), ("mlp.", "ffn.")):
+            if rest.startswith(before):
+                rest = after + rest[len(before):]
+                break
+        out[block + rest] = value
+    return out

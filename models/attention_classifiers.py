@@ -10,61 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attention import PositionalEncoding, TransformerEncoderBlock
 from .registry import Recipe, register
-
-
-def sinusoidal_positions(num_steps: int, num_hiddens: int) -> torch.Tensor:
-    """Return the sine/cosine positional encoding of d2l §11.6, ``(1, num_steps, num_hiddens)``."""
-    P = torch.zeros(1, num_steps, num_hiddens)
-    X = torch.arange(num_steps, dtype=torch.float32).reshape(-1, 1) / torch.pow(
-        10000, torch.arange(0, num_hiddens, 2, dtype=torch.float32) / num_hiddens)
-    P[:, :, 0::2] = torch.sin(X)
-    P[:, :, 1::2] = torch.cos(X[:, : num_hiddens // 2])
-    return P
-
-
-class PositionWiseFFN(nn.Module):
-    """The same two-layer MLP applied to every token (d2l §11.7)."""
-
-    def __init__(self, num_hiddens: int, ffn_num_hiddens: int) -> None:
-        super().__init__()
-        self.dense1 = nn.Linear(num_hiddens, ffn_num_hiddens)
-        self.relu = nn.ReLU()
-        self.dense2 = nn.Linear(ffn_num_hiddens, num_hiddens)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        """``(B, T, num_hiddens)`` -> ``(B, T, num_hiddens)``."""
-        return self.dense2(self.relu(self.dense1(X)))
-
-
-class TransformerEncoderBlock(nn.Module):
-    """Post-norm encoder block of d2l §11.7: self-attention and FFN, each with add & norm.
-
-    Args:
-        num_hiddens: token width.
-        ffn_num_hiddens: hidden width of the position-wise FFN.
-        num_heads: attention heads (must divide ``num_hiddens``).
-        dropout: dropout on each sub-layer output (and on attention weights).
-        use_bias: biases in the attention projections (the book: none).
-
-    """
-
-    def __init__(self, num_hiddens: int, ffn_num_hiddens: int, num_heads: int,
-                 dropout: float, use_bias: bool = False) -> None:
-        super().__init__()
-        self.attention = nn.MultiheadAttention(num_hiddens, num_heads, dropout=dropout,
-                                               bias=use_bias, batch_first=True)
-        self.dropout1 = nn.Dropout(dropout)
-        self.ln1 = nn.LayerNorm(num_hiddens)
-        self.ffn = PositionWiseFFN(num_hiddens, ffn_num_hiddens)
-        self.dropout2 = nn.Dropout(dropout)
-        self.ln2 = nn.LayerNorm(num_hiddens)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        """``(B, T, num_hiddens)`` -> same shape; attention runs over the T axis."""
-        Y, _ = self.attention(X, X, X, need_weights=False)
-        X = self.ln1(X + self.dropout1(Y))
-        return self.ln2(X + self.dropout2(self.ffn(X)))
 
 
 class RowTransformer(nn.Module):
@@ -101,9 +48,7 @@ class RowTransformer(nn.Module):
         if image_size < 2:
             raise ValueError(f"a row Transformer needs at least 2 rows, got {image_size}")
         self.embedding = nn.Linear(in_channels * image_size, num_hiddens)
-        self.register_buffer("P", sinusoidal_positions(image_size, num_hiddens),
-                             persistent=False)
-        self.dropout = nn.Dropout(dropout)
+        self.pos_encoding = PositionalEncoding(num_hiddens, dropout, max_len=image_size)
         self.blks = nn.Sequential(*(
             TransformerEncoderBlock(num_hiddens, ffn_num_hiddens, num_heads, dropout)
             for _ in range(num_blks)
@@ -114,8 +59,7 @@ class RowTransformer(nn.Module):
         """Map ``(B, C, H, W)`` images to ``(B, H, num_hiddens)`` row representations."""
         B, C, H, W = X.shape
         X = X.permute(0, 2, 1, 3).reshape(B, H, C * W)  # (B, H, C*W): one token per row
-        X = self.dropout(self.embedding(X) + self.P[:, :H])  # (B, T, num_hiddens)
-        return self.blks(X)
+        return self.blks(self.pos_encoding(self.embedding(X)))  # (B, T, num_hiddens)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """Map ``(B, C, H, W)`` images to ``(B, num_classes)`` logits (mean over rows)."""
@@ -137,41 +81,6 @@ class PatchEmbedding(nn.Module):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, num_patches, num_hiddens)``."""
         return self.conv(X).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, h*w, D)
-
-
-class ViTMLP(nn.Module):
-    """Dense -> GELU -> dropout -> dense -> dropout (d2l §11.8)."""
-
-    def __init__(self, num_hiddens: int, mlp_num_hiddens: int, dropout: float) -> None:
-        super().__init__()
-        self.dense1 = nn.Linear(num_hiddens, mlp_num_hiddens)
-        self.gelu = nn.GELU()
-        self.dropout1 = nn.Dropout(dropout)
-        self.dense2 = nn.Linear(mlp_num_hiddens, num_hiddens)
-        self.dropout2 = nn.Dropout(dropout)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        """``(B, T, num_hiddens)`` -> same shape."""
-        return self.dropout2(self.dense2(self.dropout1(self.gelu(self.dense1(X)))))
-
-
-class ViTBlock(nn.Module):
-    """Pre-norm encoder block (d2l §11.8): ``X + attn(ln1(X))``, then ``X + mlp(ln2(X))``."""
-
-    def __init__(self, num_hiddens: int, mlp_num_hiddens: int, num_heads: int,
-                 dropout: float, use_bias: bool = False) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(num_hiddens)
-        self.attention = nn.MultiheadAttention(num_hiddens, num_heads, dropout=dropout,
-                                               bias=use_bias, batch_first=True)
-        self.ln2 = nn.LayerNorm(num_hiddens)
-        self.mlp = ViTMLP(num_hiddens, mlp_num_hiddens, dropout)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        """``(B, T, num_hiddens)`` -> same shape; attention runs over the T axis."""
-        Y = self.ln1(X)
-        X = X + self.attention(Y, Y, Y, need_weights=False)[0]
-        return X + self.mlp(self.ln2(X))
 
 
 class ViT(nn.Module):
@@ -215,8 +124,10 @@ class ViT(nn.Module):
         num_steps = self.patch_embedding.num_patches + 1  # patches plus <cls>
         self.pos_embedding = nn.Parameter(torch.randn(1, num_steps, num_hiddens) * 0.02)
         self.dropout = nn.Dropout(emb_dropout)
-        self.blks = nn.Sequential(*(
-            ViTBlock(num_hiddens, mlp_num_hiddens, num_heads, blk_dropout, use_bias)
+        self.blks = nn.Sequential(*(  # d2l §11.8's pre-norm ViT block
+            TransformerEncoderBlock(num_hiddens, mlp_num_hiddens, num_heads, blk_dropout,
+                                    norm_first=True, bias=use_bias, activation="gelu",
+                                    mlp_dropout=True)
             for _ in range(num_blks)
         ))
         self.head = nn.Sequential(nn.LayerNorm(num_hiddens), nn.Linear(num_hiddens, num_classes))

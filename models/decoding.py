@@ -7,18 +7,41 @@ state are (nested tuples of) batch-first tensors. Whole batches of sentences are
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 
-def map_batch(obj: Any, fn) -> Any:
-    """Apply ``fn`` to every tensor of a nested tuple/list (other values pass through)."""
+class Translator(Protocol):
+    """What decoding needs from a translation model (d2l §10.6's encoder-decoder interface).
+
+    Attributes:
+        has_attention: the decoder attends to the encoder outputs (heatmaps are possible).
+        keep_attention: set by :func:`greedy_decode`: keep the step's cross-attention.
+        step_attention: the last step's cross-attention ``(B, layers, heads, S)``, if kept.
+    """
+
+    has_attention: bool
+    keep_attention: bool
+    step_attention: torch.Tensor | None
+
+    def encode(self, src: torch.Tensor, src_valid_len: torch.Tensor) -> Any:
+        """The encoder's memory (nested tuples of batch-first tensors)."""
+
+    def decode_step(self, tokens: torch.Tensor, memory: Any, state: Any
+                    ) -> tuple[torch.Tensor, Any]:
+        """``(logits (B, 1, V), new state)`` of the next ``(B, 1)`` tokens."""
+
+
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply ``fn`` to every tensor of nested tuples / lists / dicts (other values pass)."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if isinstance(obj, (tuple, list)):
-        return type(obj)(map_batch(o, fn) for o in obj)
+        return type(obj)(map_tensors(o, fn) for o in obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
     return obj
 
 
@@ -31,7 +54,7 @@ def _strip(rows: torch.Tensor, eos: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def greedy_decode(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor, bos: int,
+def greedy_decode(model: Translator, src: torch.Tensor, src_valid_len: torch.Tensor, bos: int,
                   eos: int, max_len: int, return_attention: bool = False):
     """Most likely next token at each step (d2l ``predict_step``), for a batch.
 
@@ -82,7 +105,7 @@ def length_penalty(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor, bos: int,
+def beam_search(model: Translator, src: torch.Tensor, src_valid_len: torch.Tensor, bos: int,
                 eos: int, max_len: int, beam_size: int = 4,
                 alpha: float = 0.0) -> list[list[int]]:
     """Beam search (d2l §10.8) over a batch of sentences.
@@ -99,7 +122,7 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
     device = src.device
     memory = model.encode(src, src_valid_len)
     expand = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,)
-    memory = map_batch(memory, lambda t: t.index_select(0, expand))
+    memory = map_tensors(memory, lambda t: t.index_select(0, expand))
     tokens = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
     # Only the first beam is live at the start, so the K beams do not all repeat it.
     scores = torch.full((B, K), float("-inf"), device=device)
@@ -124,7 +147,7 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
         lengths = lengths.gather(1, beam) + (~was_finished).long()
         finished = was_finished | (token == eos)
         rows = (torch.arange(B, device=device)[:, None] * K + beam).view(-1)  # (B*K,)
-        state = map_batch(state, lambda t, rows=rows: t.index_select(0, rows))
+        state = map_tensors(state, lambda t, rows=rows: t.index_select(0, rows))
         tokens = token.view(B * K, 1)
         if finished.all():
             break
@@ -133,7 +156,7 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
     return _strip(seqs[torch.arange(B, device=device), best], eos)
 
 
-def decode(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor, bos: int, eos: int,
+def search(model: Translator, src: torch.Tensor, src_valid_len: torch.Tensor, bos: int, eos: int,
            max_len: int, beam_size: int = 1, alpha: float = 0.0) -> list[list[int]]:
     """Greedy decoding for ``beam_size`` 1, else beam search."""
     if beam_size <= 1:

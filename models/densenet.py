@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .lenet import init_cnn
+from .layers import init_cnn
 from .registry import Recipe, register
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attention import upgrade_state_dict
 from .registry import build_model, get_spec
 
 CONFIG_NAME = "config.json"
@@ -97,7 +98,7 @@ def load_exported(
     except (SafetensorError, OSError) as e:
         raise ExportError(f"cannot read {Path(path) / WEIGHTS_NAME}: {e}") from None
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(upgrade_state_dict(state), strict=True)  # older exports too
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         detail = " ".join(line.strip() for line in first[1:3])

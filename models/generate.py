@@ -1,16 +1,46 @@
 """Autoregressive generation from a language model (d2l §9.5.6 ``predict``), plain PyTorch.
 
 Works for every ``language_modeling`` model of the registry: the prefix is fed once, then one
-token at a time through ``model(token, state)``, where ``state`` is the RNN hidden state or the
-GPT key/value cache, so each new token costs one step, not a recomputation of the sequence.
+token at a time through ``model(token, state)``, where ``state`` is the RNN hidden state, the
+GPT key/value cache or Mamba's per-layer ``(conv_state, ssm_state)``, so each new token costs one
+step, not a recomputation of the sequence (for the RNNs and Mamba a step of constant cost; for
+GPT one that grows with the cache).
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import Any, Protocol
 
-from .rnn import BIDIRECTIONAL_LM_REFUSAL
+import torch
+
+BIDIRECTIONAL_LM_REFUSAL = (
+    "a bidirectional RNN cannot be a next-token language model: its backward direction has "
+    "already read x_{t+1}, ..., x_T when it outputs position t, so in training it simply copies "
+    "the answer from the future (near-zero loss) and at generation time, where the future does "
+    "not exist yet, it produces nonsense (d2l §10.4). Use bi_lstm as an encoder "
+    "(sequence_encoding), and lstm/gru/rnn/gpt for language modeling."
+)
+
+
+class NextTokenModel(Protocol):
+    """What generation and the language-model task need from a model (d2l §9.5's ``RNNLM``).
+
+    ``model(X, state)`` maps token ids ``(B, T)`` and a state (``None`` at the start: an RNN's
+    hidden state, a Transformer's key/value cache) to ``(logits (B, T, V), new state)``.
+
+    Attributes:
+        recurrent: the state may be carried from one training batch to the next (sequential
+            partitioning, truncated BPTT); a key/value cache may not.
+        bidirectional: the model reads the future, so it is an encoder, never a language model.
+        max_len: the longest context it can attend to (``None``: unbounded).
+    """
+
+    recurrent: bool
+    bidirectional: bool
+    max_len: int | None
+
+    def __call__(self, X: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """``(logits (B, T, V), state)`` of token ids ``(B, T)``."""
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
@@ -38,7 +68,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def generate(model: nn.Module, prefix: torch.Tensor, num_tokens: int, temperature: float = 0.0,
+def generate(model: NextTokenModel, prefix: torch.Tensor, num_tokens: int, temperature: float = 0.0,
              top_k: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Continue ``prefix`` by ``num_tokens`` tokens.
 
@@ -58,14 +88,14 @@ def generate(model: nn.Module, prefix: torch.Tensor, num_tokens: int, temperatur
     Returns:
         The new token ids only: ``(num_tokens,)`` or ``(B, num_tokens)``.
     """
-    if getattr(model, "bidirectional", False):
+    if model.bidirectional:
         raise ValueError(BIDIRECTIONAL_LM_REFUSAL)
     single = prefix.dim() == 1
     prefix = prefix.to(next(model.parameters()).device)
     seq = prefix[None] if single else prefix  # (B, T0)
     if seq.shape[1] < 1:
         raise ValueError("generate needs a prefix of at least one token")
-    max_len = getattr(model, "max_len", None)
+    max_len = model.max_len
     was_training = model.training
     model.eval()
     new: list[torch.Tensor] = []

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lenet import init_cnn
+from .layers import init_cnn
 from .registry import Recipe, register
 
 

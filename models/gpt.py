@@ -13,42 +13,10 @@ import math
 import torch
 from torch import nn
 
-from .attention import MultiHeadAttention, PositionalEncoding, PositionWiseFFN
+from .attention import PositionalEncoding, TransformerEncoderBlock
 from .registry import Recipe, register
 
 KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
-
-
-class GPTBlock(nn.Module):
-    """Pre-norm decoder block: ``X + attn(LN(X))`` (causal), then ``X + FFN(LN(X))``.
-
-    Args:
-        num_hiddens: model width.
-        ffn_num_hiddens: FFN hidden width.
-        num_heads: attention heads.
-        dropout: dropout on attention weights and sub-layer outputs.
-    """
-
-    def __init__(self, num_hiddens: int, ffn_num_hiddens: int, num_heads: int,
-                 dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(num_hiddens)
-        self.attention = MultiHeadAttention(num_hiddens, num_heads, dropout, bias=True)
-        self.norm2 = nn.LayerNorm(num_hiddens)
-        self.ffn = PositionWiseFFN(num_hiddens, ffn_num_hiddens, activation="gelu")
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, X: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``(B, T, H)`` and the ``(B, heads, T0, d)`` cache -> ``(B, T, H)``, cache to T0 + T."""
-        if cache is None:  # an empty cache: a full causal pass that still returns its keys
-            heads = self.attention.num_heads
-            empty = X.new_zeros(X.shape[0], heads, 0, X.shape[2] // heads)
-            cache = (empty, empty)
-        h = self.norm1(X)
-        a, cache = self.attention(h, h, h, causal=True, cache=cache)
-        X = X + self.dropout(a)
-        return X + self.dropout(self.ffn(self.norm2(X))), cache
 
 
 class GPT(nn.Module):
@@ -71,7 +39,7 @@ class GPT(nn.Module):
         tie_weights: the decoder reuses the token embedding matrix.
     """
 
-    recurrent = False
+    recurrent, bidirectional = False, False  # the NextTokenModel interface (with max_len)
 
     def __init__(self, vocab_size: int, num_hiddens: int = 64, num_layers: int = 2,
                  num_heads: int = 4, ffn_num_hiddens: int | None = None, dropout: float = 0.0,
@@ -89,8 +57,9 @@ class GPT(nn.Module):
         else:
             self.pos_encoding = PositionalEncoding(num_hiddens, 0.0, max_len)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            GPTBlock(num_hiddens, ffn_num_hiddens or 4 * num_hiddens, num_heads, dropout)
+        self.blocks = nn.ModuleList(  # pre-norm, causal, GPT-2's GELU and biases
+            TransformerEncoderBlock(num_hiddens, ffn_num_hiddens or 4 * num_hiddens, num_heads,
+                                    dropout, norm_first=True, bias=True, activation="gelu")
             for _ in range(num_layers))
         self.norm = nn.LayerNorm(num_hiddens)
         self.decoder = nn.Linear(num_hiddens, vocab_size, bias=False)
@@ -123,9 +92,13 @@ class GPT(nn.Module):
         else:
             h = self.pos_encoding(h * math.sqrt(self.num_hiddens), offset)
         h = self.dropout(h)
+        if state is None:  # a full causal pass that still returns its keys and values
+            heads = self.blocks[0].attention.num_heads
+            empty = h.new_zeros(h.shape[0], heads, 0, self.num_hiddens // heads)
+            state = tuple((empty, empty) for _ in self.blocks)
         caches = []
-        for i, block in enumerate(self.blocks):
-            h, cache = block(h, None if state is None else state[i])
+        for block, cache in zip(self.blocks, state):
+            h, cache = block(h, causal=True, cache=cache)
             caches.append(cache)
         return self.decoder(self.norm(h)), tuple(caches)
 
@@ -133,8 +106,7 @@ class GPT(nn.Module):
 # Not in the book: our choice for char-level Time Machine (data "time_machine"). AdamW with
 # cosine decay (no warm-up) is the usual small-GPT setting; the context (num_steps) is 64 and
 # max_len equals it, so generation slides over exactly the window positions trained on.
-# Measured (2-vCPU VM, 20 epochs): batch 64 / lr 3e-3 reached val ppl 4.77 (8 min), batch 128 /
-# lr 2e-3 only 6.18 (fewer steps).
+# docs/results-language-models.md compares it with an earlier batch-128 / lr-2e-3 setting.
 @register(
     "gpt",
     task="language_modeling",

@@ -25,8 +25,8 @@ class LinearRegression(nn.Module):
 class SoftmaxRegression(nn.Module):
     """One linear layer on flattened pixels, returning logits (d2l §4.5).
 
-    The softmax lives inside the cross-entropy loss; applying it here too was a bug of the
-    seed notes.
+    The softmax lives inside the cross-entropy loss (d2l §4.5.3's numerically stable
+    ``LogSumExp`` form); applying it here as well would apply it twice.
     """
 
     def __init__(self, num_inputs: int, num_classes: int) -> None:

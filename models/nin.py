@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .alexnet import conv_out
-from .lenet import init_cnn
+from .layers import conv_out, init_cnn
 from .registry import Recipe, register
 
 

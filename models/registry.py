@@ -8,7 +8,7 @@ module from the registry name stored in an export's ``config.json``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -36,10 +36,6 @@ class Recipe:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data_kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form, for configs and tables."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -52,6 +48,7 @@ class ModelSpec:
     section: str
     recipes: dict[str, Recipe]
     smoke_size: int | None = None
+    cannot_train: str | None = None
 
     def recipe(self, name: str = "d2l") -> Recipe:
         """Return the named recipe, with a clear error listing the valid ones."""
@@ -74,6 +71,7 @@ def register(
     section: str,
     recipes: dict[str, Recipe],
     smoke_size: int | None = None,
+    cannot_train: str | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that registers a model builder under ``name``.
 
@@ -85,6 +83,8 @@ def register(
         recipes: named recipes; ``"d2l"`` is the book's and the default.
         smoke_size: input side the registry-parametrized tests use for image models (default:
             the recipe's ``resize``, else 28); keep it small so the suite stays fast.
+        cannot_train: why ``train.py`` does not train this model on its own (a part of another
+            model, or an encoder that is no language model); ``None`` for trainable models.
     """
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -92,7 +92,8 @@ def register(
             raise ValueError(f"model '{name}' is registered twice")
         if "d2l" not in recipes:
             raise ValueError(f"model '{name}' needs a 'd2l' recipe")
-        _REGISTRY[name] = ModelSpec(name, builder, task, data, section, dict(recipes), smoke_size)
+        _REGISTRY[name] = ModelSpec(name, builder, task, data, section, dict(recipes), smoke_size,
+                                    cannot_train)
         return builder
 
     return wrap
@@ -149,7 +150,8 @@ def format_table() -> str:
     header = ("model", "task", "data", "section", "file", "recipe", "values")
     rows = [header]
     for spec in sorted(_REGISTRY.values(), key=_section_key):
-        first = (spec.name, spec.task, spec.data, spec.section, source_file(spec))
+        task = spec.task + (" (not trained)" if spec.cannot_train else "")
+        first = (spec.name, task, spec.data, spec.section, source_file(spec))
         for i, (name, recipe) in enumerate(spec.recipes.items()):
             rows.append((*(first if i == 0 else [""] * 5), name, recipe_summary(recipe)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

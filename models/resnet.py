@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lenet import init_cnn
+from .layers import init_cnn
 from .registry import Recipe, register
 
 RESNET18_ARCH = ((2, 64), (2, 128), (2, 256), (2, 512))

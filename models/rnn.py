@@ -13,17 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .generate import BIDIRECTIONAL_LM_REFUSAL
 from .registry import Recipe, register
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-BIDIRECTIONAL_LM_REFUSAL = (
-    "a bidirectional RNN cannot be a next-token language model: its backward direction has "
-    "already read x_{t+1}, ..., x_T when it outputs position t, so in training it simply copies "
-    "the answer from the future (near-zero loss) and at generation time, where the future does "
-    "not exist yet, it produces nonsense (d2l §10.4). Use bi_lstm as an encoder "
-    "(sequence_encoding), and lstm/gru/rnn/gpt for language modeling."
-)
 
 
 def _param(*shape: int, sigma: float) -> nn.Parameter:
@@ -262,7 +255,7 @@ class RNNLM(nn.Module):
         scratch: explicit-equation layers instead of ``nn.RNN/GRU/LSTM``.
     """
 
-    recurrent = True
+    recurrent, bidirectional, max_len = True, False, None  # the NextTokenModel interface
 
     def __init__(self, vocab_size: int, num_hiddens: int = 32, num_layers: int = 1,
                  dropout: float = 0.0, tie_weights: bool = False, embed_size: int | None = None,
@@ -312,8 +305,7 @@ class BiLSTMEncoder(nn.Module):
     training and generate nonsense (the book's example) when the future is not there.
     """
 
-    recurrent = False
-    bidirectional = True
+    recurrent, bidirectional, max_len = False, True, None  # the NextTokenModel interface
 
     def __init__(self, vocab_size: int, num_hiddens: int = 32, num_layers: int = 1,
                  dropout: float = 0.0, embed_size: int | None = None) -> None:
@@ -343,7 +335,7 @@ def _d2l(lr: float, epochs: int) -> Recipe:
 # §10.3 deep RNN: two layers, lr 2, 100 epochs (the book trains the GRU and the scratch RNN).
 _DEEP = Recipe(optimizer="sgd", lr=2.0, batch_size=1024, max_epochs=100, gradient_clip_val=1.0,
                model_kwargs={**_CHAR, "num_layers": 2}, data_kwargs=_STEPS)
-# d2l 0.17 (§8.5-§9.3), whose printed training perplexities (1.0-1.3) the issue quotes: the
+# d2l 0.17 (§8.5-§9.3), the edition whose printed training perplexities are 1.0-1.3: the
 # first 10,000 characters only, sequential partitioning, batch 32, num_steps 35, 500 epochs.
 _V017_DATA = {"num_steps": 35, "sampler": "sequential", "max_tokens": 10_000}
 
@@ -397,6 +389,7 @@ register("gru", section="10.2", recipes=_recipes(4.0, 50), **_LM)(_builder("gru"
 
 
 @register("bi_lstm", task="sequence_encoding", data="time_machine", section="10.4",
+          cannot_train=BIDIRECTIONAL_LM_REFUSAL,
           recipes={"d2l": Recipe(optimizer="sgd", lr=4.0, batch_size=1024, max_epochs=50,
                                  gradient_clip_val=1.0, model_kwargs={"num_hiddens": 32},
                                  data_kwargs=_STEPS)})

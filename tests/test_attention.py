@@ -6,6 +6,7 @@ import torch
 
 from models.attention import (
     AdditiveAttention,
+    DotProductAttention,
     MultiHeadAttention,
     PositionalEncoding,
     TransformerEncoderBlock,
@@ -104,3 +105,17 @@ def test_positional_encoding_matches_the_book_formula() -> None:
     torch.testing.assert_close(P[i, 2 * j], torch.sin(torch.tensor(i / 10000 ** (4 / 6))))
     torch.testing.assert_close(P[i, 2 * j + 1], torch.cos(torch.tensor(i / 10000 ** (4 / 6))))
     torch.testing.assert_close(pe(torch.zeros(1, 2, 6), offset=3)[0], P[3:5])
+
+
+def test_dot_product_attention_is_the_book_formula_with_padding_masked() -> None:
+    """d2l §11.3.3: softmax(Q K^T / sqrt(d)) V, keys past each valid length weighted 0."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 6)
+    valid = torch.tensor([2, 5])
+    attention = DotProductAttention().eval()
+    out = attention(q, k, v, valid)
+    scores = q @ k.transpose(1, 2) / 2.0  # sqrt(d) = 2
+    scores[0, :, 2:] = float("-inf")  # the mask
+    expected = torch.softmax(scores, dim=-1) @ v
+    torch.testing.assert_close(out, expected)
+    assert torch.all(attention.attention_weights[0, :, 2:] == 0)

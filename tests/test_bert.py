@@ -11,10 +11,11 @@ import torch
 
 import train
 from conftest import ROOT, read_results, run_cli
-from datamodules.bert import BERTPretrainDataModule, EpochLoader, unigram_baseline
+from datamodules.bert import BERTPretrainDataModule, EpochLoader
+from datamodules.bert_text import unigram_baseline
 from datamodules.loader import TensorBatchLoader
 from lit_models import load_checkpoint
-from lit_models.masked_lm import MaskedLM, bert_losses
+from lit_models.masked_lm import MaskedLMTask, bert_losses
 from models import build_model, load_exported
 from models.bert import BERTEncoder, BERTModel, fill_mask
 
@@ -171,7 +172,7 @@ def test_attention_ignores_padding_and_positions_learn() -> None:
 def test_overfit_one_batch_mlm_and_nsp_accuracy_reach_one(dm) -> None:
     torch.manual_seed(0)
     batch = tuple(t[:16] for t in dm.train_set)
-    module = MaskedLM("bert_tiny", dm.vocab.to_json(), 32, optimizer="adam", lr=3e-3,
+    module = MaskedLMTask("bert_tiny", dm.vocab.to_json(), 32, optimizer="adam", lr=3e-3,
                       model_kwargs={"num_hiddens": 32, "ffn_num_hiddens": 64, "dropout": 0.0})
     trainer = L.Trainer(max_epochs=15, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)

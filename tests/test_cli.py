@@ -116,14 +116,14 @@ def test_export_command_matches_the_fit_export(data_root, tmp_path) -> None:
     run_cli("train.py", "--model", "lenet_bn", "--data", "mnist", "--data-dir", str(data_root),
             "--max-epochs", "1", "--no-test", "--run-dir", str(run), check=True)
     out = tmp_path / "exp"
-    run_cli("-m", "callbacks.export", str(run / "checkpoints" / "last.ckpt"), "--out", str(out),
+    run_cli("export.py", str(run / "checkpoints" / "last.ckpt"), "--out", str(out),
             check=True)
     a, cfg_a = load_exported(run / "export")
     b, cfg_b = load_exported(out)
     assert cfg_a == cfg_b
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
-    again = run_cli("-m", "callbacks.export", str(run / "checkpoints" / "last.ckpt"), "--out",
+    again = run_cli("export.py", str(run / "checkpoints" / "last.ckpt"), "--out",
                     str(out))
     assert again.returncode == 1 and "--force" in again.stderr  # no silent overwrite
 

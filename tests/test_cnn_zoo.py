@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import build_model, get_spec, model_names
+from models import build_model, get_spec, load_exported, model_names
 from models.alexnet import alexnet_feature_side
+from models.attention import MultiHeadAttention
 
 CNN_ZOO = ["alexnet", "vgg11", "vgg11_small", "nin", "googlenet", "resnet18", "resnet34",
            "densenet"]
@@ -184,11 +185,11 @@ def test_resnet18_modern_recipe() -> None:
 
 
 def attention_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Size]:
-    """Shapes of the query fed to every ``nn.MultiheadAttention`` during one forward pass."""
+    """Shapes of the query fed to every ``MultiHeadAttention`` during one forward pass."""
     shapes: list[torch.Size] = []
     hooks = [m.register_forward_pre_hook(lambda _m, args, kwargs: shapes.append(args[0].shape),
                                          with_kwargs=True)
-             for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+             for m in model.modules() if isinstance(m, MultiHeadAttention)]
     try:
         with torch.no_grad():
             model(x)
@@ -206,7 +207,7 @@ def test_attention_runs_over_tokens_of_one_image(name: str, mode: str) -> None:
     model.train(mode == "train")
     shapes = attention_inputs(model, torch.randn(5, 1, 28, 28))
     tokens = {"row_transformer": 28, "vit": 1 + (28 // 4) ** 2}[name]
-    assert shapes, f"{name} has no nn.MultiheadAttention"
+    assert shapes, f"{name} has no MultiHeadAttention"
     for shape in shapes:  # batch-first (B, T, D): batch 5, a sequence of T > 1 tokens
         assert shape[:2] == (5, tokens)
         assert tokens > 1
@@ -244,3 +245,43 @@ def test_tokens_mix_within_an_image(name: str) -> None:
     untouched[1] += 3.0  # a change to image 1 leaves image 0's tokens alone
     with torch.no_grad():
         torch.testing.assert_close(model.encode(untouched)[0], a[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, use_bias", [("row_transformer", False), ("vit", False),
+                                            ("vit", True)])
+def test_exports_and_checkpoints_from_before_the_shared_blocks_still_load(
+        name, use_bias, tmp_path) -> None:
+    """An export / checkpoint written by the old nn.MultiheadAttention blocks gives the same
+    logits with today's blocks (weights mapped by ``upgrade_state_dict``)."""
+    import legacy_attention_classifiers as legacy
+
+    from lit_models import ImageClassificationTask, load_checkpoint
+    from models import save_export
+
+    torch.manual_seed(0)
+    small = {"num_hiddens": 16, "num_heads": 2, "num_blks": 2}
+    if name == "vit":
+        kwargs = {**small, "patch_size": 7, "mlp_num_hiddens": 32, "use_bias": use_bias}
+        old_block = lambda: legacy.ViTBlock(16, 32, 2, 0.1, use_bias)  # noqa: E731
+    else:
+        kwargs = {**small, "ffn_num_hiddens": 32}
+        old_block = lambda: legacy.TransformerEncoderBlock(16, 32, 2, 0.1)  # noqa: E731
+    old = build_model(name, num_classes=10, in_channels=1, image_size=28, **kwargs)
+    old.blks = nn.Sequential(old_block(), old_block())  # the blocks of before, old names
+    old.eval()
+    assert any(k.endswith("attention.in_proj_weight") for k in old.state_dict())
+    config = {"arch": name, "task": "image_classification",
+              "model_kwargs": {"num_classes": 10, "in_channels": 1, "image_size": 28, **kwargs}}
+    save_export(old, config, tmp_path / "export")
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        expected = old(x)
+        new, _ = load_exported(tmp_path / "export")
+        torch.testing.assert_close(new(x), expected, atol=1e-5, rtol=1e-5)
+    module = ImageClassificationTask(name, model_kwargs=kwargs)
+    torch.save({"hyper_parameters": dict(module.hparams),
+                "state_dict": {f"model.{k}": v for k, v in old.state_dict().items()}},
+               tmp_path / "old.ckpt")
+    with torch.no_grad():
+        restored = load_checkpoint(tmp_path / "old.ckpt").model.eval()
+        torch.testing.assert_close(restored(x), expected, atol=1e-5, rtol=1e-5)

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from conftest import make_idx_dataset, write_idx
-from datamodules import DataError, build_datamodule, data_names, data_task, resolve_data_dir
+from datamodules import DataError, resolve_data_dir
 from datamodules.download import RemoteFile, download, ensure_files
 from datamodules.idx import FASHION_MNIST, MNIST, load_split, read_idx, split_indices
 from datamodules.loader import TensorBatchLoader
+from datamodules.registry import build_datamodule, data_names, data_tasks
 
 
 def test_read_idx_gz_and_raw_round_trip(tmp_path) -> None:
@@ -104,9 +105,9 @@ def test_datamodule_shapes_properties_and_uint8_batches(data_root) -> None:
 
 def test_data_registry_tasks() -> None:
     assert set(data_names("image_classification")) >= {"mnist", "fashion_mnist"}
-    assert data_task("synthetic_regression") == "regression"
+    assert data_tasks("synthetic_regression") == ["regression"]
     with pytest.raises(KeyError, match="fashion_mnist"):
-        data_task("cifar")
+        data_tasks("cifar")
 
 
 def test_loader_covers_each_example_once_and_reshuffles_per_epoch() -> None:

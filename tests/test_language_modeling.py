@@ -1,4 +1,4 @@
-"""Language modelling pipeline: Time Machine / WikiText data, LanguageModel, generation, CLI."""
+"""Language modelling: Time Machine / WikiText data, LanguageModelingTask, generation, CLI."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from torch import nn
 
 import train
 from conftest import ROOT, read_results, run_cli
-from datamodules import build_datamodule, corpora
+from datamodules import corpora
 from datamodules.download import DataError
+from datamodules.language_model import RandomWindowLoader, SequentialLoader
+from datamodules.registry import build_datamodule
 from datamodules.text import Vocab, preprocess_time_machine
-from datamodules.timemachine import RandomWindowLoader, SequentialLoader
-from lit_models import LanguageModel, load_checkpoint
+from lit_models import LanguageModelingTask, load_checkpoint
 from models import model_names
 from models.generate import generate
 from predict import main as predict_main
@@ -253,9 +254,9 @@ class FixedLM(nn.Module):
         return logits, new_state
 
 
-def lm_module(vocab_size: int, **kwargs) -> LanguageModel:
+def lm_module(vocab_size: int, **kwargs) -> LanguageModelingTask:
     vocab = ["<unk>", *(chr(97 + i) for i in range(vocab_size - 1))]
-    return LanguageModel("lstm", vocab, model_kwargs={"num_hiddens": 8}, sample_tokens=0,
+    return LanguageModelingTask("lstm", vocab, model_kwargs={"num_hiddens": 8}, sample_tokens=0,
                          **kwargs)
 
 
@@ -307,7 +308,7 @@ def test_state_is_carried_detached_and_reset_each_epoch_and_eval(tmp_path) -> No
     quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=0).fit(
         module, loader)
     assert all(c[0] for c in spy.calls)
-    gpt = LanguageModel("gpt", module.hparams.vocab, model_kwargs={"num_hiddens": 8,
+    gpt = LanguageModelingTask("gpt", module.hparams.vocab, model_kwargs={"num_hiddens": 8,
                         "num_heads": 2, "num_layers": 1}, carry_state=True, sample_tokens=0)
     assert gpt.carries_state is False
 
@@ -332,7 +333,7 @@ def test_overfit_one_batch(tmp_path) -> None:
     x = torch.randint(1, 10, (4, 12))
     x[:, 0] = torch.arange(4)  # distinct first tokens: every row is predictable from its prefix
     y = torch.roll(x, -1, 1)
-    module = LanguageModel("lstm", ["<unk>", *"abcdefghi"], model_kwargs={"num_hiddens": 48},
+    module = LanguageModelingTask("lstm", ["<unk>", *"abcdefghi"], model_kwargs={"num_hiddens": 48},
                            optimizer="adam", lr=0.02, sample_tokens=0)
     trainer = quiet_trainer(tmp_path, max_epochs=1, gradient_clip_val=1.0)
     trainer.fit(module, Batches([(x, y)] * 150))
@@ -400,7 +401,7 @@ def test_export_round_trip_and_predict_generate(lm_root, tmp_path, capsys) -> No
                            "prefix": "time traveller "}
     module = load_checkpoint(run / "checkpoints" / "last.ckpt")
     greedy = generate(module.model, module.encode_prompt("Time-Traveller!"), 20)
-    expected = "time traveller " + module.decode(greedy)  # "!" becomes a space, as in training
+    expected = "time traveller " + module.ids_to_text(greedy)  # "!" becomes a space, as in training
     predict = str(ROOT / "predict.py")
     without = str(ROOT / "tests" / "without_lightning.py")
     base = [without, predict, "generate", "--export", str(run / "export"), "--num-tokens", "20"]

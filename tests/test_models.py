@@ -82,3 +82,26 @@ def test_list_table_has_every_model() -> None:
     table = models.format_table()
     for name in model_names():
         assert name in table
+
+
+def test_every_model_and_datamodule_declares_its_interface() -> None:
+    """Decoding, generation and train.py read declared attributes, not getattr probes."""
+    from datamodules.base import DataModule
+    from datamodules.registry import DATAMODULES
+    from lit_models import TASK_MODULES
+
+    for name in model_names():
+        spec = get_spec(name)
+        if spec.task in ("language_modeling", "sequence_encoding"):
+            model = build_model(name, vocab_size=12)
+            for attr in ("recurrent", "bidirectional", "max_len"):
+                assert hasattr(model, attr), (name, attr)
+        elif spec.task == "seq2seq":
+            model = build_model(name, src_vocab_size=12, tgt_vocab_size=12)
+            for attr in ("has_attention", "keep_attention", "step_attention", "encode",
+                         "decode_step"):
+                assert hasattr(model, attr), (name, attr)
+        assert (spec.task in TASK_MODULES) != bool(spec.cannot_train), name
+    for tasks in DATAMODULES.values():
+        for task, cls in tasks.items():
+            assert issubclass(cls, DataModule) and task in TASK_MODULES, cls

@@ -218,6 +218,18 @@ def test_resume_of_another_models_checkpoint_or_unregistered_model(run_copy, cap
     assert tree_hash(run) == before
 
 
+def test_resume_of_a_checkpoint_with_the_old_attention_blocks_is_refused(run_copy,
+                                                                        capsys) -> None:
+    ckpt = run_copy / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    saved["state_dict"]["model.blks.0.attention.in_proj_weight"] = torch.zeros(3, 1)
+    torch.save(saved, ckpt)
+    before = tree_hash(run_copy)
+    assert train.main(["--resume", "last", "--run-dir", str(run_copy)]) == 2
+    assert "attention blocks of an earlier version" in capsys.readouterr().err
+    assert tree_hash(run_copy) == before
+
+
 def test_resume_records_only_what_changed_and_keeps_every_row(run_copy, capsys) -> None:
     run = run_copy
     config = run / "config.yaml"

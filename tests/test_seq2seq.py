@@ -18,7 +18,7 @@ from datamodules.fra_eng_text import (
     preprocess_fra_eng,
     tokenize_sentence,
 )
-from lit_models import Seq2Seq, load_checkpoint
+from lit_models import TranslationTask, load_checkpoint
 from models import build_model, get_spec, load_exported
 from models.bleu import bleu, corpus_bleu
 from models.decoding import beam_search, greedy_decode
@@ -236,7 +236,7 @@ def test_corpus_bleu_is_100_on_identical_corpora_and_matches_sacrebleu() -> None
 
 def test_loss_ignores_padding(fra_root) -> None:
     dm = EngFraDataModule(fra_root, num_steps=8, max_examples=50)
-    module = Seq2Seq("transformer_mt", **{k: v for k, v in dm.data_info().items()},
+    module = TranslationTask("transformer_mt", **{k: v for k, v in dm.data_info().items()},
                      model_kwargs=SMALL["transformer_mt"]).eval()
     src, tgt_in, vl, tgt_out = (t[:8] for t in dm.train_set)
     logits, loss, mask = module._loss((src, tgt_in, vl, tgt_out))
@@ -250,7 +250,7 @@ def test_overfit_a_small_batch_to_exact_translations(fra_root, name) -> None:
     dm = EngFraDataModule(fra_root, num_steps=8, max_examples=60)
     dm.setup()
     torch.manual_seed(0)
-    module = Seq2Seq(name, **dm.data_info(), model_kwargs={**SMALL[name], "dropout": 0.0},
+    module = TranslationTask(name, **dm.data_info(), model_kwargs={**SMALL[name], "dropout": 0.0},
                      lr=0.01)
     train_pairs = dm.split_pairs["train"]
     sources = [p[0] for p in train_pairs]

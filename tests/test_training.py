@@ -12,7 +12,7 @@ import torch
 import train
 from conftest import ROOT, read_results, run_cli
 from datamodules.loader import TensorBatchLoader
-from lit_models import ImageClassifier, load_checkpoint
+from lit_models import ImageClassificationTask, load_checkpoint
 from models import get_spec, load_exported, model_names
 
 IMAGE_MODELS = model_names("image_classification")
@@ -57,7 +57,7 @@ def test_overfit_one_batch_with_random_labels() -> None:
     torch.manual_seed(0)
     x = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (32,))
-    module = ImageClassifier("lenet", model_kwargs={"activation": "relu", "pool": "max"},
+    module = ImageClassificationTask("lenet", model_kwargs={"activation": "relu", "pool": "max"},
                              optimizer="adam", lr=3e-3)
     trainer = L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
@@ -179,10 +179,10 @@ def test_recipe_fills_unset_flags_and_flags_override() -> None:
 
 def test_checkpoints_of_the_flat_config_era_still_load(tmp_path) -> None:
     """Hyper-parameters renamed by the sectioned config (src_len, max_seq_len, compile)."""
-    from lit_models import Seq2Seq
+    from lit_models import TranslationTask
 
     vocab = ["<unk>", "<pad>", "<bos>", "<eos>", "a", "b"]
-    module = Seq2Seq("seq2seq_gru", src_vocab=vocab, tgt_vocab=vocab, num_steps=7,
+    module = TranslationTask("seq2seq_gru", src_vocab=vocab, tgt_vocab=vocab, num_steps=7,
                      model_kwargs={"embed_size": 4, "num_hiddens": 8, "num_layers": 1})
     hparams = dict(module.hparams)
     hparams["src_len"] = hparams.pop("num_steps")
@@ -201,7 +201,8 @@ def test_gradient_norm_is_clipped_by_the_optim_section(clip, where) -> None:
     torch.manual_seed(0)
     x = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (32,))
-    module = ImageClassifier("mlp", lr=1.0, gradient_clip_val=clip if where == "optim" else None)
+    module = ImageClassificationTask("mlp", lr=1.0,
+                                     gradient_clip_val=clip if where == "optim" else None)
     before = [p.detach().clone() for p in module.parameters()]
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,

@@ -231,7 +231,7 @@ def resolve(layers: Sequence[Layer]) -> Config:
         ConfigError: an unknown model, recipe, data or key, a wrong type, or a key that the
             chosen model, DataModule or task module cannot take.
     """
-    from datamodules import data_names, data_tasks
+    from datamodules.registry import data_names, data_tasks
     from models import get_spec
 
     users, sources, _ = _merge(layers)
@@ -282,10 +282,9 @@ def resolve(layers: Sequence[Layer]) -> Config:
 def _task_class(spec: Any) -> type:
     from lit_models import TASK_MODULES
 
-    if spec.name == "bi_lstm":  # an encoder only: it has already read x_{t+1} (d2l §10.4)
-        from models.rnn import BIDIRECTIONAL_LM_REFUSAL
-
-        raise ConfigError(BIDIRECTIONAL_LM_REFUSAL)
+    if spec.cannot_train:
+        raise ConfigError(f"model '{spec.name}' cannot train with train.py: "
+                          f"{spec.cannot_train}")
     if spec.task not in TASK_MODULES:
         raise ConfigError(f"model '{spec.name}' ({spec.task}) cannot train with train.py, "
                           "which trains " + ", ".join(TASK_MODULES) + " models")
@@ -294,7 +293,7 @@ def _task_class(spec: Any) -> type:
 
 def _consumers(spec: Any, task_cls: type, data: str) -> dict[str, Any]:
     """What takes each section: ``(label, parameters or None, reserved keys)``."""
-    from datamodules import datamodule_class
+    from datamodules.registry import datamodule_class
     from lit_models import TaskModule
 
     from .checks import Consumer

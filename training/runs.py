@@ -127,9 +127,15 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
     try:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
         arch, step = saved["hyper_parameters"]["arch"], int(saved["global_step"])
+        packed = any(k.endswith("in_proj_weight") for k in saved["state_dict"])
     except Exception as e:  # any unreadable or foreign file: one sentence
         raise ConfigError(f"--resume: {ckpt} is not a readable checkpoint of train.py "
                           f"({type(e).__name__})") from None
+    if packed:
+        raise ConfigError(f"--resume: {ckpt} holds '{arch}' attention blocks of an earlier "
+                          "version, whose optimizer state cannot continue in today's blocks; "
+                          "its weights still load (export it with `python export.py CKPT`), "
+                          "or start a new run")
     model = layers[0].values.get("model", {}).get("name")
     if arch != model:
         raise ConfigError(f"--resume: {ckpt} was written by a '{arch}' run, but {config} "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,27 +10,17 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from datamodules.text import Vocab, encode_prompt, join_tokens
+from models.decoding import map_tensors
 
 from .base import TaskModule
 
 
-def map_state(state: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply ``fn`` to every tensor of a hidden state (a tensor, or nested tuples/lists/dicts)."""
-    if isinstance(state, torch.Tensor):
-        return fn(state)
-    if isinstance(state, (tuple, list)):
-        return type(state)(map_state(s, fn) for s in state)
-    if isinstance(state, dict):
-        return {k: map_state(v, fn) for k, v in state.items()}
-    return state
-
-
 def detach_state(state: Any) -> Any:
     """Detach every tensor of a hidden state."""
-    return map_state(state, torch.Tensor.detach)
+    return map_tensors(state, torch.Tensor.detach)
 
 
-class LanguageModel(TaskModule):
+class LanguageModelingTask(TaskModule):
     """Next-token cross-entropy; perplexity = exp(total NLL / total target tokens) per split.
 
     Batches are ``(X, Y)``, ``(B, T)`` token ids with ``Y`` the next tokens; the model returns
@@ -75,11 +64,12 @@ class LanguageModel(TaskModule):
     ) -> None:
         super().__init__(**optim)
         if not vocab:
-            raise ValueError("LanguageModel needs the vocabulary: DataModule.data_info()['vocab']")
+            raise ValueError("LanguageModelingTask needs the vocabulary: "
+                             "DataModule.data_info()['vocab']")
         self.save_hyperparameters()
         self.vocab = Vocab.from_tokens(vocab)
         self._build(arch, {"vocab_size": len(vocab)}, model_kwargs)
-        self.carries_state = bool(carry_state and getattr(self.model, "recurrent", False))
+        self.carries_state = bool(carry_state and self.model.recurrent)
         self._init_train_sums(2)  # NLL sum, target tokens
         # token-weighted mean NLL per evaluation split (synced across ranks by torchmetrics)
         self.val_nll = MeanMetric()
@@ -92,7 +82,7 @@ class LanguageModel(TaskModule):
         hp = self.hparams
         return encode_prompt(text, self.vocab, hp.token_level, hp.text_preprocess)
 
-    def decode(self, ids: torch.Tensor) -> str:
+    def ids_to_text(self, ids: torch.Tensor) -> str:
         """Token ids -> text (characters joined, or words spaced)."""
         return join_tokens(self.vocab.to_tokens(ids.flatten()), self.hparams.token_level)
 
@@ -135,7 +125,7 @@ class LanguageModel(TaskModule):
         resumed = self.__dict__.pop("_resume_state", None)
         if resumed is not None:
             rows, state = resumed
-            self._states["train"] = (rows, map_state(state, lambda t: t.to(self.device)))
+            self._states["train"] = (rows, map_tensors(state, lambda t: t.to(self.device)))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         """Cross-entropy over every target token (``train/loss`` every few steps)."""

@@ -10,18 +10,10 @@ from lightning.pytorch.callbacks import Callback
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import SacreBLEUScore
 
-from datamodules.fra_eng_text import (
-    BOS,
-    EOS,
-    PAD,
-    PREPROCESS,
-    detokenize,
-    encode_source,
-    tokenize_sentence,
-)
+from datamodules.fra_eng_text import BOS, EOS, PAD, PREPROCESS, detokenize, translate
 from datamodules.text import UNK, Vocab
 from models.bleu import bleu
-from models.decoding import decode, greedy_decode
+from models.decoding import greedy_decode, search
 
 from .base import TaskModule
 
@@ -32,7 +24,7 @@ BOOK_PAIRS = (("go .", "va !"), ("i lost .", "j'ai perdu ."), ("he's calm .", "i
 UNK_REF = "<unk:ref>"
 
 
-class Seq2Seq(TaskModule):
+class TranslationTask(TaskModule):
     """Teacher-forced cross-entropy ignoring ``<pad>``, token accuracy, decoding and BLEU.
 
     Validation logs ``val/loss``, ``val/acc`` (non-pad tokens), ``val/bleu`` (corpus BLEU,
@@ -70,7 +62,7 @@ class Seq2Seq(TaskModule):
                  **optim: Any) -> None:
         super().__init__(**optim)
         if not src_vocab or not tgt_vocab:
-            raise ValueError("Seq2Seq needs src_vocab and tgt_vocab (from the DataModule)")
+            raise ValueError("TranslationTask needs src_vocab and tgt_vocab (from the DataModule)")
         if bleu_max_sentences < 1:
             raise ValueError("bleu_max_sentences must be positive (val/bleu is the monitor)")
         self.save_hyperparameters()
@@ -154,7 +146,7 @@ class Seq2Seq(TaskModule):
         rows = self._texts(src, tgt_out, hyps)
         self.test_bleu.update([r[2] for r in rows], [[r[1]] for r in rows])
         if self.hparams.beam_size > 1:
-            hyps = decode(self.model, src, src_valid_len, self.bos, self.eos, self.max_len,
+            hyps = search(self.model, src, src_valid_len, self.bos, self.eos, self.max_len,
                           self.hparams.beam_size, self.hparams.length_penalty)
             rows = self._texts(src, tgt_out, hyps)
             self.test_bleu_beam.update([r[2] for r in rows], [[r[1]] for r in rows])
@@ -167,17 +159,12 @@ class Seq2Seq(TaskModule):
             self.log("test/bleu_beam", self.test_bleu_beam.compute() * 100)
             self.test_bleu_beam.reset()
 
-    @torch.no_grad()
-    def translate(self, sentences: list[str], beam_size: int = 1) -> list[str]:
-        """Translate preprocessed English sentences (eval mode inside, restored after)."""
-        was_training = self.model.training
-        self.model.eval()
-        src, valid = encode_source([tokenize_sentence(s) for s in sentences], self.src_vocab,
-                                   self.hparams.num_steps)
-        hyps = decode(self.model, src.to(self.device), valid.to(self.device), self.bos,
-                      self.eos, self.max_len, beam_size, self.hparams.length_penalty)
-        self.model.train(was_training)
-        return [detokenize(h, self.tgt_vocab) for h in hyps]
+    def translate(self, sentences: list[str], beam_size: int = 1,
+                  return_attention: bool = False):
+        """English sentences -> French (:func:`datamodules.fra_eng_text.translate`)."""
+        hp = self.hparams
+        return translate(self.model, sentences, self.src_vocab, self.tgt_vocab, hp.num_steps,
+                         self.max_len, beam_size, hp.length_penalty, return_attention)
 
     def configure_callbacks(self) -> list[Callback]:
         """The translation table and attention heatmaps."""

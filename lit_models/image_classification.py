@@ -19,7 +19,7 @@ from models import preprocess_images
 from .base import TaskModule
 
 
-class ImageClassifier(TaskModule):
+class ImageClassificationTask(TaskModule):
     """Cross-entropy on logits, accuracy and macro-F1 per split, a test confusion matrix.
 
     Batches arrive as uint8 ``(images, labels)``; :meth:`on_after_batch_transfer` scales,

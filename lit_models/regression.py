@@ -9,7 +9,7 @@ import torch
 from .base import TaskModule
 
 
-class Regressor(TaskModule):
+class RegressionTask(TaskModule):
     """Mean squared error, as d2l's concise linear regression (§3.5, ``nn.MSELoss``).
 
     Args:
