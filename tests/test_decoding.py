@@ -10,17 +10,10 @@ import pytest
 import torch
 from test_reported_numbers import BEAM_CASES, BOS, EOS, FixedMarkov
 
-import models.decoding
 from models import build_model
-from models.decoding import beam_search, greedy_decode, length_penalty
+from models.decoding import beam_search, greedy_decode, length_penalty, search
 
 SRC, VALID = torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 2])
-
-
-def search(*args, **kwargs):
-    """The greedy-or-beam entry point (``decode``; issue 17 may rename it ``search``)."""
-    entry = getattr(models.decoding, "search", None) or models.decoding.decode
-    return entry(*args, **kwargs)
 
 
 def fixed(case: str) -> FixedMarkov:

@@ -16,7 +16,8 @@ class CallLog(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model, self.lengths = model, []
-        self.max_len = getattr(model, "max_len", None)
+        self.recurrent, self.bidirectional = model.recurrent, model.bidirectional
+        self.max_len = model.max_len
 
     def forward(self, X, state=None):
         self.lengths.append(X.shape[1])
@@ -33,7 +34,7 @@ def tiny(name: str, **kw) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["lstm", "gpt"])
+@pytest.mark.parametrize("name", ["lstm", "gpt", "mamba"])
 def test_one_pass_over_the_prefix_then_one_step_per_token(name: str) -> None:
     model = CallLog(tiny(name))
     generate(model, torch.tensor([[1, 2, 3]]), 5)

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:dropout option adds dropout:User
 SIZES = {"num_classes", "in_channels", "image_size", "num_inputs", "vocab_size",
          "src_vocab_size", "tgt_vocab_size", "num_hiddens", "ffn_num_hiddens",
          "mlp_num_hiddens", "num_heads", "max_len", "patch_size", "num_channels",
-         "growth_rate", "ratio", "embed_size"}
+         "growth_rate", "ratio", "embed_size", "d_state", "expand", "d_conv"}
 
 _RNN_LM = ({"vocab_size": 11, "num_hiddens": 16, "num_layers": 1, "dropout": 0.0},
            [{"num_layers": 2}, {"dropout": 0.3}, {"num_layers": 2, "dropout": 0.3},
@@ -72,6 +72,11 @@ CASES: dict[str, tuple[dict, list[dict]]] = {
              {"tie_weights": True}, {"num_layers": 2}, {"dropout": 0.3},
              {"positions": "sinusoidal", "num_layers": 2, "dropout": 0.3},
              {"ffn_num_hiddens": 8}]),
+    "mamba": ({"vocab_size": 11, "num_hiddens": 16, "num_layers": 1, "d_state": 4,
+               "dropout": 0.0},
+              [{"scan": "associative"}, {"scan": "sequential"}, {"tie_weights": False},
+               {"num_layers": 2}, {"dropout": 0.3}, {"dt_rank": 2},
+               {"num_layers": 2, "dropout": 0.3, "scan": "sequential"}]),
     "linear_regression": ({"num_inputs": 3}, []),
     "softmax_regression": ({"image_size": 28}, []),
     "mlp": ({"image_size": 28, "num_hiddens": 16, "dropout": 0.0},
@@ -155,7 +160,9 @@ def test_every_option_is_exercised() -> None:
 @pytest.mark.parametrize("name, arg, values", [
     ("lenet", "activation", ["sigmoid", "relu"]), ("lenet", "pool", ["avg", "max"]),
     ("lenet_bn", "activation", ["sigmoid", "relu"]), ("lenet_bn", "pool", ["avg", "max"]),
-    ("gpt", "positions", ["learned", "sinusoidal"]), ("bert_tiny", "activation", ["gelu", "relu"]),
+    ("gpt", "positions", ["learned", "sinusoidal"]),
+    ("mamba", "scan", ["chunked", "associative", "sequential"]),
+    ("bert_tiny", "activation", ["gelu", "relu"]),
     ("seq2seq_gru", "init", ["xavier", "pytorch"]), ("seq2seq_bahdanau", "init",
                                                       ["xavier", "pytorch"])])
 def test_unknown_choices_are_refused_naming_the_ones_exercised(name, arg, values) -> None:

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torchmetrics.text import SacreBLEUScore
 
-from datamodules import build_datamodule
 from datamodules.bert import BERTPretrainDataModule
 from datamodules.fra_eng import EngFraDataModule
+from datamodules.registry import build_datamodule
 from lit_models import task_module
 from models import build_model
 from models.bert import get_tokens_and_segments

@@ -11,9 +11,10 @@ import math
 import pytest
 import torch
 
-from datamodules import DataError, build_datamodule
+from datamodules import DataError
+from datamodules.language_model import RandomWindowLoader, SequentialLoader
 from datamodules.loader import IndexSampler, TensorBatchLoader
-from datamodules.timemachine import RandomWindowLoader, SequentialLoader
+from datamodules.registry import build_datamodule
 
 
 @pytest.mark.parametrize("n, world", [(11, 1), (11, 2), (12, 3), (7, 4)])
