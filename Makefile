@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 D2L_DATA_DIR ?= $(if $(wildcard ../shared/data/README.md),../shared/data,)
 export D2L_DATA_DIR
 
-.PHONY: install train test test-all lint bench clean
+.PHONY: install train test test-all lint mutation bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,11 @@ test-all: install  ## including slow tests (real data, DDP, W&B)
 lint: install
 	$(PY) -m ruff check .
 
+# Not in CI: minutes per target. ARGS picks targets (bleu decoding generate metrics samplers
+# splits); survivors are written to build/mutation/TARGET/survivors.md, see docs/testing.md.
+mutation: install  ## mutation testing (mutmut) of the code behind the numbers in docs/
+	$(PY) -m pip install --quiet "mutmut==3.8.1"
+	$(PY) tools/mutation.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build/mutation

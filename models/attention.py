@@ -234,6 +234,8 @@ class PositionWiseFFN(nn.Module):
     def __init__(self, num_hiddens: int, ffn_num_hiddens: int, activation: str = "relu",
                  dropout: float = 0.0) -> None:
         super().__init__()
+        if activation not in ("relu", "gelu"):  # a typo must not silently train a ReLU model
+            raise ValueError(f"unknown activation '{activation}'; choose from: relu, gelu")
         self.dense1 = nn.Linear(num_hiddens, ffn_num_hiddens)
         self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
         self.dense2 = nn.Linear(ffn_num_hiddens, num_hiddens)

@@ -289,7 +289,8 @@ class RNNLM(nn.Module):
                 ) -> tuple[torch.Tensor, State]:
         """Token ids ``(B, T)`` -> logits ``(B, T, vocab_size)`` and the new state."""
         if self.embedding is None:
-            emb = F.one_hot(X, self.vocab_size).float()  # (B, T, V), the book's inputs
+            # (B, T, V), the book's inputs, in the weights' dtype (float64, bf16-true...)
+            emb = F.one_hot(X, self.vocab_size).to(self.decoder.weight.dtype)
         else:
             emb = self.dropout(self.embedding(X))  # (B, T, E)
         out, state = self.rnn(emb, state)  # (B, T, H)

@@ -1,0 +1,293 @@
+"""Mutation testing of the code behind the reported numbers (``make mutation``; not in CI).
+
+Each target pairs modules with the test files (and a ``-k`` selection) that guard them, so one
+target takes minutes. For each target the checkout is copied to ``build/mutation/TARGET/``,
+mutmut (https://github.com/boxed/mutmut, 3.x) is configured there and run, and every mutant
+that is not killed is printed with its diff and written to ``build/mutation/TARGET/survivors.md``.
+``docs/testing.md`` records, per module, which survivors remain and why each is harmless.
+
+mutmut skips decorated functions (it cannot place its trampoline under a decorator). In the
+copy, and only there, ``@torch.no_grad()`` above a function is rewritten as the equivalent
+``name = torch.no_grad()(name)`` after it, so ``greedy_decode`` and ``beam_search`` are mutated.
+
+Usage::
+
+    python tools/mutation.py                # every target
+    python tools/mutation.py bleu decoding  # some
+    python tools/mutation.py --list         # the targets, their modules and tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build" / "mutation"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Modules to mutate, the tests that guard them, and which functions count.
+
+    Attributes:
+        modules: files to mutate.
+        tests: test files run against every mutant (only the tests that reach the mutated
+            function run, fastest first).
+        select: pytest ``-k`` expression within those files.
+        functions: ``fnmatch`` patterns of the functions (``module.function`` or
+            ``module.Class.method``) whose mutants are run; default all.
+        exclude: patterns of functions left alone among those (a LightningModule's
+            ``__init__``: ``save_hyperparameters`` reads its caller's frame, which mutmut's
+            trampoline replaces).
+    """
+
+    modules: list[str]
+    tests: list[str]
+    select: str = ""
+    functions: list[str] = field(default_factory=lambda: ["*"])
+    exclude: list[str] = field(default_factory=list)
+
+
+TARGETS: dict[str, Target] = {
+    "bleu": Target(
+        ["models/bleu.py"],
+        ["tests/test_reported_numbers.py", "tests/test_seq2seq.py"],
+        "(bleu or brevity) and not fit_logs"),
+    "decoding": Target(
+        ["models/decoding.py"],
+        ["tests/test_decoding.py", "tests/test_reported_numbers.py", "tests/test_seq2seq.py",
+         "tests/test_model_options.py"],
+        "beam or greedy or padding or decod or (eval_mode and (seq2seq or transformer_mt))"),
+    "generate": Target(
+        ["models/generate.py"],
+        ["tests/test_generation.py", "tests/test_lm_models.py", "tests/test_reported_numbers.py"],
+        "generat or sampl or bidirectional or gpt"),
+    # the metric code of the task modules: losses, accuracies, perplexities, BLEU plumbing,
+    # epoch sums and the learning-rate schedules
+    "metrics": Target(
+        ["lit_models/base.py", "lit_models/translation.py", "lit_models/language_modeling.py",
+         "lit_models/masked_lm.py"],
+        ["tests/test_reported_numbers.py", "tests/test_seq2seq.py",
+         "tests/test_language_modeling.py", "tests/test_bert.py", "tests/test_metrics.py"],
+        "val_acc or schedule or loss_ignores or perplexity or uniform or carried or padded "
+        "or unigram or metric",
+        ["lit_models.base.TaskModule.configure_optimizers",
+         "lit_models.base.TaskModule._accumulate_train",
+         "lit_models.base.TaskModule.on_train_epoch_end",
+         "lit_models.translation.TranslationTask.*",
+         "lit_models.language_modeling.LanguageModelingTask._*",
+         "lit_models.language_modeling.LanguageModelingTask.*_step",
+         "lit_models.language_modeling.LanguageModelingTask.on_*_epoch_*",
+         "lit_models.masked_lm.bert_losses", "lit_models.masked_lm.MaskedLMTask.*"],
+        ["lit_models.translation.TranslationTask.__init__",
+         "lit_models.language_modeling.LanguageModelingTask.__init__",
+         "lit_models.masked_lm.MaskedLMTask.__init__",
+         "lit_models.translation.TranslationTask.export_config",
+         "lit_models.translation.TranslationTask.configure_callbacks",
+         "lit_models.masked_lm.MaskedLMTask.export_config",
+         "lit_models.masked_lm.MaskedLMTask.extra_exports"]),
+    "samplers": Target(
+        ["datamodules/loader.py", "datamodules/language_model.py", "datamodules/time_machine.py"],
+        ["tests/test_samplers.py", "tests/test_data.py", "tests/test_language_modeling.py"],
+        "sampler or loader or sequential or random or resume or held_out or max_tokens "
+        "or windows",
+        ["datamodules.loader.*", "datamodules.language_model._offset",
+         "datamodules.language_model.RandomWindowLoader.*",
+         "datamodules.language_model.SequentialLoader.*",
+         "datamodules.language_model.LanguageModelDataModule.*_dataloader",
+         "datamodules.time_machine.TimeMachineDataModule.load"]),
+    "splits": Target(
+        ["datamodules/idx.py", "datamodules/vision.py", "datamodules/fra_eng.py",
+         "datamodules/fra_eng_text.py", "datamodules/bert.py"],
+        ["tests/test_data.py", "tests/test_seq2seq.py", "tests/test_bert.py",
+         "tests/test_reported_numbers.py"],
+        "split or raw_idx or vocabularies or segments or batches_follow or masking or nsp "
+        "or redraw or datamodule_shapes or preprocessing",
+        ["datamodules.idx.split_indices", "datamodules.idx.default_val_size",
+         "datamodules.idx.load_split", "datamodules.vision.IDXDataModule.setup",
+         "datamodules.fra_eng.EngFraDataModule.setup", "datamodules.fra_eng_text.*",
+         "datamodules.bert.make_examples", "datamodules.bert.PretrainCorpus.*"]),
+}
+
+
+def copy_checkout(dest: Path) -> None:
+    """Copy tracked and untracked, not ignored, files of the checkout to ``dest``."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           check=True, capture_output=True, text=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def undecorate_no_grad(path: Path) -> int:
+    """Rewrite ``@torch.no_grad()`` on functions as an assignment after them; count them."""
+    lines = path.read_text().splitlines(keepends=True)
+    edits = []
+    for node in ast.walk(ast.parse("".join(lines))):
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        for dec in node.decorator_list:
+            if ast.unparse(dec) == "torch.no_grad()":
+                indent = " " * node.col_offset
+                edits.append((node.end_lineno, dec.lineno,
+                              f"{indent}{node.name} = torch.no_grad()({node.name})\n"))
+    for end, dec_line, assignment in sorted(edits, reverse=True):
+        lines.insert(end, assignment)
+        del lines[dec_line - 1]
+    path.write_text("".join(lines))
+    return len(edits)
+
+
+def skip_unselected(path: Path, module: str, patterns: list[str], exclude: list[str]) -> int:
+    """Mark functions that no pattern selects ``# pragma: no mutate block``; count them.
+
+    mutmut would still wrap them in its trampoline, which breaks code that inspects its
+    caller's frame (``save_hyperparameters`` in a LightningModule's ``__init__``).
+    """
+    lines = path.read_text().splitlines(keepends=True)
+    tree = ast.parse("".join(lines))
+    functions = [(f"x_{n.name}", n) for n in tree.body if isinstance(n, ast.FunctionDef)]
+    functions += [(f"xǁ{c.name}ǁ{n.name}", n) for c in tree.body if isinstance(c, ast.ClassDef)
+                  for n in c.body if isinstance(n, ast.FunctionDef)]
+    skipped = 0
+    for name, node in functions:
+        mutant = f"{module}.{name}__mutmut_1"
+        if (any(fnmatch.fnmatch(mutant, p) for p in patterns)
+                and not any(fnmatch.fnmatch(mutant, p) for p in exclude)):
+            continue
+        colon = node.body[0].lineno - 2  # the header's last line (docstrings follow it)
+        if lines[colon].rstrip().endswith(":"):
+            lines[colon] = lines[colon].rstrip() + "  # pragma: no mutate block\n"
+            skipped += 1
+    path.write_text("".join(lines))
+    return skipped
+
+
+def mutmut_config(target: Target) -> str:
+    """The ``[tool.mutmut]`` section of a target."""
+    dirs = sorted({m.split("/")[0] + "/" for m in target.modules})
+    others = ["models/", "lit_models/", "datamodules/", "callbacks/", "training/", "train.py",
+              "predict.py", "configs/"]
+    pytest_args = ["-p", "no:cacheprovider", "-W", "ignore"]
+    if target.select:
+        pytest_args += ["-k", target.select]
+    quoted = ", ".join(f'"{a}"' for a in pytest_args)
+    return "\n".join([
+        "", "[tool.mutmut]",
+        f"source_paths = {dirs!r}".replace("'", '"'),
+        f"only_mutate = {target.modules!r}".replace("'", '"'),
+        f"also_copy = {[o for o in others if o not in dirs]!r}".replace("'", '"'),
+        f"pytest_add_cli_args_test_selection = {target.tests!r}".replace("'", '"'),
+        f"pytest_add_cli_args = [{quoted}]",
+        'process_isolation = "forkserver"',  # torch is not fork-safe after it has run
+        "use_git_change_detection = false",
+        "timeout_multiplier = 5.0", "timeout_constant = 20.0", ""])
+
+
+def mutant_patterns(target: Target, functions: list[str] | None = None) -> list[str]:
+    """The names mutmut gives the selected functions' mutants (``module.x_fn__mutmut_N``)."""
+    out = []
+    for pattern in target.functions if functions is None else functions:
+        if pattern == "*":
+            out += [m[:-3].replace("/", ".") + ".*" for m in target.modules]
+            continue
+        if pattern.endswith(".*") and not pattern.split(".")[-2][:1].isupper():
+            out.append(pattern)  # a whole module: functions and methods
+            continue
+        parts = pattern.split(".")
+        owner = [p for p in parts[:-1] if p[:1].isupper()]
+        module = ".".join(parts[:-1 - len(owner)])
+        name = "x" + "".join(f"ǁ{c}ǁ" for c in owner) + ("" if owner else "_") + parts[-1]
+        out.append(f"{module}.{name}__mutmut_*")
+    return out
+
+
+def run_target(name: str, target: Target, max_children: int | None) -> dict[str, list[str]]:
+    """Mutate one target; return mutant names by status (killed mutants not listed)."""
+    work = BUILD / name
+    copy_checkout(work)
+    shimmed = sum(undecorate_no_grad(work / m) for m in target.modules)
+    patterns = mutant_patterns(target)
+    exclude = mutant_patterns(target, target.exclude)
+    for m in target.modules:
+        skip_unselected(work / m, m[:-3].replace("/", "."), patterns, exclude)
+    with open(work / "pyproject.toml", "a", encoding="utf-8") as f:
+        f.write(mutmut_config(target))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "D2L_DATA_DIR": "", "WANDB_MODE": "disabled",
+           "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "mutmut", "run", *patterns]
+    if max_children:
+        cmd[4:4] = ["--max-children", str(max_children)]
+    start = time.time()
+    print(f"== {name}: {', '.join(target.modules)} ({shimmed} @torch.no_grad() unwrapped); "
+          f"tests {' '.join(target.tests)} -k {target.select!r}", flush=True)
+    with open(work / "mutmut-run.log", "w") as log:
+        rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if rc.returncode:
+        tail = (work / "mutmut-run.log").read_text(errors="replace").replace("\r", "\n")
+        print(f"   {name}: mutmut failed (exit {rc.returncode}); the end of "
+              f"{(work / 'mutmut-run.log').relative_to(ROOT)}:\n{tail[-1500:]}", flush=True)
+        return {"mutmut failed": [name]}
+    out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
+                         env=env, capture_output=True, text=True).stdout
+    by_status: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        m = re.match(r"\s+(\S+): (.+)$", line)
+        if m and any(fnmatch.fnmatch(m.group(1), p) for p in patterns):
+            by_status.setdefault(m.group(2), []).append(m.group(1))
+    report = [f"# mutmut survivors: {name} ({time.time() - start:.0f} s)\n"]
+    for status, names in sorted(by_status.items()):
+        if status in ("killed", "not checked"):
+            continue
+        for mutant in names:
+            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", mutant], cwd=work,
+                                  env=env, capture_output=True, text=True).stdout
+            report.append(f"## {status}: {mutant}\n\n```diff\n{diff.strip()}\n```\n")
+    (work / "survivors.md").write_text("\n".join(report), encoding="utf-8")
+    counts = ", ".join(f"{s} {len(n)}" for s, n in sorted(by_status.items()))
+    print(f"   {name}: {counts} in {time.time() - start:.0f} s; survivors with diffs: "
+          f"{(work / 'survivors.md').relative_to(ROOT)}", flush=True)
+    return by_status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen targets; exit 1 if any mutant survived (see docs/testing.md)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="*", metavar="TARGET",
+                        help=f"some of: {', '.join(TARGETS)} (default: all)")
+    parser.add_argument("--list", action="store_true", help="show the targets and exit")
+    parser.add_argument("--max-children", type=int, default=None,
+                        help="parallel mutant processes (mutmut's default: CPU count)")
+    args = parser.parse_args(argv)
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(unknown)}; choose from: {', '.join(TARGETS)}")
+    if args.list:
+        for name, t in TARGETS.items():
+            print(f"{name}: {' '.join(t.modules)}\n    tests: {' '.join(t.tests)} "
+                  f"-k {t.select!r}\n    functions: {' '.join(t.functions)}")
+        return 0
+    survived = 0
+    for name in args.targets or list(TARGETS):
+        by_status = run_target(name, TARGETS[name], args.max_children)
+        survived += sum(len(v) for k, v in by_status.items() if k != "killed")
+    print(f"{survived} mutant(s) not killed; compare with docs/testing.md")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
