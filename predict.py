@@ -44,9 +44,7 @@ def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]
             except RuntimeError as e:
                 raise DataError(f"cannot decode image {path} ({e})") from None
             if tuple(img.shape[-2:]) != (size, size):  # to the training data's native size
-                img = torch.nn.functional.interpolate(
-                    img[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                    align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+                img = _to_square(img, size, crop=pre.get("center_crop") is not None)
             batches.append(img[None])
             names.append(str(path))
         else:
@@ -58,6 +56,21 @@ def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]
     return torch.cat(batches), names
 
 
+def _to_square(img: torch.Tensor, size: int, crop: bool) -> torch.Tensor:
+    """Resize ``(C, H, W)`` uint8 to ``size x size``, stretched or (``crop``) as a folder cache.
+
+    ``crop``: the shorter side to ``size``, then the centre, as :mod:`datamodules.folder` does.
+    """
+    h, w = img.shape[-2:]
+    scale = size / min(h, w) if crop else None
+    shape = (max(size, round(h * scale)), max(size, round(w * scale))) if crop else (size, size)
+    out = torch.nn.functional.interpolate(img[None].float(), size=shape, mode="bilinear",
+                                          antialias=True, align_corners=False)[0]
+    top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
+    out = out[:, top:top + size, left:left + size]  # the central size x size
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
 @torch.no_grad()
 def classify_logits(model: torch.nn.Module, config: dict, images: torch.Tensor,
                     batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
@@ -66,7 +79,8 @@ def classify_logits(model: torch.nn.Module, config: dict, images: torch.Tensor,
     out = []
     for i in range(0, len(images), batch_size):
         x = preprocess_images(images[i:i + batch_size].to(device), pre["mean"], pre["std"],
-                              pre["resize"])
+                              pre["resize"], channels=pre.get("channels"),
+                              center_crop=pre.get("center_crop"))
         out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, len(config["class_names"]))
 

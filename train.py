@@ -27,6 +27,7 @@ from typing import Any
 from datamodules import DataError
 from datamodules.registry import build_datamodule
 from models import ExportError
+from models.transfer import TransferError, param_groups
 from training.config import (
     Config,
     ConfigError,
@@ -161,8 +162,19 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     dm.prepare_data()  # fail here, before any process is spawned, if the data is missing
     try:  # before the run folder exists, so a refused configuration leaves nothing behind
         module = build_module(cfg, dm.data_info())
+        init = module.load_initial_weights() if resume is None else ""  # d2l §14.2
+        if cfg["optim"].get("lr_mult"):  # a prefix that matches nothing: refused now
+            param_groups(module.model, 1.0, cfg["optim"]["lr_mult"])
+    except TransferError as e:  # a source, freeze prefix or lr factor that does not fit
+        raise ConfigError(str(e)) from None
     except ValueError as e:  # options the model cannot take together, e.g. impossible tying
         raise ConfigError(f"model '{cfg['model']['name']}': {e}") from None
+    if init:
+        print(init, flush=True)
+    if cfg["task"].get("freeze") or cfg["optim"].get("lr_mult") or init:
+        from models.transfer import parameter_summary
+
+        print(f"{cfg['model']['name']}: {parameter_summary(module.model)}", flush=True)
     run_dir, config_written = prepare_run_dir(cfg, resuming=resume is not None)
     try:
         trainer = build_trainer(cfg, run_dir, module)

@@ -194,3 +194,14 @@ def load_split(
     tr, va = split_indices(len(images), val_size or default_val_size(len(images)), seed)
     idx = tr if split == "train" else va
     return images[idx], labels[idx]
+
+
+def subsample(n: int, fraction: float, seed: int) -> torch.Tensor:
+    """Seeded ``round(fraction * n)`` of ``range(n)`` (at least 1), sorted: a label budget."""
+    if not 0 < fraction <= 1:
+        raise DataError(f"train_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed + 7919)  # independent of the train/val split
+    keep = max(1, round(fraction * n))
+    return torch.randperm(n, generator=g)[:keep].sort().values

@@ -11,6 +11,7 @@ from typing import Any
 
 from .bert import BERTPretrainDataModule
 from .fra_eng import EngFraDataModule
+from .image_folder import ImageFolderDataModule
 from .synthetic import SyntheticRegressionDataModule
 from .time_machine import TimeMachineDataModule
 from .vision import FashionMNISTDataModule, MNISTDataModule
@@ -19,6 +20,7 @@ from .wikitext import WikiText2DataModule, WikiText103DataModule
 DATAMODULES: dict[str, dict[str, type]] = {
     "mnist": {"image_classification": MNISTDataModule},
     "fashion_mnist": {"image_classification": FashionMNISTDataModule},
+    "image_folder": {"image_classification": ImageFolderDataModule},
     "synthetic_regression": {"regression": SyntheticRegressionDataModule},
     "time_machine": {"language_modeling": TimeMachineDataModule},
     "wikitext2": {"language_modeling": WikiText2DataModule, "masked_lm": BERTPretrainDataModule},

@@ -20,6 +20,7 @@ from .idx import (
     load_idx_split,
     prepare_idx,
     split_indices,
+    subsample,
 )
 
 
@@ -32,15 +33,19 @@ class IDXDataModule(TensorDataModule):
         seed: seed of the train/val split and the shuffling.
         val_size: validation examples taken from the official training set (default: 1/12,
             i.e. the 55k/5k split of the full data).
+        train_fraction: keep this seeded fraction of the training split (a label budget for
+            transfer learning, d2l §14.2); validation and test stay whole.
     """
 
     dataset: IDXDataset
 
     def __init__(self, data_dir: str | Path | None = None, batch_size: int = 256, seed: int = 0,
-                 val_size: int | None = None) -> None:
+                 val_size: int | None = None, train_fraction: float = 1.0) -> None:
         super().__init__(batch_size, seed)
         self.data_dir = resolve_data_dir(data_dir)
         self.val_size = val_size
+        self.train_fraction = train_fraction
+        subsample(2, train_fraction, seed)  # refuse a bad fraction before anything is written
 
     def prepare_data(self) -> None:
         """Download missing files (rank 0 only, as Lightning calls it)."""
@@ -53,6 +58,7 @@ class IDXDataModule(TensorDataModule):
         images, labels = load_idx_split(self.dataset, self.data_dir, train=True)
         tr, va = split_indices(len(images), self.val_size or default_val_size(len(images)),
                                self.seed)
+        tr = tr[subsample(len(tr), self.train_fraction, self.seed)]
         self.train_set = (images[tr], labels[tr])
         self.val_set = (images[va], labels[va])
         self.test_set = load_idx_split(self.dataset, self.data_dir, train=False)

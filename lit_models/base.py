@@ -11,6 +11,7 @@ from torch import nn
 
 from models import build_model
 from models.attention import upgrade_state_dict
+from models.transfer import frozen_norm_layers, param_groups
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
@@ -43,6 +44,9 @@ class TaskModule(L.LightningModule):
         momentum: SGD momentum.
         scheduler: ``none``, ``step``, ``cosine``, ``onecycle`` or ``plateau``.
         gradient_clip_val: clip the gradient norm to this value (``None``: no clipping).
+        lr_mult: learning-rate factor per module-name prefix (d2l §14.2), e.g.
+            ``{"backbone": 0.1}``; ``backbone`` is all but the head, ``head`` the classifier.
+            Only trainable (not frozen) parameters reach the optimizer.
 
     Attributes:
         monitor: ``(metric, mode)`` that selects the best checkpoint.
@@ -61,7 +65,8 @@ class TaskModule(L.LightningModule):
 
     def __init__(self, optimizer: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,
                  momentum: float = 0.0, scheduler: str = "none",
-                 gradient_clip_val: float | None = None) -> None:
+                 gradient_clip_val: float | None = None,
+                 lr_mult: dict[str, float] | None = None) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer '{optimizer}'; choose from: "
@@ -69,9 +74,13 @@ class TaskModule(L.LightningModule):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler '{scheduler}'; choose from: "
                              + ", ".join(SCHEDULERS))
+        for prefix, factor in (lr_mult or {}).items():
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 0:
+                raise ValueError(f"lr_mult {prefix}={factor!r}: the factor must be a number >= 0")
         self.optim_args = {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
                            "momentum": momentum, "scheduler": scheduler,
-                           "gradient_clip_val": gradient_clip_val}
+                           "gradient_clip_val": gradient_clip_val,
+                           "lr_mult": dict(lr_mult or {})}
 
     def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None,
                              logger: bool = True) -> None:
@@ -151,7 +160,8 @@ class TaskModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         """Optimizer and LR scheduler from the ``optim`` arguments."""
         hp = self.optim_args
-        opt = build_optimizer(self.parameters(), hp["optimizer"], hp["lr"], hp["weight_decay"],
+        groups = param_groups(self.model, hp["lr"], hp["lr_mult"])
+        opt = build_optimizer(groups, hp["optimizer"], hp["lr"], hp["weight_decay"],
                               hp["momentum"])
         name = hp["scheduler"]
         if name == "none":
@@ -170,8 +180,21 @@ class TaskModule(L.LightningModule):
         if name == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         else:  # onecycle (names are checked in __init__)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=total)
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def train(self, mode: bool = True) -> TaskModule:
+        """As ``nn.Module.train``, but frozen batch-norm layers stay in eval mode (d2l §14.2).
+
+        Their running statistics would otherwise drift to the new data while their affine
+        parameters stay fixed.
+        """
+        super().train(mode)
+        if mode and hasattr(self, "model"):
+            for module in frozen_norm_layers(self.model):
+                module.eval()
+        return self
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
                                     gradient_clip_val: float | None = None,
@@ -224,6 +247,10 @@ class TaskModule(L.LightningModule):
         checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
         if "rng_states" in checkpoint:
             self._resume_rng = checkpoint["rng_states"]
+
+    def load_initial_weights(self) -> str:
+        """Load the task's initial weights, if it has any (see ``ImageClassificationTask``)."""
+        return ""
 
     def export_config(self) -> dict[str, Any]:
         """What ``config.json`` of an export holds; subclasses add preprocessing and labels."""

@@ -15,8 +15,20 @@ from torchmetrics.classification import (
 )
 
 from models import preprocess_images
+from models.transfer import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    apply_initial_weights,
+    describe_init,
+    read_source,
+    torchvision_name,
+)
+from models.transfer import freeze as freeze_prefixes
 
 from .base import TaskModule
+
+#: evaluation view of augmented data: the central 87.5% (Resize(256) + CenterCrop(224))
+EVAL_CROP = 0.875
 
 
 class ImageClassificationTask(TaskModule):
@@ -38,12 +50,23 @@ class ImageClassificationTask(TaskModule):
             ``activation``).
         label_smoothing: cross-entropy label smoothing.
         channels_last: feed convolutions channels-last tensors.
+        init_from: initial weights (d2l §14.2): an export folder, a ``train.py`` checkpoint or
+            ``torchvision:NAME``; loaded by :meth:`load_initial_weights` (``train.py`` calls it
+            for new runs only). torchvision weights bring ImageNet mean/std and 3 input
+            channels (grey-scale batches are repeated).
+        freeze: module-name prefixes whose parameters are frozen (``backbone``: all but the
+            head); frozen batch-norm layers stay in eval mode.
+        new_head: re-initialise the head even when its shape matches the source (``None``:
+            only when the number of classes differs).
+        augment: from the data: minimum crop area of the on-device training augmentation
+            (random resized crop + flip; evaluation: centre crop), ``None`` for none.
         **optim: optimisation arguments of :class:`TaskModule`.
     """
 
     monitor = ("val/acc", "max")
     task = "image_classification"
-    data_args = ("num_classes", "in_channels", "image_size", "mean", "std", "class_names")
+    data_args = ("num_classes", "in_channels", "image_size", "mean", "std", "class_names",
+                 "augment")
     model_data_args = ("num_classes", "in_channels", "image_size")
 
     def __init__(
@@ -59,12 +82,21 @@ class ImageClassificationTask(TaskModule):
         model_kwargs: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        init_from: str | None = None,
+        freeze: Sequence[str] | None = None,
+        new_head: bool | None = None,
+        augment: float | None = None,
         **optim: Any,
     ) -> None:
         super().__init__(**optim)
         self.save_hyperparameters()
-        self._build(arch, {"num_classes": num_classes, "in_channels": in_channels,
+        pretrained_rgb = torchvision_name(init_from) is not None
+        self.model_channels = 3 if pretrained_rgb else in_channels
+        self.norm = ((list(IMAGENET_MEAN), list(IMAGENET_STD)) if pretrained_rgb
+                     else (list(mean), list(std)))
+        self._build(arch, {"num_classes": num_classes, "in_channels": self.model_channels,
                            "image_size": resize or image_size}, model_kwargs)
+        self.frozen = freeze_prefixes(self.model, freeze) if freeze else []
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._init_train_sums(3)  # loss sum, count, correct
@@ -79,8 +111,25 @@ class ImageClassificationTask(TaskModule):
         """uint8 images -> normalised (and resized) float input, on the device."""
         x, *rest = batch
         hp = self.hparams
-        x = preprocess_images(x, hp.mean, hp.std, hp.resize, hp.channels_last)
+        train = self.trainer is not None and self.trainer.training
+        crop = None if hp.augment is None else EVAL_CROP
+        x = preprocess_images(x, *self.norm, hp.resize, hp.channels_last, self.model_channels,
+                              center_crop=None if train else crop,
+                              random_crop=hp.augment if train else None)
         return (x, *rest)
+
+    def load_initial_weights(self) -> str:
+        """Load ``init_from`` into the model (new head if the classes differ); describe it.
+
+        Raises:
+            models.transfer.TransferError: a source that does not fit (one sentence).
+        """
+        source = self.hparams.init_from
+        if source is None:
+            return ""
+        state, _ = read_source(source, self.task)
+        report = apply_initial_weights(self.model, state, source, self.hparams.new_head)
+        return describe_init(report, source)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         """Cross-entropy on logits (``train/loss`` every ``log_every_n_steps``)."""
@@ -119,7 +168,9 @@ class ImageClassificationTask(TaskModule):
         """Adds preprocessing and class names to the base export config."""
         hp = self.hparams
         cfg = super().export_config()
-        cfg["preprocess"] = {"mean": list(hp.mean), "std": list(hp.std), "resize": hp.resize,
-                             "image_size": hp.image_size, "in_channels": hp.in_channels}
+        cfg["preprocess"] = {"mean": self.norm[0], "std": self.norm[1], "resize": hp.resize,
+                             "image_size": hp.image_size, "in_channels": hp.in_channels,
+                             "channels": self.model_channels,
+                             "center_crop": None if hp.augment is None else EVAL_CROP}
         cfg["class_names"] = list(hp.class_names or range(hp.num_classes))
         return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +15,9 @@ def preprocess_images(
     std: Sequence[float],
     resize: int | None = None,
     channels_last: bool = False,
+    channels: int | None = None,
+    center_crop: float | None = None,
+    random_crop: float | None = None,
 ) -> torch.Tensor:
     """Turn a uint8 image batch into the normalised float input a model expects.
 
@@ -23,6 +27,15 @@ def preprocess_images(
         std: per-channel standard deviation of the same.
         resize: output side length (bilinear, as torchvision's ``Resize``); ``None`` keeps size.
         channels_last: return a channels-last tensor (faster convolutions on GPU).
+        channels: channels the model takes; a grey-scale batch is repeated to 3 (a pretrained
+            RGB model on grey-scale data), in the batch, never on disk.
+        center_crop: evaluation view: the central ``center_crop`` fraction of each side,
+            resized back to the input size (torchvision's ``Resize`` then ``CenterCrop``).
+        random_crop: training view (d2l §14.1): a random crop of ``random_crop`` to 1 of the
+            area, aspect ratio 3/4 to 4/3, and a random horizontal flip, resized back to the
+            input size (torchvision's ``RandomResizedCrop`` + ``RandomHorizontalFlip``); drawn
+            from the global generator on the batch's device. Train and evaluation views have
+            the same size.
 
     Returns:
         A ``(B, C, resize, resize)`` float32 tensor on the input's device.
@@ -32,9 +45,16 @@ def preprocess_images(
     x = images.float()
     if images.dtype == torch.uint8:
         x = x.mul_(1.0 / 255.0)
+    if random_crop is not None:
+        x = _crop(x, *_random_boxes(len(x), random_crop, x.device))
+    elif center_crop is not None:
+        ones = torch.ones(len(x), device=x.device)
+        x = _crop(x, ones * center_crop, ones * center_crop, ones * 0, ones * 0, ones)
     if resize is not None and tuple(x.shape[-2:]) != (resize, resize):
         x = F.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False,
                           antialias=resize < x.shape[-1])
+    if channels is not None and x.shape[1] == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1).contiguous()  # (B, 1, H, W) -> (B, 3, H, W)
     c = x.shape[1]
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
@@ -42,3 +62,26 @@ def preprocess_images(
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def _random_boxes(n: int, min_scale: float, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Widths, heights, centres (fractions of the image, centres in [-1, 1]) and flips."""
+    area = torch.empty(n, device=device).uniform_(min_scale, 1.0)
+    log_ratio = torch.empty(n, device=device).uniform_(math.log(3 / 4), math.log(4 / 3))
+    ratio = log_ratio.exp()
+    w = (area * ratio).sqrt().clamp(max=1.0)
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (torch.rand(n, device=device) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, device=device) * 2 - 1) * (1 - h)
+    flip = torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0)
+    return w, h, cx, cy, flip
+
+
+def _crop(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, cx: torch.Tensor,
+          cy: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Sample each image's box (bilinear) back to the input size with one ``grid_sample``."""
+    theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)  # (B, 2, 3) affine maps
+    theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

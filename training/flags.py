@@ -39,6 +39,24 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+def _prefix_factor(text: str) -> tuple[str, float]:
+    """``PREFIX=FACTOR`` of ``--lr-mult`` (``backbone=0.1``)."""
+    prefix, sep, value = text.partition("=")
+    try:
+        if sep and prefix:
+            return prefix, float(value)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected PREFIX=FACTOR, got '{text}'")
+
+
+class _ToDict(argparse.Action):
+    """Collect ``(key, value)`` pairs into a dict (the config's form of ``--lr-mult``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, dict(values))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI. Each flag's ``dest`` is ``section.key``; flags that are not set stay absent."""
     from lit_models import OPTIMIZERS, SCHEDULERS
@@ -109,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     t("--channels-last", action="store_true", help="channels-last convolutions (images)")
     t("--beam-size", type=int, help="beam search width for evaluation (1: greedy)")
     t("--length-penalty", type=float, help="beam search length penalty alpha")
+    t("--init-from", metavar="SOURCE",
+      help="initial weights (d2l §14.2): an export folder, a train.py checkpoint, or "
+      "torchvision:NAME (resnet18, resnet34) from the torch hub cache")
+    t("--freeze", nargs="+", metavar="PREFIX",
+      help="freeze parameters under these module-name prefixes ('backbone': all but the head)")
     t("--task-arg", key="*", type=_key_value, action="append", metavar="KEY=VALUE",
       help="any other argument of the task module")
 
@@ -120,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     o("--momentum", type=float, help="SGD momentum")
     o("--label-smoothing", type=float, help="cross-entropy label smoothing")
     o("--gradient-clip-val", type=float, help="clip the gradient norm to this value")
+    o("--lr-mult", nargs="+", type=_prefix_factor, action=_ToDict, metavar="PREFIX=FACTOR",
+      help="learning-rate factor per module-name prefix, e.g. backbone=0.1 ('head': the "
+      "classifier)")
 
     tr = section("trainer", "lightning.Trainer")
     tr("--max-epochs", type=int, help="epochs (from the recipe)")
