@@ -34,6 +34,10 @@ def root(tmp_path_factory) -> Path:
     (root / "timemachine" / "timemachine.txt").write_text(BOOK * 6, encoding="utf-8")
     write_wikitext(root / "wikitext-2")
     write_fra_txt(root)
+    from models import build_model, save_export
+
+    save_export(build_model("lenet"), {"arch": "lenet", "model_kwargs": {},
+                                       "task": "image_classification"}, root / "export-lenet")
     return root
 
 
@@ -107,6 +111,11 @@ PROBES = {
     "--beam-size": ([*MT, "--beam-size", "3"], lambda b: b.module.hparams.beam_size == 3),
     "--length-penalty": ([*MT, "--length-penalty", "0.6"],
                          lambda b: b.module.hparams.length_penalty == 0.6),
+    "--init-from": (["--model", "lenet", "--init-from", "DATA/export-lenet"],
+                    lambda b: b.module.load_initial_weights().startswith("init from")),
+    "--freeze": (["--model", "lenet", "--freeze", "net.0"],
+                 lambda b: not b.module.model.net[0].weight.requires_grad
+                 and b.module.model.net[3].weight.requires_grad),
     "--task-arg": ([*LM, "--task-arg", "sample_tokens=3"],
                    lambda b: b.module.hparams.sample_tokens == 3),
     "--optimizer": (["--model", "mlp", "--optimizer", "adam"],
@@ -123,6 +132,9 @@ PROBES = {
                           lambda b: b.module.hparams.label_smoothing == 0.1),
     "--gradient-clip-val": (["--model", "mlp", "--gradient-clip-val", "0.5"],
                             lambda b: b.module.optim_args["gradient_clip_val"] == 0.5),
+    "--lr-mult": (["--model", "lenet", "--lr-mult", "backbone=0.5"],
+                  lambda b: sorted(g["lr"] for g in b.module.configure_optimizers().param_groups)
+                  == [0.05, 0.1]),
     "--max-epochs": (["--model", "mlp", "--max-epochs", "4"], lambda b: b.trainer.max_epochs == 4),
     "--max-steps": (["--model", "mlp", "--max-steps", "5"], lambda b: b.trainer.max_steps == 5),
     "--accumulate-grad-batches": (["--model", "mlp", "--accumulate-grad-batches", "3"],
@@ -192,7 +204,7 @@ def test_every_flag_belongs_to_one_section_and_has_a_probe() -> None:
 def test_every_flag_reaches_the_constructor_that_uses_it(flag, root, tmp_path,
                                                          monkeypatch) -> None:
     argv, check = PROBES[flag]
-    argv = [str(root) if a == "DATA" else a for a in argv]
+    argv = [a.replace("DATA", str(root)) for a in argv]
     if flag == "--test":  # read by train.py itself: no test split after fit
         run = tmp_path / "run"
         assert train.main([*argv, "--data-dir", str(root), "--run-dir", str(run),
