@@ -33,13 +33,14 @@ class ImageFolderDataModule(TensorDataModule):
         channels: 1 or 3 (default: 3 if any image has colour, else 1).
         augment: random resized crop + flip for training (centre crop for evaluation).
         min_crop: smallest crop area of the training augmentation (fraction of the image).
+        flip: the training augmentation also flips horizontally (not for digits or text).
         train_fraction: keep this seeded fraction of the training images (label budget).
     """
 
     def __init__(self, root: str | None = None, data_dir: str | Path | None = None,
                  batch_size: int = 64, seed: int = 0, val_size: int | None = None,
                  image_size: int | None = None, channels: int | None = None,
-                 augment: bool = True, min_crop: float = 0.25,
+                 augment: bool = True, min_crop: float = 0.25, flip: bool = True,
                  train_fraction: float = 1.0) -> None:
         super().__init__(batch_size, seed)
         if root and data_dir and Path(root) != Path(data_dir):
@@ -53,6 +54,7 @@ class ImageFolderDataModule(TensorDataModule):
         self.root = Path(root or data_dir).expanduser()
         self.val_size, self.image_size_arg, self.channels = val_size, image_size, channels
         self.augment, self.min_crop, self.train_fraction = augment, min_crop, train_fraction
+        self.flip = flip
         self.cache: FolderCache | None = None
         self.test_is_val = False
 
@@ -111,4 +113,4 @@ class ImageFolderDataModule(TensorDataModule):
         return {"num_classes": len(cache.classes), "in_channels": int(images.shape[1]),
                 "image_size": int(images.shape[-1]), "mean": mean, "std": std,
                 "class_names": list(cache.classes),
-                "augment": self.min_crop if self.augment else None}
+                "augment": self.min_crop if self.augment else None, "flip": self.flip}

@@ -60,13 +60,14 @@ class ImageClassificationTask(TaskModule):
             only when the number of classes differs).
         augment: from the data: minimum crop area of the on-device training augmentation
             (random resized crop + flip; evaluation: centre crop), ``None`` for none.
+        flip: from the data: the training augmentation flips half the images horizontally.
         **optim: optimisation arguments of :class:`TaskModule`.
     """
 
     monitor = ("val/acc", "max")
     task = "image_classification"
     data_args = ("num_classes", "in_channels", "image_size", "mean", "std", "class_names",
-                 "augment")
+                 "augment", "flip")
     model_data_args = ("num_classes", "in_channels", "image_size")
 
     def __init__(
@@ -86,6 +87,7 @@ class ImageClassificationTask(TaskModule):
         freeze: Sequence[str] | None = None,
         new_head: bool | None = None,
         augment: float | None = None,
+        flip: bool = True,
         **optim: Any,
     ) -> None:
         super().__init__(**optim)
@@ -115,7 +117,7 @@ class ImageClassificationTask(TaskModule):
         crop = None if hp.augment is None else EVAL_CROP
         x = preprocess_images(x, *self.norm, hp.resize, hp.channels_last, self.model_channels,
                               center_crop=None if train else crop,
-                              random_crop=hp.augment if train else None)
+                              random_crop=hp.augment if train else None, flip=hp.flip)
         return (x, *rest)
 
     def load_initial_weights(self) -> str:

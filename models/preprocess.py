@@ -18,6 +18,7 @@ def preprocess_images(
     channels: int | None = None,
     center_crop: float | None = None,
     random_crop: float | None = None,
+    flip: bool = True,
 ) -> torch.Tensor:
     """Turn a uint8 image batch into the normalised float input a model expects.
 
@@ -36,6 +37,7 @@ def preprocess_images(
             input size (torchvision's ``RandomResizedCrop`` + ``RandomHorizontalFlip``); drawn
             from the global generator on the batch's device. Train and evaluation views have
             the same size.
+        flip: with ``random_crop``, also flip half the images horizontally.
 
     Returns:
         A ``(B, C, resize, resize)`` float32 tensor on the input's device.
@@ -46,7 +48,7 @@ def preprocess_images(
     if images.dtype == torch.uint8:
         x = x.mul_(1.0 / 255.0)
     if random_crop is not None:
-        x = _crop(x, *_random_boxes(len(x), random_crop, x.device))
+        x = _crop(x, *_random_boxes(len(x), random_crop, x.device, flip))
     elif center_crop is not None:
         ones = torch.ones(len(x), device=x.device)
         x = _crop(x, ones * center_crop, ones * center_crop, ones * 0, ones * 0, ones)
@@ -64,7 +66,8 @@ def preprocess_images(
     return x
 
 
-def _random_boxes(n: int, min_scale: float, device: torch.device) -> tuple[torch.Tensor, ...]:
+def _random_boxes(n: int, min_scale: float, device: torch.device,
+                  flip: bool = True) -> tuple[torch.Tensor, ...]:
     """Widths, heights, centres (fractions of the image, centres in [-1, 1]) and flips."""
     area = torch.empty(n, device=device).uniform_(min_scale, 1.0)
     log_ratio = torch.empty(n, device=device).uniform_(math.log(3 / 4), math.log(4 / 3))
@@ -73,8 +76,8 @@ def _random_boxes(n: int, min_scale: float, device: torch.device) -> tuple[torch
     h = (area / ratio).sqrt().clamp(max=1.0)
     cx = (torch.rand(n, device=device) * 2 - 1) * (1 - w)
     cy = (torch.rand(n, device=device) * 2 - 1) * (1 - h)
-    flip = torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0)
-    return w, h, cx, cy, flip
+    sign = torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0)
+    return w, h, cx, cy, sign if flip else torch.ones_like(sign)
 
 
 def _crop(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, cx: torch.Tensor,
