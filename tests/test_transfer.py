@@ -190,6 +190,9 @@ def test_cache_is_built_once_and_rebuilt_when_a_file_changes(tmp_path) -> None:
     index = [p.name for p in sorted((root / "train").rglob("*.*"))].index("0.png")
     assert (second.images == 7).all(axis=(1, 2, 3)).any() and index >= 0
     assert len(list((root / CACHE_DIR).iterdir())) == 1
+    st = img.stat()  # same bytes, a new modification time (an edit of the same size): rebuilt
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert load_folder(root).built
 
 
 @pytest.mark.parametrize("make, needle", [
@@ -298,3 +301,52 @@ def test_bad_transfer_flags_exit_2_with_one_sentence_and_write_nothing(
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_torchvision_init_repeats_grey_to_rgb_with_imagenet_statistics(tmp_path,
+                                                                       monkeypatch) -> None:
+    """A cached torchvision file (here a random one in a temporary TORCH_HOME) initialises a
+    3-channel ResNet-18 for 1-channel data: ImageNet mean/std, grey batches repeated, and the
+    export tells predict.py to do the same."""
+    tv_models = pytest.importorskip("torchvision.models")
+    import predict
+    from models.transfer import IMAGENET_MEAN, torchvision_cache_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    tv = tv_models.resnet18(weights=None)
+    path = torchvision_cache_file("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save(tv.state_dict(), path)
+    module = ImageClassificationTask("resnet18", num_classes=2, in_channels=1, image_size=32,
+                                     init_from="torchvision:resnet18", freeze=["backbone"])
+    assert "loaded 125 tensors; new (head): net.last.2.weight" in module.load_initial_weights()
+    assert torch.equal(module.model.net[0][0].weight, tv.conv1.weight)
+    grey = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    x, _ = module.on_after_batch_transfer((grey, torch.zeros(4)), 0)
+    assert x.shape == (4, 3, 32, 32)
+    scaled = grey.float() / 255  # each channel normalised with ImageNet's own statistics
+    torch.testing.assert_close(x[:, 0:1], (scaled - IMAGENET_MEAN[0]) / 0.229)
+    config = module.export_config()
+    assert config["preprocess"]["channels"] == 3 and config["preprocess"]["mean"] == list(
+        IMAGENET_MEAN)
+    module.eval()
+    logits = predict.classify_logits(module.model, config, grey)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, module.model(x))
+
+
+def test_train_and_eval_views_have_the_same_size() -> None:
+    from models.preprocess import preprocess_images
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8)
+    train_view = preprocess_images(x, [0.5] * 3, [0.5] * 3, random_crop=0.25)
+    eval_view = preprocess_images(x, [0.5] * 3, [0.5] * 3, center_crop=0.875)
+    plain = preprocess_images(x, [0.5] * 3, [0.5] * 3)
+    assert train_view.shape == eval_view.shape == plain.shape == (6, 3, 20, 20)
+    assert not torch.allclose(train_view, plain) and not torch.allclose(eval_view, plain)
+    again = preprocess_images(x, [0.5] * 3, [0.5] * 3, center_crop=0.875)
+    assert torch.equal(eval_view, again)  # evaluation is deterministic
+    full = preprocess_images(x, [0.5] * 3, [0.5] * 3, center_crop=1.0)
+    torch.testing.assert_close(full, plain, atol=1e-5, rtol=0)  # the identity box
