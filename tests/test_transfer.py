@@ -350,3 +350,15 @@ def test_train_and_eval_views_have_the_same_size() -> None:
     assert torch.equal(eval_view, again)  # evaluation is deterministic
     full = preprocess_images(x, [0.5] * 3, [0.5] * 3, center_crop=1.0)
     torch.testing.assert_close(full, plain, atol=1e-5, rtol=0)  # the identity box
+
+
+def test_a_checkpoint_initialises_like_its_export(source_export) -> None:
+    from safetensors.torch import load_file
+
+    ckpt = source_export.parent / "checkpoints" / "last.ckpt"
+    state, arch = read_source(str(ckpt), "image_classification")
+    exported = load_file(str(source_export / "model.safetensors"))
+    assert arch == "lenet_bn" and state.keys() == exported.keys()
+    assert all(torch.equal(state[k], exported[k]) for k in state)
+    with pytest.raises(TransferError, match="neither an export folder"):
+        read_source(str(source_export / "missing"), "image_classification")
