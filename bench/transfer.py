@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,10 @@ MODES = {
                                      "--lr-mult", "backbone=0.1"],
     "scratch": [],
 }
+#: ``--extra-modes``: a cross-check of the factor, the pretrained backbone at the full lr
+EXTRA_MODES = {
+    "fine-tune (all lr x1)": ["--init-from", "{export}", "--task-arg", "new_head=true"],
+}
 
 
 def train(args: list[str], run_dir: Path, data_dir: str) -> tuple[dict, float, str]:
@@ -53,6 +58,11 @@ def train(args: list[str], run_dir: Path, data_dir: str) -> tuple[dict, float, s
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
     init = next((ln for ln in proc.stdout.splitlines() if ln.startswith("init from")), "")
     return json.loads((run_dir / "results.json").read_text()), wall, init
+
+
+def slug(label: str) -> str:
+    """``fine-tune (backbone lr x0.1)`` -> ``fine-tune-backbone-lr-x0.1``."""
+    return re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-")
 
 
 def row(label: str, budget: str, n_train: int, r: dict, wall: float) -> str:
@@ -71,29 +81,40 @@ def main() -> None:
                    help="validation images (from MNIST's training set; fewer = faster epochs)")
     p.add_argument("--runs-root", help="keep run folders here (default: a temporary folder)")
     p.add_argument("--no-folder", action="store_true", help="skip the image-folder rows")
+    p.add_argument("--modes", help="comma-separated methods to run, as slugs (linear-probe, "
+                   "fine-tune-backbone-lr-x0.1, scratch, fine-tune-all-lr-x1)")
+    p.add_argument("--extra-modes", action="store_true",
+                   help="also fine-tune with the backbone at the full learning rate")
+    p.add_argument("--source", help="reuse this source run folder instead of pretraining")
     a = p.parse_args()
     root = Path(a.runs_root or tempfile.mkdtemp(prefix="transfer-"))
     root.mkdir(parents=True, exist_ok=True)
     print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; runs in {root}",
           flush=True)
-    source = root / "source-fashion_mnist"
-    r, wall, _ = train([*COMMON, "--data", "fashion_mnist", "--max-epochs",
-                        str(a.source_epochs)], source, a.data_dir)
+    source = Path(a.source) if a.source else root / "source-fashion_mnist"
+    if a.source:
+        r, wall = json.loads((source / "results.json").read_text()), 0.0
+    else:
+        r, wall, _ = train([*COMMON, "--data", "fashion_mnist", "--max-epochs",
+                            str(a.source_epochs)], source, a.data_dir)
     export = str(source / "export")
     print(f"source: lenet_bn modern on Fashion-MNIST, {r['epochs']} epochs, "
           f"test acc {r['test/acc']:.4f}, {r['train_time_sec']:.0f} s train, {wall:.0f} s wall; "
           f"export {export}", flush=True)
     steps = ["--max-steps", str(a.steps), "--max-epochs", "100000"]
+    modes = {**MODES, **(EXTRA_MODES if a.extra_modes else {})}
+    if a.modes:
+        modes = {k: v for k, v in modes.items() if slug(k) in a.modes.split(",")}
     print("\n| labels | train images | method | steps | epochs | val acc | test acc | "
           "train (s) | wall (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for fraction in map(float, a.fractions.split(",")):
-        for label, extra in MODES.items():
+        for label, extra in modes.items():
             args = [*COMMON, "--data", "mnist", "--val-size", str(a.val_size), "--data-arg",
                     f"train_fraction={fraction:g}", *steps,
                     *(x.format(export=export) for x in extra)]
-            name = f"mnist-{fraction:g}-{label.split()[0]}"
+            name = f"mnist-{fraction:g}-{slug(label)}"
             r, wall, _ = train(args, root / name, a.data_dir)
             print(row(label, f"{fraction:.0%}", r["dataset_sizes"]["train"], r, wall),
                   flush=True)
@@ -116,7 +137,7 @@ def main() -> None:
                     f"augment={augment}", "--data-arg", "min_crop=0.6", "--data-arg",
                     "flip=false", *steps,
                     *(x.format(export=export) for x in extra)]
-            r, wall, init = train(args, root / f"folder-{augment}-{label.split()[0]}",
+            r, wall, init = train(args, root / f"folder-{augment}-{slug(label)}",
                                   a.data_dir)
             shown = f"{label}, augment={augment}"
             print(row(shown, "PNG folder", r["dataset_sizes"]["train"], r, wall), flush=True)

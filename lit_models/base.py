@@ -74,13 +74,18 @@ class TaskModule(L.LightningModule):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler '{scheduler}'; choose from: "
                              + ", ".join(SCHEDULERS))
-        for prefix, factor in (lr_mult or {}).items():
-            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 0:
+        lr_mult = dict(lr_mult or {})
+        for prefix, factor in lr_mult.items():  # YAML reads 1e-1 as a string
+            try:
+                lr_mult[prefix] = float(factor) if not isinstance(factor, bool) else -1.0
+            except (TypeError, ValueError):
+                lr_mult[prefix] = -1.0
+            if lr_mult[prefix] < 0:
                 raise ValueError(f"lr_mult {prefix}={factor!r}: the factor must be a number >= 0")
         self.optim_args = {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
                            "momentum": momentum, "scheduler": scheduler,
                            "gradient_clip_val": gradient_clip_val,
-                           "lr_mult": dict(lr_mult or {})}
+                           "lr_mult": lr_mult}
 
     def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None,
                              logger: bool = True) -> None:
