@@ -66,8 +66,9 @@ def slug(label: str) -> str:
 
 
 def row(label: str, budget: str, n_train: int, r: dict, wall: float) -> str:
+    val = f"{r['val/acc']:.4f}" if "val/acc" in r else "-"  # no epoch ended: never validated
     return (f"| {budget} | {n_train:,} | {label} | {r['global_step']} | {r['epochs']} | "
-            f"{r['val/acc']:.4f} | **{r['test/acc']:.4f}** | {r['train_time_sec']:.0f} | "
+            f"{val} | **{r['test/acc']:.4f}** | {r['train_time_sec']:.0f} | "
             f"{wall:.0f} |")
 
 
