@@ -113,7 +113,7 @@ class ImageClassificationTask(TaskModule):
         """uint8 images -> normalised (and resized) float input, on the device."""
         x, *rest = batch
         hp = self.hparams
-        train = self.trainer is not None and self.trainer.training
+        train = self._trainer is not None and self._trainer.training
         crop = None if hp.augment is None else EVAL_CROP
         x = preprocess_images(x, *self.norm, hp.resize, hp.channels_last, self.model_channels,
                               center_crop=None if train else crop,
