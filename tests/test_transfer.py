@@ -294,13 +294,13 @@ def test_bad_transfer_flags_exit_2_with_one_sentence_and_write_nothing(
     root = make_folder(tmp_path / "pets", n=2)
     for p in (root / "train").rglob("*.jpg"):
         p.unlink()
-    before = sorted(os.listdir(tmp_path))
+    before = sorted(tmp_path.rglob("*"))  # the folder's cache included
     proc = run_cli("train.py", "--model", "lenet_bn", "--data", "image_folder", "--data-dir",
                    str(root), "--init-from", str(source_export), "--run-dir",
                    str(tmp_path / "run"), *extra)
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert sorted(os.listdir(tmp_path)) == before
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_torchvision_init_repeats_grey_to_rgb_with_imagenet_statistics(tmp_path,
