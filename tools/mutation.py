@@ -113,9 +113,9 @@ TARGETS: dict[str, Target] = {
         ["datamodules/idx.py", "datamodules/vision.py", "datamodules/fra_eng.py",
          "datamodules/fra_eng_text.py", "datamodules/bert.py"],
         ["tests/test_data.py", "tests/test_seq2seq.py", "tests/test_bert.py",
-         "tests/test_reported_numbers.py"],
+         "tests/test_reported_numbers.py", "tests/test_metrics.py"],
         "split or raw_idx or vocabularies or segments or batches_follow or masking or nsp "
-        "or redraw or datamodule_shapes or preprocessing",
+        "or redraw or datamodule_shapes or preprocess or translat",
         ["datamodules.idx.split_indices", "datamodules.idx.default_val_size",
          "datamodules.idx.load_split", "datamodules.vision.IDXDataModule.setup",
          "datamodules.fra_eng.EngFraDataModule.setup", "datamodules.fra_eng_text.*",
