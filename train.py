@@ -103,9 +103,12 @@ def build_trainer(cfg: Config, run_dir: Path, module):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from callbacks import ExportCallback, TrainingMonitor
+    from callbacks.progress import LineProgress, terminal_progress_bar
 
     tr, run = cfg["trainer"], cfg["run"]
-    callbacks: list[Any] = [TrainingMonitor(), ExportCallback(run_dir / "export")]
+    bar = sys.stderr.isatty() if tr["progress_bar"] is None else tr["progress_bar"]
+    callbacks: list[Any] = [TrainingMonitor(), ExportCallback(run_dir / "export"),
+                            terminal_progress_bar() if bar else LineProgress(tr["progress_every"])]
     if run["logger"] == "wandb":
         from callbacks.wandb_logging import WandbPredictionTable
 
@@ -128,14 +131,13 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         module.model.compile()
     limits = {f"limit_{k}_batches": tr[f"limit_{k}_batches"] for k in ("train", "val", "test")
               if tr[f"limit_{k}_batches"] is not None}
-    progress = tr["progress_bar"]
     return L.Trainer(
         accelerator=tr["accelerator"], devices=tr["devices"], strategy=tr["strategy"],
         num_nodes=tr["num_nodes"], precision=tr["precision"], max_epochs=tr["max_epochs"],
         max_steps=tr["max_steps"], accumulate_grad_batches=tr["accumulate_grad_batches"],
         fast_dev_run=tr["fast_dev_run"], deterministic=tr["deterministic"] or None,
         logger=build_loggers(cfg, run_dir), callbacks=callbacks, default_root_dir=run_dir,
-        enable_progress_bar=sys.stderr.isatty() if progress is None else progress,
+        enable_progress_bar=True,
         enable_model_summary=False, log_every_n_steps=10, **limits)
 
 
@@ -169,6 +171,10 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     except (ValueError, RuntimeError) as e:  # e.g. fsdp without a GPU, an unknown accelerator
         raise ConfigError(str(e).strip().splitlines()[0]) from None
     if trainer.is_global_zero:
+        from callbacks.progress import model_summary
+
+        print(f"run folder: {run_dir}\n{model_summary(module.model, cfg['model']['name'])}",
+              flush=True)
         if resume is not None:
             resume.write_record(f"resumed from {resume.ckpt} at step {resume.step}; "
                                 "only what this resume changed")

@@ -151,7 +151,10 @@ PROBES = {
     "--fast-dev-run": (["--model", "mlp", "--fast-dev-run", "2"],
                        lambda b: b.trainer.fast_dev_run == 2),
     "--progress-bar": (["--model", "mlp", "--progress-bar"],
-                       lambda b: b.trainer.progress_bar_callback is not None),
+                       lambda b: type(b.trainer.progress_bar_callback).__name__
+                       == "TerminalProgressBar"),
+    "--progress-every": (["--model", "mlp", "--no-progress-bar", "--progress-every", "7"],
+                         lambda b: b.trainer.progress_bar_callback.every_n_steps == 7),
     "--run-dir": (["--model", "mlp"], lambda b: Path(b.trainer.default_root_dir) == b.run_dir
                   and b.run_dir.is_dir()),
     "--seed": (["--model", "mlp", "--seed", "7"], lambda b: b.dm.seed == 7),

@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="PATH|last",
                    help="continue a run from its folder alone: 'last' (of --run-dir, else the "
                    "newest run) or a checkpoint path; only --max-epochs, --max-steps, "
-                   "--limit-*-batches, --progress-bar, --data-dir, --logger, --wandb-*, "
-                   "--ckpt-every-n-steps and --test may be given with it")
+                   "--limit-*-batches, --progress-bar, --progress-every, --data-dir, --logger, "
+                   "--wandb-*, --ckpt-every-n-steps and --test may be given with it")
     g.add_argument("--sweep", metavar="SWEEP.yaml",
                    help="run a grid or random search, one run folder per trial (see README)")
 
@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
        help="run N (flag alone: 1) batches of each split as a smoke test")
     tr("--progress-bar", action=argparse.BooleanOptionalAction,
        help="show the progress bar (default: when stderr is a terminal)")
+    tr("--progress-every", type=int, default=0, metavar="N",
+       help="without the bar, a progress line every N steps within an epoch as well as after "
+       "each epoch (0: every 30 s)")
 
     r = section("run", "run folder, seed, logging and checkpoints")
     r("--run-dir", help="run folder (default: runs/MODEL-DATA-TIMESTAMP)")
