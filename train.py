@@ -103,12 +103,14 @@ def build_trainer(cfg: Config, run_dir: Path, module):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from callbacks import ExportCallback, TrainingMonitor
+    from callbacks.plots import RunPlots
     from callbacks.progress import LineProgress, terminal_progress_bar
 
     tr, run = cfg["trainer"], cfg["run"]
     bar = sys.stderr.isatty() if tr["progress_bar"] is None else tr["progress_bar"]
     callbacks: list[Any] = [TrainingMonitor(), ExportCallback(run_dir / "export"),
-                            terminal_progress_bar() if bar else LineProgress(tr["progress_every"])]
+                            terminal_progress_bar() if bar else LineProgress(tr["progress_every"]),
+                            RunPlots(run_dir)]
     if run["logger"] == "wandb":
         from callbacks.wandb_logging import WandbPredictionTable
 
