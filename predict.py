@@ -20,7 +20,7 @@ import torch
 
 from datamodules.download import DataError
 from datamodules.idx import IDX_DATASETS, load_split, read_idx
-from models import ExportError, load_exported, preprocess_images
+from models import ExportError, fit_image, load_exported, preprocess_images
 from models.bert import encode_bert_input, fill_mask
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -43,11 +43,7 @@ def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]
                 img = decode_image(read_file(str(path)), mode=mode)  # (C, H, W) uint8
             except RuntimeError as e:
                 raise DataError(f"cannot decode image {path} ({e})") from None
-            if tuple(img.shape[-2:]) != (size, size):  # to the training data's native size
-                img = torch.nn.functional.interpolate(
-                    img[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                    align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-            batches.append(img[None])
+            batches.append(fit_image(img, size, channels)[None])  # the training data's size
             names.append(str(path))
         else:
             arr = read_idx(path)

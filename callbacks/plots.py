@@ -30,7 +30,7 @@ class RunPlots(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """``curves.png``: loss, the monitored metric, the learning rate."""
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or trainer.fast_dev_run:  # no metrics.csv to draw
             return
         from training.plot import plot_run
 
@@ -47,7 +47,7 @@ class RunPlots(Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """``confusion_matrix.png`` of a classifier's test split."""
         cm = getattr(pl_module, "confusion_matrix", None)
-        if not trainer.is_global_zero or cm is None:
+        if not trainer.is_global_zero or cm is None or trainer.fast_dev_run:
             return
         from training.plot import plot_confusion_matrix
 
