@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from datamodules import DataError
-from datamodules.registry import build_datamodule
-from models import ExportError
 from training.config import (
     Config,
     ConfigError,
@@ -46,6 +44,7 @@ def config_from_argv(argv: list[str]) -> Config:
 
 def build_data(cfg: Config):
     """The ``data`` section's DataModule (``run.seed`` seeds its split and shuffling)."""
+    from datamodules.registry import build_datamodule
     from models import get_spec
 
     data = {k: v for k, v in cfg["data"].items() if k != "name"}
@@ -271,12 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # one sentence, as argparse's own refusals
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except (DataError, ExportError, FileNotFoundError, ImportError) as e:
+    except (DataError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except Exception as e:
+    except Exception as e:  # imported here: --help imports neither torch nor Lightning
         from callbacks import NonFiniteLossError
+        from models import ExportError
 
+        if isinstance(e, ExportError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         if isinstance(e, NonFiniteLossError):
             print(f"error: stopped: {e}", file=sys.stderr)
             return 1
