@@ -77,7 +77,8 @@ def build_loggers(cfg: Config, run_dir: Path) -> list[Any]:
     run = cfg["run"]
     loggers: list[Any] = [MetricsCSVLogger(run_dir)]
     if run["logger"] == "tensorboard":  # the same folder on resume: the same TensorBoard run
-        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="",
+                                         default_hp_metric=False))  # hparams get the results
     elif run["logger"] == "wandb":
         from callbacks.wandb_logging import make_wandb_logger
 
@@ -207,6 +208,10 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     cm = getattr(module, "confusion_matrix", None)
     if cm is not None:
         results["test/confusion_matrix"] = cm.tolist()
+    if trainer.is_global_zero:  # hparams with the final metrics, figures, the model artifact
+        from callbacks.media import publish_run
+
+        publish_run(trainer, module, run_dir, {**val, **test})
     for logger in trainer.loggers:  # end the W&B run this call started (in-process reuse)
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
             logger.experiment.finish()

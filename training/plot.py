@@ -144,6 +144,39 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], names: Sequence[str],
     return Path(out)
 
 
+def plot_predictions(pixels: Any, labels: Sequence[str], predicted: Sequence[str],
+                     confidence: Sequence[float], out: str | Path) -> Path:
+    """A grid of test images titled ``predicted (confidence)``, in red when wrong.
+
+    Args:
+        pixels: ``(N, C, H, W)`` floats in [0, 1] (C: 1 or 3).
+        labels: the true class names.
+        predicted: the predicted class names.
+        confidence: the predicted class's probability.
+        out: the PNG.
+    """
+    plt = _pyplot()
+    n = len(labels)
+    cols = min(n, 8)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.9 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        img = pixels[k]
+        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0),
+                  cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
+        wrong = predicted[k] != labels[k]
+        ax.set_title(f"{predicted[k]} ({confidence[k]:.2f})", fontsize=7,
+                     color="red" if wrong else "black")
+    fig.suptitle("test predictions (red: wrong)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     """The run folders named, a sweep folder standing for its trials.
 
