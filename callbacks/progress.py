@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from torch import nn
 
 #: task families whose ``TrainingMonitor`` counts target tokens, not examples
@@ -184,38 +184,51 @@ class LineProgress(ProgressBar):
         return " | ".join([*parts, text])
 
 
-def terminal_progress_bar(refresh_seconds: float = 0.5) -> ProgressBar:
-    """Lightning's rich (else tqdm) bar, showing the running train loss and the throughput."""
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+class TerminalProgress:
+    """Mixin for Lightning's bars: adds ``train/loss`` (running epoch mean) and the throughput.
+
+    Both are read at most every ``refresh_seconds``; the bar's own ``v_num`` is dropped.
+    """
+
+    refresh_seconds = 0.5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readings = _Readings()
+        self._shown: dict[str, Any] = {}
+        self._next = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clocks."""
+        super().on_train_start(trainer, pl_module)
+        self.readings.begin(trainer)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        """The bar's metrics plus the running train loss and the throughput."""
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        now = time.monotonic()
+        if trainer.training and now >= self._next:
+            self._next = now + self.refresh_seconds
+            loss, speed = self.readings.train_loss(pl_module), self.readings.throughput()
+            self._shown = {}
+            if loss is not None:
+                self._shown["train/loss"] = round(loss, 4)
+            if speed is not None:
+                self._shown[self.readings.unit(pl_module)] = round(speed)
+        return {**self._shown, **items}
+
+
+class RichTerminalProgress(TerminalProgress, RichProgressBar):
+    """Lightning's rich bar with the train loss and the throughput."""
+
+
+class TQDMTerminalProgress(TerminalProgress, TQDMProgressBar):
+    """Lightning's tqdm bar with the train loss and the throughput."""
+
+
+def terminal_progress_bar() -> ProgressBar:
+    """The rich bar when rich is installed, else the tqdm one (as Lightning chooses)."""
     from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
-    base = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
-
-    class TerminalProgressBar(base):
-        """Lightning's bar plus ``train/loss`` (running epoch mean) and the throughput."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.readings = _Readings()
-            self._shown: dict[str, Any] = {}
-            self._next = 0.0
-
-        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            super().on_train_start(trainer, pl_module)
-            self.readings.begin(trainer)
-
-        def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-            items = super().get_metrics(trainer, pl_module)
-            items.pop("v_num", None)
-            now = time.monotonic()
-            if trainer.training and now >= self._next:
-                self._next = now + refresh_seconds
-                loss, speed = self.readings.train_loss(pl_module), self.readings.throughput()
-                self._shown = {}
-                if loss is not None:
-                    self._shown["train/loss"] = round(loss, 4)
-                if speed is not None:
-                    self._shown[self.readings.unit(pl_module)] = round(speed)
-            return {**self._shown, **items}
-
-    return TerminalProgressBar()
+    return RichTerminalProgress() if _RICH_AVAILABLE else TQDMTerminalProgress()

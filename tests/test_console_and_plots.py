@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import train
+from callbacks.progress import TerminalProgress
 from conftest import read_results, run_cli
 from models import load_exported
 from training.plot import main as plot_main
@@ -125,7 +126,7 @@ def test_terminal_bar_shows_train_loss_and_throughput(data_root, tmp_path) -> No
     module = train.build_module(cfg, dm.data_info())
     trainer = train.build_trainer(cfg, tmp_path / "run", module)
     bar = trainer.progress_bar_callback
-    assert type(bar).__name__ == "TerminalProgressBar"
+    assert isinstance(bar, TerminalProgress)
     trainer.fit(module, datamodule=dm)
     shown = bar.get_metrics(trainer, module)  # what the bar showed last during training
     assert isinstance(shown["train/loss"], float) and shown["samples/s"] > 0
