@@ -7,8 +7,8 @@ folder holds its figures (``curves.png``, ``confusion_matrix.png``, ``prediction
 - TensorBoard: hparams with the final ``val/*`` and ``test/*`` metrics (no ``hp_metric``),
   each figure as an image, the samples as text;
 - W&B: the run summary holds the final metrics, the confusion matrix as W&B's own chart, the
-  figures as images, and ``export/`` as a ``model`` artifact (uploaded by ``wandb sync`` when
-  the run is offline).
+  figures as images (the attention heatmaps are logged by ``TranslationTable``), and
+  ``export/`` as a ``model`` artifact (uploaded by ``wandb sync`` when the run is offline).
 
 Writing media must not fail a run: a failure warns once per logger and the run goes on (its
 files in the run folder are complete either way).
@@ -72,8 +72,9 @@ def _wandb(logger: Any, module: Any, run_dir: Path, metrics: dict[str, float]) -
                 y_pred += [j] * int(count)
         media["test/confusion_matrix_chart"] = wandb.plot.confusion_matrix(
             y_true=y_true, preds=y_pred, class_names=names, title="test confusion matrix")
-    for path in figures(run_dir):
-        media[f"figures/{path.relative_to(run_dir).with_suffix('')}"] = wandb.Image(str(path))
+    for path in figures(run_dir):  # attention heatmaps: logged by TranslationTable already
+        if path.parent == run_dir:
+            media[f"figures/{path.stem}"] = wandb.Image(str(path))
     if media:
         run.log(media)
     export = run_dir / "export"
