@@ -113,10 +113,10 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in us.items()}
     print(f"{MODEL}, batch {BATCH}, {a.steps} steps x {a.rounds} rounds, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads")
-    print("| path | us/step (median) | over plain |\n|---|---|---|")  # 0 when plain not run
-    base = med.get("plain", 0.0)
+    print("| path | us/step (median) | over plain |\n|---|---|---|")
     for k, v in med.items():
-        print(f"| {k} | {v:.0f} | {v - base:+.0f} |")
+        over = f"{v - med['plain']:+.0f}" if "plain" in med else "n/a"
+        print(f"| {k} | {v:.0f} | {over} |")
     if {"bare", "bare+lines"} <= us.keys():  # paired: the same round, one after the other
         diffs = [y - x for x, y in zip(us["bare"], us["bare+lines"])]
         print(f"bare+lines - bare, per round: {', '.join(f'{d:+.0f}' for d in diffs)} us; "
