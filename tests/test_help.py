@@ -62,7 +62,8 @@ def test_predict_subcommands_show_their_defaults_once() -> None:
         text = sub.format_help()
         assert "(default: None)" not in text and "(default: False)" not in text, name
         for action in sub._actions:
-            if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+            unset = action.default is None or action.default is False  # 0 is a default
+            if action.option_strings and not unset and action.default != argparse.SUPPRESS:
                 if action.help and "default" in action.help:
                     continue
                 flat = " ".join(text.split())
