@@ -15,19 +15,26 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from datamodules.download import DataError
-from datamodules.idx import IDX_DATASETS, load_split, read_idx
-from models import ExportError, load_exported, preprocess_images
-from models.bert import encode_bert_input, fill_mask
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+#: the keys of ``datamodules.idx.IDX_DATASETS`` (a test checks), so that ``--help`` imports
+#: no torch
+IDX_DATA = ("fashion_mnist", "mnist")
 
 
 def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]]:
     """Read PNG/JPEG files or IDX image files into a uint8 ``(N, C, H, W)`` batch."""
+    import torch
+
+    from datamodules.idx import read_idx
+    from models import fit_image
+
     pre = config["preprocess"]
     size, channels = pre["image_size"], pre["in_channels"]
     batches, names = [], []
@@ -43,11 +50,7 @@ def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]
                 img = decode_image(read_file(str(path)), mode=mode)  # (C, H, W) uint8
             except RuntimeError as e:
                 raise DataError(f"cannot decode image {path} ({e})") from None
-            if tuple(img.shape[-2:]) != (size, size):  # to the training data's native size
-                img = torch.nn.functional.interpolate(
-                    img[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                    align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-            batches.append(img[None])
+            batches.append(fit_image(img, size, channels)[None])  # the training data's size
             names.append(str(path))
         else:
             arr = read_idx(path)
@@ -58,21 +61,28 @@ def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]
     return torch.cat(batches), names
 
 
-@torch.no_grad()
 def classify_logits(model: torch.nn.Module, config: dict, images: torch.Tensor,
                     batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
     """Logits for uint8 images, preprocessed exactly as in training."""
+    import torch
+
+    from models import preprocess_images
+
     pre = config["preprocess"]
     out = []
     for i in range(0, len(images), batch_size):
         x = preprocess_images(images[i:i + batch_size].to(device), pre["mean"], pre["std"],
                               pre["resize"])
-        out.append(model(x).float().cpu())
+        with torch.no_grad():
+            out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, len(config["class_names"]))
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """``classify``: top-k labels for files, or accuracy on a dataset split."""
+    from datamodules.idx import IDX_DATASETS, load_split
+    from models import ExportError, load_exported
+
     model, config = load_exported(args.export, map_location=args.device)
     if config.get("task") != "image_classification":
         raise ExportError(f"{args.export} holds a '{config.get('task')}' model, "
@@ -103,6 +113,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     """``translate``: English sentences to French, preprocessed exactly as in training."""
     from datamodules.fra_eng_text import PREPROCESS, translate
     from datamodules.text import Vocab
+    from models import ExportError, load_exported
 
     model, config = load_exported(args.export, map_location=args.device)
     if config.get("task") != "seq2seq":
@@ -132,6 +143,9 @@ def _bert_words(text: str | None, config: dict) -> list[str] | None:
 
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     """``fill-mask``: the top-k tokens at each ``<mask>`` of a sentence (or pair)."""
+    from models import ExportError, load_exported
+    from models.bert import fill_mask
+
     model, config = load_exported(args.export, map_location=args.device)
     if config.get("task") != "masked_lm":
         raise ExportError(f"{args.export} holds a '{config.get('task')}' model, not a masked "
@@ -148,6 +162,11 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """``embed``: the ``<cls>`` and token encodings of a sentence or pair (BERT encoder)."""
+    import torch
+
+    from models import ExportError, load_exported
+    from models.bert import encode_bert_input
+
     model, config = load_exported(args.export, map_location=args.device)
     task = config.get("task")
     if task not in ("masked_lm", "text_encoding"):
@@ -175,7 +194,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``generate``: continue a prompt with an exported language model (plain PyTorch)."""
+    import torch
+
     from datamodules.text import Vocab, join_tokens, prompt_tokens
+    from models import ExportError, load_exported
     from models.generate import generate
 
     if args.temperature < 0 or args.top_k < 0 or args.num_tokens < 0:
@@ -203,25 +225,40 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Each option's default, once, unless it is unset or its help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False
+        if ("default" not in text and action.option_strings and not unset
+                and action.default != argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI with one sub-command per task family."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser = _with_formatter(sub.add_parser)
     c = sub.add_parser("classify", help="label images with an exported image classifier")
     c.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
     c.add_argument("inputs", nargs="*", help="PNG/JPEG files or IDX image files")
-    c.add_argument("--top-k", type=int, default=3)
-    c.add_argument("--limit", type=int, default=0, help="classify at most N images")
+    c.add_argument("--top-k", type=int, default=3, help="labels shown per image")
+    c.add_argument("--limit", type=int, default=0, help="classify at most N images (0: all)")
     c.add_argument("--eval", action="store_true", help="print accuracy on a dataset split")
-    c.add_argument("--data", choices=sorted(IDX_DATASETS), help="dataset for --eval")
-    c.add_argument("--split", default="test", choices=("train", "val", "test"))
+    c.add_argument("--data", choices=IDX_DATA, help="dataset for --eval")
+    c.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="split for --eval")
     c.add_argument("--data-dir", help="data root (else $D2L_DATA_DIR, else ./data)")
     c.add_argument("--seed", type=int, default=0, help="train/val split seed used in training")
-    c.add_argument("--val-size", type=int, help="validation size used in training")
-    c.add_argument("--batch-size", type=int, default=512)
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--val-size", type=int,
+                   help="validation size used in training (default: 1/12 of train)")
+    c.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+    c.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     c.set_defaults(func=cmd_classify)
     t = sub.add_parser("translate", help="translate English sentences with an exported model")
     t.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
@@ -229,14 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beam-size", type=int, help="beam width (default: the export's; 1: greedy)")
     t.add_argument("--length-penalty", type=float, help="GNMT length-penalty alpha")
     t.add_argument("--max-len", type=int, help="most generated tokens (default: the export's)")
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     t.set_defaults(func=cmd_translate)
     f = sub.add_parser("fill-mask", help="top-k tokens at each <mask> (exported BERT)")
     f.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
     f.add_argument("text", help='e.g. "the time <mask> was invented ."')
     f.add_argument("second", nargs="?", help="optional second sentence (segment B)")
-    f.add_argument("--top-k", type=int, default=5)
-    f.add_argument("--device", default="cpu")
+    f.add_argument("--top-k", type=int, default=5, help="tokens shown per <mask>")
+    f.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     f.set_defaults(func=cmd_fill_mask)
     e = sub.add_parser("embed", help="<cls> and token encodings (exported BERT or encoder)")
     e.add_argument("--export", required=True,
@@ -244,23 +281,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("text", help="a sentence")
     e.add_argument("second", nargs="?", help="optional second sentence (segment B)")
     e.add_argument("--out", help="save {cls, encodings, tokens, segments} with torch.save")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     e.set_defaults(func=cmd_embed)
     g = sub.add_parser("generate", help="continue a prompt with an exported language model")
     g.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
     g.add_argument("--prefix", help="prompt (default: the one sampled during training)")
     g.add_argument("--num-tokens", type=int, default=100, help="tokens to generate")
-    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    g.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature (0: greedy)")
     g.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     g.set_defaults(func=cmd_generate)
     return p
+
+
+def _with_formatter(add_parser):
+    def add(*args, **kwargs):
+        return add_parser(*args, formatter_class=_DefaultsFormatter, **kwargs)
+    return add
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
+    from models import ExportError  # after parsing: --help imports no torch
+
     try:
         return args.func(args)
     except (ExportError, DataError) as e:

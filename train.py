@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from datamodules import DataError
-from datamodules.registry import build_datamodule
-from models import ExportError
 from training.config import (
     Config,
     ConfigError,
@@ -46,6 +44,7 @@ def config_from_argv(argv: list[str]) -> Config:
 
 def build_data(cfg: Config):
     """The ``data`` section's DataModule (``run.seed`` seeds its split and shuffling)."""
+    from datamodules.registry import build_datamodule
     from models import get_spec
 
     data = {k: v for k, v in cfg["data"].items() if k != "name"}
@@ -78,7 +77,8 @@ def build_loggers(cfg: Config, run_dir: Path) -> list[Any]:
     run = cfg["run"]
     loggers: list[Any] = [MetricsCSVLogger(run_dir)]
     if run["logger"] == "tensorboard":  # the same folder on resume: the same TensorBoard run
-        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="",
+                                         default_hp_metric=False))  # hparams get the results
     elif run["logger"] == "wandb":
         from callbacks.wandb_logging import make_wandb_logger
 
@@ -103,9 +103,14 @@ def build_trainer(cfg: Config, run_dir: Path, module):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from callbacks import ExportCallback, TrainingMonitor
+    from callbacks.plots import RunPlots
+    from callbacks.progress import LineProgress, terminal_progress_bar
 
     tr, run = cfg["trainer"], cfg["run"]
-    callbacks: list[Any] = [TrainingMonitor(), ExportCallback(run_dir / "export")]
+    bar = sys.stderr.isatty() if tr["progress_bar"] is None else tr["progress_bar"]
+    callbacks: list[Any] = [TrainingMonitor(), ExportCallback(run_dir / "export"),
+                            terminal_progress_bar() if bar else LineProgress(tr["progress_every"]),
+                            RunPlots(run_dir)]
     if run["logger"] == "wandb":
         from callbacks.wandb_logging import WandbPredictionTable
 
@@ -128,14 +133,13 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         module.model.compile()
     limits = {f"limit_{k}_batches": tr[f"limit_{k}_batches"] for k in ("train", "val", "test")
               if tr[f"limit_{k}_batches"] is not None}
-    progress = tr["progress_bar"]
     return L.Trainer(
         accelerator=tr["accelerator"], devices=tr["devices"], strategy=tr["strategy"],
         num_nodes=tr["num_nodes"], precision=tr["precision"], max_epochs=tr["max_epochs"],
         max_steps=tr["max_steps"], accumulate_grad_batches=tr["accumulate_grad_batches"],
         fast_dev_run=tr["fast_dev_run"], deterministic=tr["deterministic"] or None,
         logger=build_loggers(cfg, run_dir), callbacks=callbacks, default_root_dir=run_dir,
-        enable_progress_bar=sys.stderr.isatty() if progress is None else progress,
+        enable_progress_bar=True,
         enable_model_summary=False, log_every_n_steps=10, **limits)
 
 
@@ -169,6 +173,10 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     except (ValueError, RuntimeError) as e:  # e.g. fsdp without a GPU, an unknown accelerator
         raise ConfigError(str(e).strip().splitlines()[0]) from None
     if trainer.is_global_zero:
+        from callbacks.progress import model_summary
+
+        print(f"run folder: {run_dir}\n{model_summary(module.model, cfg['model']['name'])}",
+              flush=True)
         if resume is not None:
             resume.write_record(f"resumed from {resume.ckpt} at step {resume.step}; "
                                 "only what this resume changed")
@@ -200,6 +208,10 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     cm = getattr(module, "confusion_matrix", None)
     if cm is not None:
         results["test/confusion_matrix"] = cm.tolist()
+    if trainer.is_global_zero:  # hparams with the final metrics, figures, the model artifact
+        from callbacks.media import publish_run
+
+        publish_run(trainer, module, run_dir, {**val, **test})
     for logger in trainer.loggers:  # end the W&B run this call started (in-process reuse)
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
             logger.experiment.finish()
@@ -263,12 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # one sentence, as argparse's own refusals
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except (DataError, ExportError, FileNotFoundError, ImportError) as e:
+    except (DataError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except Exception as e:
+    except Exception as e:  # imported here: --help imports neither torch nor Lightning
         from callbacks import NonFiniteLossError
+        from models import ExportError
 
+        if isinstance(e, ExportError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         if isinstance(e, NonFiniteLossError):
             print(f"error: stopped: {e}", file=sys.stderr)
             return 1

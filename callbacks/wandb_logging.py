@@ -1,5 +1,8 @@
 """Weights & Biases: a logger that never stalls training, and test-prediction tables.
 
+The final metrics, the confusion-matrix chart, the figures and the model artifact are sent by
+:func:`callbacks.media.publish_run`.
+
 ``wandb`` is imported lazily, only when ``--logger wandb`` is chosen. Without an API key the run
 is logged offline (``wandb sync DIR`` uploads it later) and says so once; if the online start
 fails (no network), it falls back to offline instead of crashing.
@@ -106,14 +109,3 @@ class WandbPredictionTable(Callback):
                          float(p[k])])
         logger.log_table("test/predictions", columns=["image", "label", "prediction",
                                                       "confidence"], data=rows)
-
-    @rank_zero_only
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Log the confusion matrix as a table (rows: true class)."""
-        logger = wandb_logger(trainer)
-        cm = getattr(pl_module, "confusion_matrix", None)
-        if logger is None or cm is None:
-            return
-        names = [str(n) for n in (pl_module.hparams.class_names or range(len(cm)))]
-        logger.log_table("test/confusion_matrix", columns=["true \\ predicted", *names],
-                         data=[[names[i], *row] for i, row in enumerate(cm.tolist())])

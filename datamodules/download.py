@@ -83,6 +83,9 @@ def download(remote: RemoteFile, folder: Path, timeout: float = 30.0) -> Path:
                 errors.append(f"{url}: checksum mismatch ({algo} {h.hexdigest()}, "
                               f"expected {expected})")
                 continue
+            mask = os.umask(0)  # mkstemp's 600 -> what a plain open() would give
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
             os.replace(tmp, target)
             return target
         except (urllib.error.URLError, OSError, ValueError) as e:

@@ -109,12 +109,24 @@ def load_exported(
     return model.to(map_location).eval(), cfg
 
 
+def umask_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(target: Path, write) -> None:
-    """Write via a temporary file in the same folder, then rename over ``target``."""
+    """Write via a temporary file in the same folder, then rename over ``target``.
+
+    ``mkstemp`` creates the file mode 600; it gets the mode a plainly written file would have,
+    so a lab-mate can read an export as they can read the checkpoints.
+    """
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, umask_file_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,7 +20,8 @@ RUN_DIR_ENV = "_D2L_RUN_DIR"  # hands the run folder to DDP child processes
 RESUMABLE = {
     ("trainer", "max_epochs"), ("trainer", "max_steps"), ("trainer", "limit_train_batches"),
     ("trainer", "limit_val_batches"), ("trainer", "limit_test_batches"),
-    ("trainer", "progress_bar"), ("data", "data_dir"), ("run", "logger"),
+    ("trainer", "progress_bar"), ("trainer", "progress_every"), ("data", "data_dir"),
+    ("run", "logger"),
     ("run", "wandb_project"), ("run", "wandb_name"), ("run", "wandb_tags"),
     ("run", "ckpt_every_n_steps"), ("run", "test"), ("run", "run_dir"),
 }
