@@ -18,8 +18,10 @@ weights; see predict.py).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,9 @@ from training.config import (
     resolve,
 )
 from training.runs import RUN_DIR_ENV, ResumePlan, plan_resume, prepare_run_dir
+
+#: errors of a full disk or a folder that cannot be written: one sentence, not a traceback
+WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
 
 
 def config_from_argv(argv: list[str]) -> Config:
@@ -103,15 +108,18 @@ def build_trainer(cfg: Config, run_dir: Path, module):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from callbacks import ExportCallback, TrainingMonitor
+    from callbacks.faults import AtomicCheckpointIO, SigtermCheckpoint
 
     tr, run = cfg["trainer"], cfg["run"]
-    callbacks: list[Any] = [TrainingMonitor(), ExportCallback(run_dir / "export")]
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks: list[Any] = [TrainingMonitor(diverged_after=run["diverged_after"]),
+                            ExportCallback(run_dir / "export"),
+                            SigtermCheckpoint(ckpt_dir / "last.ckpt")]
     if run["logger"] == "wandb":
         from callbacks.wandb_logging import WandbPredictionTable
 
         callbacks.append(WandbPredictionTable())
     metric, mode = module.monitor
-    ckpt_dir = run_dir / "checkpoints"
     callbacks.append(ModelCheckpoint(
         ckpt_dir, filename="best-{epoch:02d}-{step}", monitor=metric, mode=mode, save_top_k=1,
         auto_insert_metric_name=False))
@@ -136,7 +144,26 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         fast_dev_run=tr["fast_dev_run"], deterministic=tr["deterministic"] or None,
         logger=build_loggers(cfg, run_dir), callbacks=callbacks, default_root_dir=run_dir,
         enable_progress_bar=sys.stderr.isatty() if progress is None else progress,
-        enable_model_summary=False, log_every_n_steps=10, **limits)
+        enable_model_summary=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
+        **limits)
+
+
+class TerminatedError(Exception):
+    """The run received SIGTERM (a scheduler's stop); the message says how to continue."""
+
+
+def _terminated_message(trainer, run_dir: Path) -> str:
+    from callbacks.faults import SigtermCheckpoint
+
+    saver = next(cb for cb in trainer.callbacks if isinstance(cb, SigtermCheckpoint))
+    resume = f"python train.py --resume last --run-dir {run_dir}"
+    if saver.step is not None:
+        return (f"stopped by SIGTERM at step {saver.step}, saved to {saver.path}; "
+                f"continue with: {resume}")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():  # during the test after fit: training had finished
+        return f"stopped by SIGTERM after training, before results.json; test with: {resume}"
+    return f"stopped by SIGTERM before the first training step; nothing to resume in {run_dir}"
 
 
 def _metrics(values: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -178,13 +205,18 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
                 f"replay: python train.py --config {run_dir / 'config.yaml'} --run-dir NEW")),
                 encoding="utf-8")
     ckpt = resume.ckpt if resume else None
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
-    val = _metrics(trainer.callback_metrics, "val/")
-    run_summary = _metrics(trainer.callback_metrics, "run/")  # from TrainingMonitor
-    test = {}
-    if cfg["run"]["test"]:
-        tested = trainer.test(module, datamodule=dm, verbose=False)[0]
-        test = {k: float(v) for k, v in tested.items()}
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+        val = _metrics(trainer.callback_metrics, "val/")
+        run_summary = _metrics(trainer.callback_metrics, "run/")  # from TrainingMonitor
+        test = {}
+        if cfg["run"]["test"]:
+            tested = trainer.test(module, datamodule=dm, verbose=False)[0]
+            test = {k: float(v) for k, v in tested.items()}
+    except SIGTERMException:
+        raise TerminatedError(_terminated_message(trainer, run_dir)) from None
     results = {
         "model": cfg["model"]["name"], "data": cfg["data"]["name"],
         "recipe": cfg["model"]["recipe"],
@@ -265,6 +297,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (DataError, ExportError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except TerminatedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"error: cannot write {e.filename or 'the run folder'}: {e.strerror}; "
+              "free some space or choose a writable --run-dir", file=sys.stderr)
         return 1
     except Exception as e:
         from callbacks import NonFiniteLossError

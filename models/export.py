@@ -42,10 +42,14 @@ def save_export(model: nn.Module, config: dict[str, Any], out_dir: str | os.Path
     for key in ("arch", "model_kwargs"):
         if key not in config:
             raise ExportError(f"export config needs '{key}'")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared storage (tied weights): store clones, contiguous.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ExportError(f"refusing to export weights that hold NaN or inf ({bad[0]}"
+                          + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") + ")")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     full = {"format_version": FORMAT_VERSION, **config}
     _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
     _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(full, indent=2)))

@@ -22,7 +22,7 @@ RESUMABLE = {
     ("trainer", "limit_val_batches"), ("trainer", "limit_test_batches"),
     ("trainer", "progress_bar"), ("data", "data_dir"), ("run", "logger"),
     ("run", "wandb_project"), ("run", "wandb_name"), ("run", "wandb_tags"),
-    ("run", "ckpt_every_n_steps"), ("run", "test"), ("run", "run_dir"),
+    ("run", "ckpt_every_n_steps"), ("run", "diverged_after"), ("run", "test"), ("run", "run_dir"),
 }
 #: schedules sized to the run's length when it starts, so its length cannot change on resume
 LENGTH_SCHEDULES = ("cosine", "onecycle")
