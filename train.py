@@ -148,6 +148,41 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         **limits)
 
 
+def check_hardware(cfg: Config) -> None:
+    """Refuse an accelerator this machine lacks; warn about more CPU processes than cores.
+
+    Raises:
+        ConfigError: ``--accelerator gpu`` (or ``mps``) where there is none.
+    """
+    import torch
+
+    tr = cfg["trainer"]
+    acc = tr["accelerator"]
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--accelerator {acc}: this machine has no CUDA GPU that torch can "
+                          "use; choose --accelerator cpu (or auto)")
+    if acc == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--accelerator mps: this machine has no MPS device; choose "
+                          "--accelerator cpu (or auto)")
+    on_cpu = acc == "cpu" or acc == "auto" and not torch.cuda.is_available()
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    if on_cpu and isinstance(tr["devices"], int) and tr["devices"] > cores \
+            and RUN_DIR_ENV not in os.environ:
+        print(f"warning: --devices {tr['devices']} starts {tr['devices']} training processes "
+              f"on {cores} CPU cores; they will compete for the cores", file=sys.stderr)
+
+
+def _remove_empty_folders(folder: Path) -> None:
+    """Remove ``folder`` and its sub-folders if they hold no file (a run that never started)."""
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    os.environ.pop(RUN_DIR_ENV, None)
+
+
 class TerminatedError(Exception):
     """The run received SIGTERM (a scheduler's stop); the message says how to continue."""
 
@@ -190,11 +225,18 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
         module = build_module(cfg, dm.data_info())
     except ValueError as e:  # options the model cannot take together, e.g. impossible tying
         raise ConfigError(f"model '{cfg['model']['name']}': {e}") from None
+    check_hardware(cfg)
+    planned = cfg["run"]["run_dir"]
+    existed = bool(planned) and Path(planned).exists()
     run_dir, config_written = prepare_run_dir(cfg, resuming=resume is not None)
     try:
         trainer = build_trainer(cfg, run_dir, module)
     except (ValueError, RuntimeError) as e:  # e.g. fsdp without a GPU, an unknown accelerator
+        if not existed:
+            _remove_empty_folders(run_dir)
         raise ConfigError(str(e).strip().splitlines()[0]) from None
+    if str(trainer.precision) != cfg["trainer"]["precision"]:  # e.g. 16-mixed runs bf16 on CPU
+        cfg["trainer"]["precision"] = str(trainer.precision)  # config.yaml records what ran
     if trainer.is_global_zero:
         if resume is not None:
             resume.write_record(f"resumed from {resume.ckpt} at step {resume.step}; "
