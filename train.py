@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import sys
@@ -288,12 +289,11 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
 
 
 def _quiet_warnings() -> None:
-    """Drop Lightning messages that do not apply here.
+    """Drop Lightning messages that do not apply here; send its information to stdout.
 
     Our loaders need no workers; a resumed run's checkpoints/ folder is expected to hold its
     checkpoints (new runs never reuse a folder with checkpoints, see ``prepare_run_dir``).
     """
-    import logging
     import warnings
 
     for msg in ("Checkpoint directory .* exists and is not empty.*",
@@ -303,6 +303,21 @@ def _quiet_warnings() -> None:
         warnings.filterwarnings("ignore", message=msg)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage())
+    for name in ("lightning.pytorch", "lightning.fabric"):  # stderr: problems only
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+                logger.addHandler(_InfoToStdout())
+
+
+class _InfoToStdout(logging.StreamHandler):
+    """Lightning's log lines: information to stdout, warnings and errors to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` to the stream of its level (looked up now: tests swap them)."""
+        self.stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        super().emit(record)
 
 
 def main(argv: list[str] | None = None) -> int:
