@@ -41,7 +41,8 @@ from training.config import (
 from training.runs import RUN_DIR_ENV, ResumePlan, plan_resume, prepare_run_dir
 
 #: errors of a full disk or a folder that cannot be written: one sentence, not a traceback
-WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.EDQUOT)
 
 
 def config_from_argv(argv: list[str]) -> Config:
