@@ -228,7 +228,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``generate``: continue a prompt with an exported language model (plain PyTorch)."""
-    from datamodules.text import Vocab, join_tokens, prompt_tokens
+    from datamodules.text import TEXT_PREPROCESSORS, Vocab, join_tokens, prompt_tokens
     from models.generate import generate
 
     model, config = load_exported(args.export, map_location=args.device)
@@ -239,11 +239,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     vocab, text = Vocab.from_tokens(config["vocab"]), config["text"]
     prefix = text["prefix"] if args.prefix is None else args.prefix
     tokens = prompt_tokens(prefix, text["level"], text["preprocess"])  # as the training text
-    dropped = sorted({c for c in prefix if not c.isspace()
-                      and not prompt_tokens(c, "char", text["preprocess"])})
+    clean = TEXT_PREPROCESSORS.get(text["preprocess"], lambda t: t)
+    dropped = sorted({c for c in prefix if not c.isspace() and clean(c) != c.lower()})
     if dropped:
-        print("note: the training text's preprocessing drops these characters of the prefix: "
-              + " ".join(map(repr, dropped)), file=sys.stderr)
+        print("note: the training text's preprocessing does not keep these characters of the "
+              "prefix: " + " ".join(map(repr, dropped)), file=sys.stderr)
     if not tokens:
         raise DataError(f"the prefix {prefix!r} holds no token after preprocessing")
     unknown = sorted({t for t in tokens if t not in vocab})

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import sys
 import tempfile
 import time
 import urllib.error

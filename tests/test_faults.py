@@ -463,3 +463,134 @@ def _free_port() -> int:
     with socket.socket() as s:  # bound, then closed: nothing listens there
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data that is there but unusable: the sentence gives the next step
+
+
+def _bad_corpus(root: Path, kind: str) -> list[str]:
+    """Write one broken corpus under ``root``; return the train.py flags that read it."""
+    if kind == "empty-timemachine":
+        (root / "timemachine").mkdir(parents=True)
+        (root / "timemachine" / "timemachine.txt").write_text("")
+        return ["--model", "gru", "--data", "time_machine"]
+    if kind == "empty-wikitext-train":
+        (root / "wikitext-2").mkdir(parents=True)
+        for split in ("train", "valid", "test"):
+            text = "" if split == "train" else " = A = \n the time machine is here . \n"
+            (root / "wikitext-2" / f"wiki.{split}.tokens").write_text(text)
+        return ["--model", "lstm", "--data", "wikitext2"]
+    (root / "fra-eng").mkdir(parents=True)  # fra-eng without a tab
+    (root / "fra-eng" / "fra.txt").write_text("Go. Va !\nRun! Cours !\n" * 20)
+    return ["--model", "seq2seq_gru", "--data", "fra_eng", "--max-examples", "40"]
+
+
+@pytest.mark.parametrize("kind", ["empty-timemachine", "empty-wikitext-train",
+                                  "fra-eng-without-tabs"])
+def test_unusable_corpus_says_what_to_do(kind, tmp_path, capsys) -> None:
+    root = tmp_path / "data"
+    flags = _bad_corpus(root, kind)
+    before = snapshot(root)
+    code = train.main([*flags, "--data-dir", str(root), "--run-dir", str(tmp_path / "run"),
+                       "--max-epochs", "1", "--no-progress-bar"])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 1 and "delete it so it is downloaded again" in line, line
+    assert_unchanged(before, root)
+
+
+# ---------------------------------------------------------------------------------------------
+# predict.py: bad values and untrusted exports
+
+
+@pytest.fixture(scope="module")
+def image_export(tmp_path_factory) -> Path:
+    """A small classifier export (mlp on a tiny MNIST)."""
+    root = tmp_path_factory.mktemp("pexport")
+    make_idx_dataset(root / "data" / "mnist", n_train=48, n_test=12)
+    assert train.main([*TINY, "--data-dir", str(root / "data"), "--run-dir",
+                       str(root / "run"), "--limit-train-batches", "2"]) == 0
+    return root / "run" / "export"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["generate", "--export", "E", "--temperature", "nan"], "--temperature: expected a finite"),
+    (["generate", "--export", "E", "--num-tokens", "-3"], "--num-tokens: expected a whole"),
+    (["classify", "--export", "E", "--top-k", "-1", "x.png"], "--top-k: expected a whole"),
+    (["fill-mask", "--export", "E", "--top-k", "-1", "a <mask> ."], "--top-k: expected a whole"),
+    (["translate", "--export", "E", "--beam-size", "0", "hi ."], "--beam-size: expected a whole"),
+], ids=["generate-temperature-nan", "generate-num-tokens-negative", "classify-top-k-negative",
+        "fill-mask-top-k-negative", "translate-beam-0"])
+def test_predict_values_are_refused_at_parse_time(args, needle) -> None:
+    proc = run_cli("predict.py", *args)
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 2 and needle in line, line
+
+
+def _edited_export(export: Path, tmp_path: Path, edit) -> Path:
+    import json
+    import shutil
+
+    out = tmp_path / "export"
+    shutil.copytree(export, out)
+    cfg = json.loads((out / "config.json").read_text())
+    edit(cfg)
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: c["model_kwargs"].update(num_hiddens=10**9), "do not match"),
+    (lambda c: c["model_kwargs"].update(depth=3), "do not build"),
+    (lambda c: c["model_kwargs"].update(num_hiddens=-5), "do not build"),
+    (lambda c: c.pop("preprocess"), "lacks preprocess"),
+], ids=["huge-size", "unknown-argument", "negative-argument", "no-preprocess"])
+def test_untrusted_export_config_is_refused_before_building(edit, needle, image_export,
+                                                            tmp_path) -> None:
+    export = _edited_export(image_export, tmp_path, edit)
+    before = snapshot(export)
+    t0 = time.monotonic()
+    proc = run_cli("predict.py", "classify", "--export", str(export),
+                   str(image_export.parent.parent / "data" / "mnist"
+                       / "t10k-images-idx3-ubyte.gz"), timeout=120)
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 1 and needle in line, line
+    assert time.monotonic() - t0 < 60  # a 10**9-wide layer would allocate ~3 GB first
+    assert_unchanged(before, export)
+
+
+@pytest.fixture(scope="module")
+def text_exports(tmp_path_factory) -> dict[str, Path]:
+    """A character-level GRU on a tiny Time Machine, a GRU translator on a tiny fra-eng."""
+    from test_language_modeling import BOOK
+    from test_seq2seq import write_fra_txt
+
+    root = tmp_path_factory.mktemp("texports")
+    (root / "data" / "timemachine").mkdir(parents=True)
+    (root / "data" / "timemachine" / "timemachine.txt").write_text(BOOK * 6)
+    write_fra_txt(root / "data")
+    short = ["--max-epochs", "1", "--limit-train-batches", "2", "--limit-val-batches", "1",
+             "--limit-test-batches", "1", "--no-progress-bar", "--data-dir", str(root / "data")]
+    assert train.main(["--model", "gru", "--data", "time_machine", "--num-hiddens", "16",
+                       "--run-dir", str(root / "lm"), *short]) == 0
+    assert train.main(["--model", "seq2seq_gru", "--data", "fra_eng", "--max-examples", "200",
+                       "--num-hiddens", "16", "--run-dir", str(root / "mt"), *short]) == 0
+    return {"lm": root / "lm" / "export", "mt": root / "mt" / "export"}
+
+
+def test_translate_refuses_empty_input_and_warns_about_long_input(text_exports) -> None:
+    proc = run_cli("predict.py", "translate", "--export", str(text_exports["mt"]), "")
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 1 and "holds no word to translate" in line, line
+    long = " ".join(["go"] * 500) + " ."
+    proc = run_cli("predict.py", "translate", "--export", str(text_exports["mt"]), long)
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 0 and line.startswith("warning: sentence 1 has 501 tokens"), line
+
+
+def test_generate_names_the_characters_it_drops(text_exports) -> None:
+    proc = run_cli("predict.py", "generate", "--export", str(text_exports["lm"]), "--prefix",
+                   "time 1 traveller!", "--num-tokens", "5")
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 0 and "does not keep these characters" in line, line
+    assert line.endswith("prefix: '!' '1'"), line
