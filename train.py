@@ -18,7 +18,6 @@ weights; see predict.py).
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -38,11 +37,14 @@ from training.config import (
     parse_command_line,
     resolve,
 )
+from training.faults import (
+    WRITE_ERRNOS,
+    TerminatedError,
+    check_hardware,
+    remove_empty_folders,
+    terminated_message,
+)
 from training.runs import RUN_DIR_ENV, ResumePlan, plan_resume, prepare_run_dir
-
-#: errors of a full disk or a folder that cannot be written: one sentence, not a traceback
-WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
-                errno.EDQUOT)
 
 
 def config_from_argv(argv: list[str]) -> Config:
@@ -150,57 +152,13 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         **limits)
 
 
-def check_hardware(cfg: Config) -> None:
-    """Refuse an accelerator this machine lacks; warn about more CPU processes than cores.
-
-    Raises:
-        ConfigError: ``--accelerator gpu`` (or ``mps``) where there is none.
-    """
-    import torch
-
-    tr = cfg["trainer"]
-    acc = tr["accelerator"]
-    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--accelerator {acc}: this machine has no CUDA GPU that torch can "
-                          "use; choose --accelerator cpu (or auto)")
-    if acc == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--accelerator mps: this machine has no MPS device; choose "
-                          "--accelerator cpu (or auto)")
-    on_cpu = acc == "cpu" or acc == "auto" and not torch.cuda.is_available()
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
-    if on_cpu and isinstance(tr["devices"], int) and tr["devices"] > cores \
-            and RUN_DIR_ENV not in os.environ:
-        print(f"warning: --devices {tr['devices']} starts {tr['devices']} training processes "
-              f"on {cores} CPU cores; they will compete for the cores", file=sys.stderr)
-
-
-def _remove_empty_folders(folder: Path) -> None:
-    """Remove ``folder`` and its sub-folders if they hold no file (a run that never started)."""
-    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
-        if not any(sub.iterdir()):
-            sub.rmdir()
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-    os.environ.pop(RUN_DIR_ENV, None)
-
-
-class TerminatedError(Exception):
-    """The run received SIGTERM (a scheduler's stop); the message says how to continue."""
-
-
-def _terminated_message(trainer, run_dir: Path) -> str:
-    from callbacks.faults import SigtermCheckpoint
-
-    saver = next(cb for cb in trainer.callbacks if isinstance(cb, SigtermCheckpoint))
-    resume = f"python train.py --resume last --run-dir {run_dir}"
-    if saver.step is not None:
-        return (f"stopped by SIGTERM at step {saver.step}, saved to {saver.path}; "
-                f"continue with: {resume}")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():  # during the test after fit: training had finished
-        return f"stopped by SIGTERM after training, before results.json; test with: {resume}"
-    return f"stopped by SIGTERM before the first training step; nothing to resume in {run_dir}"
+def _dataset_sizes(dm) -> dict[str, int]:
+    """Examples per split; under ddp_spawn the data was set up in other processes only."""
+    sizes = dm.sizes()
+    if not sizes:
+        dm.setup("fit")
+        sizes = dm.sizes()
+    return sizes
 
 
 def _metrics(values: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -235,7 +193,7 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
         trainer = build_trainer(cfg, run_dir, module)
     except (ValueError, RuntimeError) as e:  # e.g. fsdp without a GPU, an unknown accelerator
         if not existed:
-            _remove_empty_folders(run_dir)
+            remove_empty_folders(run_dir)
         raise ConfigError(str(e).strip().splitlines()[0]) from None
     if str(trainer.precision) != cfg["trainer"]["precision"]:  # e.g. 16-mixed runs bf16 on CPU
         cfg["trainer"]["precision"] = str(trainer.precision)  # config.yaml records what ran
@@ -260,7 +218,7 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
             tested = trainer.test(module, datamodule=dm, verbose=False)[0]
             test = {k: float(v) for k, v in tested.items()}
     except SIGTERMException:
-        raise TerminatedError(_terminated_message(trainer, run_dir)) from None
+        raise TerminatedError(terminated_message(trainer, run_dir)) from None
     results = {
         "model": cfg["model"]["name"], "data": cfg["data"]["name"],
         "recipe": cfg["model"]["recipe"],
@@ -269,11 +227,13 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
         "train_time_sec": round(run_summary.get("run/train_time_sec", 0.0), 3),
         "train_samples_per_sec": round(run_summary.get("run/train_samples_per_sec", 0.0), 1),
         **val, **test,
-        "dataset_sizes": dm.sizes(),
+        "dataset_sizes": _dataset_sizes(dm),
         "resumed_from": str(ckpt) if ckpt else None,
         "run_dir": str(run_dir), "export_dir": str(run_dir / "export"),
     }
     cm = getattr(module, "confusion_matrix", None)
+    if cm is None:  # ddp_spawn: the test ran in other processes
+        cm = trainer.callback_metrics.get("test/confusion_matrix")
     if cm is not None:
         results["test/confusion_matrix"] = cm.tolist()
     for logger in trainer.loggers:  # end the W&B run this call started (in-process reuse)

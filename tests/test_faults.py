@@ -594,3 +594,43 @@ def test_generate_names_the_characters_it_drops(text_exports) -> None:
     line = one_error_line(proc.stderr)
     assert proc.returncode == 0 and "does not keep these characters" in line, line
     assert line.endswith("prefix: '!' '1'"), line
+
+
+# ---------------------------------------------------------------------------------------------
+# Silent surprises made visible
+
+
+def test_more_cpu_processes_than_cores_warns(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("_D2L_RUN_DIR", raising=False)
+    cfg = train.config_from_argv(["--accelerator", "cpu", "--devices", "3"])
+    train.check_hardware(cfg)
+    line = one_error_line(capsys.readouterr().err)
+    assert line == ("warning: --devices 3 starts 3 training processes on 2 CPU cores; they "
+                    "will compete for the cores")
+    train.check_hardware(train.config_from_argv(["--accelerator", "cpu", "--devices", "2"]))
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="16-mixed runs as such on a GPU")
+def test_config_records_the_precision_that_ran(data_root, tmp_path) -> None:
+    """16-mixed on the CPU runs bf16-mixed (Lightning's choice): config.yaml says so."""
+    import yaml
+
+    run = tmp_path / "run"
+    assert train.main([*TINY, "--data-dir", str(data_root), "--run-dir", str(run),
+                       "--limit-train-batches", "1", "--precision", "16-mixed"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["trainer"]["precision"] == "bf16-mixed"
+
+
+@pytest.mark.slow
+def test_ddp_spawn_results_hold_sizes_and_confusion_matrix(data_root, tmp_path) -> None:
+    run = tmp_path / "run"
+    proc = run_cli("train.py", *TINY, "--data-dir", str(data_root), "--run-dir", str(run),
+                   "--limit-train-batches", "2", "--accelerator", "cpu", "--devices", "2",
+                   "--strategy", "ddp_spawn", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = read_results(run)
+    assert res["dataset_sizes"] == {"train": 220, "val": 20, "test": 60}
+    assert len(res["test/confusion_matrix"]) == 10
