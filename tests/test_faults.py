@@ -634,3 +634,57 @@ def test_ddp_spawn_results_hold_sizes_and_confusion_matrix(data_root, tmp_path) 
     res = read_results(run)
     assert res["dataset_sizes"] == {"train": 220, "val": 20, "test": 60}
     assert len(res["test/confusion_matrix"]) == 10
+
+
+def test_wandb_online_without_a_key_says_it_goes_offline(tmp_path, monkeypatch, caplog) -> None:
+    import logging
+
+    from callbacks.wandb_logging import make_wandb_logger
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    with caplog.at_level(logging.INFO):
+        logger = make_wandb_logger(tmp_path, "p", None, None, {})
+    try:
+        said = [r.getMessage() for r in caplog.records if "W&B" in r.getMessage()]
+        assert len(said) == 1 and "no API key found, logging offline" in said[0], said
+        assert logger.experiment.settings.mode in ("offline", "dryrun")
+    finally:
+        logger.experiment.finish()
+
+
+# ---------------------------------------------------------------------------------------------
+# Untrusted files already handled well, kept that way
+
+
+def test_code_running_pickle_is_never_executed(tmp_path, capsys) -> None:
+    """A 'checkpoint' whose unpickling would run code: refused, and the code never runs."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model:\n  name: mlp\ndata:\n  name: mnist\n")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(pickle.dumps(Evil()))
+    before = snapshot(run)
+    code = train.main(["--resume", "last", "--run-dir", str(run)])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and "not a readable checkpoint" in line, line
+    assert not marker.exists()
+    assert_unchanged(before, run)
+
+
+def test_export_config_that_is_not_json_is_one_sentence(image_export, tmp_path) -> None:
+    export = _edited_export(image_export, tmp_path, lambda c: None)
+    (export / "config.json").write_text("{not json")
+    proc = run_cli("predict.py", "classify", "--export", str(export), "x.png")
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 1 and "is not valid JSON" in line, line
