@@ -688,3 +688,13 @@ def test_export_config_that_is_not_json_is_one_sentence(image_export, tmp_path) 
     proc = run_cli("predict.py", "classify", "--export", str(export), "x.png")
     line = one_error_line(proc.stderr)
     assert proc.returncode == 1 and "is not valid JSON" in line, line
+
+
+def test_reliability_doc_matches_the_fault_table() -> None:
+    """docs/reliability.md names every test of this file, and only tests that exist."""
+    doc = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(test_\w+)`", doc))
+    here = {name for name in globals() if name.startswith("test_")}
+    here.discard("test_reliability_doc_matches_the_fault_table")
+    assert named - here == set(), "named in the doc but not a test"
+    assert here - named == set(), "a test of the fault table missing from the doc"
