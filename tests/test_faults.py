@@ -693,7 +693,7 @@ def test_export_config_that_is_not_json_is_one_sentence(image_export, tmp_path) 
 def test_reliability_doc_matches_the_fault_table() -> None:
     """docs/reliability.md names every test of this file, and only tests that exist."""
     doc = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
-    named = set(re.findall(r"`(test_\w+)`", doc))
+    named = set(re.findall(r"`(test_\w+)`", doc)) - {"test_reliability_doc_matches_the_fault_table"}
     here = {name for name in globals() if name.startswith("test_")}
     here.discard("test_reliability_doc_matches_the_fault_table")
     assert named - here == set(), "named in the doc but not a test"
