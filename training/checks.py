@@ -227,10 +227,16 @@ def check_constructor_section(section: str, values: dict[str, Any], consumer: Co
 
 
 def _at_least(low: float) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= low
+    def test(v: Any) -> bool:  # a list (e.g. the widths of an MLP's layers): each value
+        if isinstance(v, (list, tuple)):
+            return all(map(test, v))
+        return isinstance(v, (int, float)) and math.isfinite(v) and v >= low
+    return test
 
 
 def _fraction(v: Any) -> bool:
+    if isinstance(v, (list, tuple)):
+        return all(map(_fraction, v))
     return isinstance(v, (int, float)) and 0 <= v < 1
 
 

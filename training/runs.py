@@ -163,6 +163,29 @@ def same_config(path: Path, cfg: Config) -> bool:
     return saved == json.loads(json.dumps(cfg, default=str))
 
 
+#: what a run writes into its folder before its first checkpoint
+RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "tensorboard", "wandb", "lightning_logs")
+
+
+def failed_start(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what a train.py run writes before its first checkpoint.
+
+    Its ``config.yaml`` must be a train.py config (the six sections), and nothing else may be
+    there but the files such a run writes (and earlier ``attempt-N/`` folders).
+    """
+    import yaml
+
+    from .config import SECTIONS
+
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    if not isinstance(saved, dict) or set(saved) != set(SECTIONS):
+        return False
+    return all(p.name in RUN_FILES or p.name.startswith("attempt-") for p in run_dir.iterdir())
+
+
 def set_aside(run_dir: Path) -> Path:
     """Move everything in ``run_dir`` into a new ``run_dir/attempt-N/``; return that folder."""
     n = 1
@@ -207,7 +230,7 @@ def prepare_run_dir(cfg: Config, resuming: bool) -> tuple[Path, bool]:
     written = config.exists()
     if not resuming and written:
         started = (run_dir / "results.json").exists() or any(run_dir.glob("checkpoints/*.ckpt"))
-        if started:
+        if started or not same_config(config, cfg) and not failed_start(run_dir):
             raise ConfigError(f"{run_dir} already holds a run; choose another --run-dir, "
                               f"replay it elsewhere with --config {config} --run-dir NEW, or "
                               f"continue it with --resume last --run-dir {run_dir}")
