@@ -116,9 +116,10 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
                           "(it has no config.yaml)")
     if not ckpt.is_file():
         if resume == "last" and not any(run_dir.glob("checkpoints/*.ckpt")):
-            raise ConfigError(f"--resume: {run_dir} stopped before its first checkpoint, so "
-                              "there is nothing to continue; start it again with the same "
-                              f"command without --resume (--run-dir {run_dir} is reused)")
+            raise ConfigError(f"--resume: {run_dir} has no checkpoint (the run stopped "
+                              "before its first one), so there is nothing to continue; start "
+                              "it again with the same command without --resume (--run-dir "
+                              f"{run_dir} is reused)")
         raise ConfigError(f"--resume: {run_dir} has no checkpoint to continue from "
                           f"({ckpt} does not exist)")
     layers = [load_config_file(config)]
