@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,47 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 #: the keys of ``datamodules.idx.IDX_DATASETS`` (a test checks), so that ``--help`` imports
 #: no torch
 IDX_DATA = ("fashion_mnist", "mnist")
+#: what each task's commands read from config.json
+REQUIRED = {"image_classification": ("preprocess", "class_names"),
+            "seq2seq": ("preprocess", "src_vocab", "tgt_vocab", "num_steps", "max_decode_len"),
+            "masked_lm": ("vocab", "max_len"), "text_encoding": ("vocab", "max_len"),
+            "language_modeling": ("vocab", "text")}
+
+
+def _number(kind: type, low: float, what: str):
+    """An argparse type: a finite ``kind`` of at least ``low`` (one sentence otherwise)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+COUNT = _number(int, 1, "a whole number of at least 1")
+COUNT0 = _number(int, 0, "a whole number, 0 or more")
+FLOAT0 = _number(float, 0, "a finite number, 0 or more")
+FLOAT = _number(float, -math.inf, "a finite number")
+
+
+def require(config: dict, export: str) -> None:
+    """Refuse a config.json that lacks what its task's command reads."""
+    from models import ExportError
+
+    task = config.get("task")
+    missing = [k for k in REQUIRED.get(task, ()) if k not in config]
+    if missing:
+        raise ExportError(f"{Path(export) / 'config.json'} of a '{task}' model lacks "
+                          f"{', '.join(missing)}; re-export it with export.py")
+    pre = config.get("preprocess")
+    if task == "image_classification" and not (isinstance(pre, dict) and {
+            "mean", "std", "resize", "image_size", "in_channels"} <= pre.keys()):
+        raise ExportError(f"{Path(export) / 'config.json'}: 'preprocess' must hold mean, std, "
+                          "resize, image_size and in_channels; re-export it with export.py")
 
 
 def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]]:
@@ -87,6 +129,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if config.get("task") != "image_classification":
         raise ExportError(f"{args.export} holds a '{config.get('task')}' model, "
                           "not an image classifier")
+    require(config, args.export)
     names = config["class_names"]
     if args.eval:
         if args.data not in IDX_DATASETS:
@@ -119,10 +162,20 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if config.get("task") != "seq2seq":
         raise ExportError(f"{args.export} holds a '{config.get('task')}' model, "
                           "not a translation model")
+    require(config, args.export)
     if config.get("preprocess") != PREPROCESS:
         raise ExportError(f"{args.export}: unknown preprocessing '{config.get('preprocess')}'")
+    from datamodules.fra_eng_text import preprocess_fra_eng, tokenize_sentence
+
     if not args.sentences:
         raise DataError("give one or more English sentences to translate")
+    for i, sentence in enumerate(args.sentences, 1):
+        words = tokenize_sentence(preprocess_fra_eng(sentence))
+        if not words:
+            raise DataError(f"sentence {i} ({sentence!r}) holds no word to translate")
+        if len(words) + 1 > config["num_steps"]:  # + <eos>, as encode_source cuts it
+            print(f"warning: sentence {i} has {len(words)} tokens; the model reads only the "
+                  f"first {config['num_steps'] - 1} (its training length)", file=sys.stderr)
     beam = args.beam_size if args.beam_size is not None else config.get("beam_size", 1)
     alpha = (args.length_penalty if args.length_penalty is not None
              else config.get("length_penalty", 0.0))
@@ -150,6 +203,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     if config.get("task") != "masked_lm":
         raise ExportError(f"{args.export} holds a '{config.get('task')}' model, not a masked "
                           "language model (use the export folder, not export/encoder)")
+    require(config, args.export)
     try:
         results = fill_mask(model, config["vocab"], _bert_words(args.text, config),
                             _bert_words(args.second, config), args.top_k, config["max_len"])
@@ -171,6 +225,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     task = config.get("task")
     if task not in ("masked_lm", "text_encoding"):
         raise ExportError(f"{args.export} holds a '{task}' model, not a BERT (encoder)")
+    require(config, args.export)
     encoder = model.encoder if task == "masked_lm" else model
     token_to_idx = {t: i for i, t in enumerate(config["vocab"])}
     try:
@@ -196,20 +251,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """``generate``: continue a prompt with an exported language model (plain PyTorch)."""
     import torch
 
-    from datamodules.text import Vocab, join_tokens, prompt_tokens
+    from datamodules.text import TEXT_PREPROCESSORS, Vocab, join_tokens, prompt_tokens
     from models import ExportError, load_exported
     from models.generate import generate
 
-    if args.temperature < 0 or args.top_k < 0 or args.num_tokens < 0:
-        print("error: --temperature, --top-k and --num-tokens must be >= 0", file=sys.stderr)
-        return 2
     model, config = load_exported(args.export, map_location=args.device)
     if config.get("task") != "language_modeling":
         raise ExportError(f"{args.export} holds a '{config.get('task')}' model, "
                           "not a language model")
+    require(config, args.export)
     vocab, text = Vocab.from_tokens(config["vocab"]), config["text"]
     prefix = text["prefix"] if args.prefix is None else args.prefix
     tokens = prompt_tokens(prefix, text["level"], text["preprocess"])  # as the training text
+    clean = TEXT_PREPROCESSORS.get(text["preprocess"], lambda t: t)
+    dropped = sorted({c for c in prefix if not c.isspace() and clean(c) != c.lower()})
+    if dropped:
+        print("note: the training text's preprocessing does not keep these characters of the "
+              "prefix: " + " ".join(map(repr, dropped)), file=sys.stderr)
     if not tokens:
         raise DataError(f"the prefix {prefix!r} holds no token after preprocessing")
     unknown = sorted({t for t in tokens if t not in vocab})
@@ -237,42 +295,47 @@ class _DefaultsFormatter(argparse.HelpFormatter):
         return text
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not the whole usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI with one sub-command per task family."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog=__doc__.split("\n\n", 1)[1])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser = _with_formatter(sub.add_parser)
     c = sub.add_parser("classify", help="label images with an exported image classifier")
     c.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
     c.add_argument("inputs", nargs="*", help="PNG/JPEG files or IDX image files")
-    c.add_argument("--top-k", type=int, default=3, help="labels shown per image")
-    c.add_argument("--limit", type=int, default=0, help="classify at most N images (0: all)")
+    c.add_argument("--top-k", type=COUNT, default=3, help="labels shown per image")
+    c.add_argument("--limit", type=COUNT0, default=0, help="classify at most N images (0: all)")
     c.add_argument("--eval", action="store_true", help="print accuracy on a dataset split")
     c.add_argument("--data", choices=IDX_DATA, help="dataset for --eval")
     c.add_argument("--split", default="test", choices=("train", "val", "test"),
                    help="split for --eval")
     c.add_argument("--data-dir", help="data root (else $D2L_DATA_DIR, else ./data)")
     c.add_argument("--seed", type=int, default=0, help="train/val split seed used in training")
-    c.add_argument("--val-size", type=int,
+    c.add_argument("--val-size", type=COUNT,
                    help="validation size used in training (default: 1/12 of train)")
-    c.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+    c.add_argument("--batch-size", type=COUNT, default=512, help="images per forward pass")
     c.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     c.set_defaults(func=cmd_classify)
     t = sub.add_parser("translate", help="translate English sentences with an exported model")
     t.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
     t.add_argument("sentences", nargs="*", help="English sentences")
-    t.add_argument("--beam-size", type=int, help="beam width (default: the export's; 1: greedy)")
-    t.add_argument("--length-penalty", type=float, help="GNMT length-penalty alpha")
-    t.add_argument("--max-len", type=int, help="most generated tokens (default: the export's)")
+    t.add_argument("--beam-size", type=COUNT, help="beam width (default: the export's; 1: greedy)")
+    t.add_argument("--length-penalty", type=FLOAT, help="GNMT length-penalty alpha")
+    t.add_argument("--max-len", type=COUNT, help="most generated tokens (default: the export's)")
     t.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     t.set_defaults(func=cmd_translate)
     f = sub.add_parser("fill-mask", help="top-k tokens at each <mask> (exported BERT)")
     f.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
     f.add_argument("text", help='e.g. "the time <mask> was invented ."')
     f.add_argument("second", nargs="?", help="optional second sentence (segment B)")
-    f.add_argument("--top-k", type=int, default=5, help="tokens shown per <mask>")
+    f.add_argument("--top-k", type=COUNT, default=5, help="tokens shown per <mask>")
     f.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     f.set_defaults(func=cmd_fill_mask)
     e = sub.add_parser("embed", help="<cls> and token encodings (exported BERT or encoder)")
@@ -286,10 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="continue a prompt with an exported language model")
     g.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
     g.add_argument("--prefix", help="prompt (default: the one sampled during training)")
-    g.add_argument("--num-tokens", type=int, default=100, help="tokens to generate")
-    g.add_argument("--temperature", type=float, default=0.0,
+    g.add_argument("--num-tokens", type=COUNT0, default=100, help="tokens to generate")
+    g.add_argument("--temperature", type=FLOAT0, default=0.0,
                    help="sampling temperature (0: greedy)")
-    g.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
+    g.add_argument("--top-k", type=COUNT0, default=0, help="sample among the k likeliest (0: all)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     g.set_defaults(func=cmd_generate)

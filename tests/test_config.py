@@ -170,6 +170,9 @@ PROBES = {
                      lambda b: b.wandb["tags"] == ["a", "b"]),
     "--ckpt-every-n-steps": (["--model", "mlp", "--ckpt-every-n-steps", "3"],
                              lambda b: 3 in ckpt_every(b)),
+    "--diverged-after": (["--model", "mlp", "--diverged-after", "7"],
+                         lambda b: any(getattr(c, "diverged_after", None) == 7
+                                       for c in b.trainer.callbacks)),
     "--test": (["--model", "mlp", "--no-test", "--fast-dev-run"], None),  # see below
 }
 

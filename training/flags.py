@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     r("--wandb-tags", nargs="*", default=[], help="W&B tags (default: none)")
     r("--ckpt-every-n-steps", type=int, default=0,
       help="also refresh last.ckpt every N training steps (0: each epoch)")
+    r("--diverged-after", type=int, default=50, metavar="N",
+      help="warn when the training loss stays above 10x its first value for N steps (0: off)")
     r("--test", action=argparse.BooleanOptionalAction, default=True,
       help="evaluate the test split after fit (default: --test)")
     return p
