@@ -111,6 +111,8 @@ def build_trainer(cfg: Config, run_dir: Path, module):
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    _info_to_stdout()
+
     from callbacks import ExportCallback, TrainingMonitor
     from callbacks.faults import AtomicCheckpointIO, SigtermCheckpoint
     from callbacks.plots import RunPlots
@@ -262,7 +264,7 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
 
 
 def _quiet_warnings() -> None:
-    """Drop Lightning messages that do not apply here; send its information to stdout.
+    """Drop Lightning messages that do not apply here.
 
     Our loaders need no workers; a resumed run's checkpoints/ folder is expected to hold its
     checkpoints (new runs never reuse a folder with checkpoints, see ``prepare_run_dir``).
@@ -276,7 +278,15 @@ def _quiet_warnings() -> None:
         warnings.filterwarnings("ignore", message=msg)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage())
-    for name in ("lightning.pytorch", "lightning.fabric"):  # stderr: problems only
+
+
+def _info_to_stdout() -> None:
+    """Lightning's information lines to stdout, so stderr holds only problems.
+
+    Called once Lightning is imported (it adds its stream handlers on import; ``--help`` and
+    refusals never import it).
+    """
+    for name in ("lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler:
