@@ -13,21 +13,70 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from datamodules.download import DataError
-from datamodules.idx import IDX_DATASETS, load_split, read_idx
-from models import ExportError, load_exported, preprocess_images
-from models.bert import encode_bert_input, fill_mask
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+#: the keys of ``datamodules.idx.IDX_DATASETS`` (a test checks), so that ``--help`` imports
+#: no torch
+IDX_DATA = ("fashion_mnist", "mnist")
+#: what each task's commands read from config.json
+REQUIRED = {"image_classification": ("preprocess", "class_names"),
+            "seq2seq": ("preprocess", "src_vocab", "tgt_vocab", "num_steps", "max_decode_len"),
+            "masked_lm": ("vocab", "max_len"), "text_encoding": ("vocab", "max_len"),
+            "language_modeling": ("vocab", "text")}
+
+
+def _number(kind: type, low: float, what: str):
+    """An argparse type: a finite ``kind`` of at least ``low`` (one sentence otherwise)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+COUNT = _number(int, 1, "a whole number of at least 1")
+COUNT0 = _number(int, 0, "a whole number, 0 or more")
+FLOAT0 = _number(float, 0, "a finite number, 0 or more")
+FLOAT = _number(float, -math.inf, "a finite number")
+
+
+def require(config: dict, export: str) -> None:
+    """Refuse a config.json that lacks what its task's command reads."""
+    from models import ExportError
+
+    task = config.get("task")
+    missing = [k for k in REQUIRED.get(task, ()) if k not in config]
+    if missing:
+        raise ExportError(f"{Path(export) / 'config.json'} of a '{task}' model lacks "
+                          f"{', '.join(missing)}; re-export it with export.py")
+    pre = config.get("preprocess")
+    if task == "image_classification" and not (isinstance(pre, dict) and {
+            "mean", "std", "resize", "image_size", "in_channels"} <= pre.keys()):
+        raise ExportError(f"{Path(export) / 'config.json'}: 'preprocess' must hold mean, std, "
+                          "resize, image_size and in_channels; re-export it with export.py")
 
 
 def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]]:
     """Read PNG/JPEG files or IDX image files into a uint8 ``(N, C, H, W)`` batch."""
+    import torch
+
+    from datamodules.idx import read_idx
+    from models import fit_image
+
     pre = config["preprocess"]
     size, channels = pre["image_size"], pre["in_channels"]
     batches, names = [], []
@@ -43,9 +92,9 @@ def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]
                 img = decode_image(read_file(str(path)), mode=mode)  # (C, H, W) uint8
             except RuntimeError as e:
                 raise DataError(f"cannot decode image {path} ({e})") from None
-            if tuple(img.shape[-2:]) != (size, size):  # to the training data's native size
-                img = _to_square(img, size, crop=pre.get("center_crop") is not None)
-            batches.append(img[None])
+            if pre.get("center_crop") is not None and tuple(img.shape[-2:]) != (size, size):
+                img = _to_square(img, size)  # as the image-folder cache was made
+            batches.append(fit_image(img, size, channels)[None])  # the training data's size
             names.append(str(path))
         else:
             arr = read_idx(path)
@@ -56,14 +105,16 @@ def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]
     return torch.cat(batches), names
 
 
-def _to_square(img: torch.Tensor, size: int, crop: bool) -> torch.Tensor:
-    """Resize ``(C, H, W)`` uint8 to ``size x size``, stretched or (``crop``) as a folder cache.
+def _to_square(img: torch.Tensor, size: int) -> torch.Tensor:
+    """``(C, H, W)`` uint8: the shorter side to ``size``, then the central ``size x size``.
 
-    ``crop``: the shorter side to ``size``, then the centre, as :mod:`datamodules.folder` does.
+    What :mod:`datamodules.folder` does when it caches an image folder.
     """
+    import torch
+
     h, w = img.shape[-2:]
-    scale = size / min(h, w) if crop else None
-    shape = (max(size, round(h * scale)), max(size, round(w * scale))) if crop else (size, size)
+    scale = size / min(h, w)
+    shape = (max(size, round(h * scale)), max(size, round(w * scale)))
     out = torch.nn.functional.interpolate(img[None].float(), size=shape, mode="bilinear",
                                           antialias=True, align_corners=False)[0]
     top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
@@ -71,26 +122,34 @@ def _to_square(img: torch.Tensor, size: int, crop: bool) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-@torch.no_grad()
 def classify_logits(model: torch.nn.Module, config: dict, images: torch.Tensor,
                     batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
     """Logits for uint8 images, preprocessed exactly as in training."""
+    import torch
+
+    from models import preprocess_images
+
     pre = config["preprocess"]
     out = []
     for i in range(0, len(images), batch_size):
         x = preprocess_images(images[i:i + batch_size].to(device), pre["mean"], pre["std"],
                               pre["resize"], channels=pre.get("channels"),
                               center_crop=pre.get("center_crop"))
-        out.append(model(x).float().cpu())
+        with torch.no_grad():
+            out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, len(config["class_names"]))
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """``classify``: top-k labels for files, or accuracy on a dataset split."""
+    from datamodules.idx import IDX_DATASETS, load_split
+    from models import ExportError, load_exported
+
     model, config = load_exported(args.export, map_location=args.device)
     if config.get("task") != "image_classification":
         raise ExportError(f"{args.export} holds a '{config.get('task')}' model, "
                           "not an image classifier")
+    require(config, args.export)
     names = config["class_names"]
     if args.eval:
         if args.data not in IDX_DATASETS:
@@ -117,15 +176,26 @@ def cmd_translate(args: argparse.Namespace) -> int:
     """``translate``: English sentences to French, preprocessed exactly as in training."""
     from datamodules.fra_eng_text import PREPROCESS, translate
     from datamodules.text import Vocab
+    from models import ExportError, load_exported
 
     model, config = load_exported(args.export, map_location=args.device)
     if config.get("task") != "seq2seq":
         raise ExportError(f"{args.export} holds a '{config.get('task')}' model, "
                           "not a translation model")
+    require(config, args.export)
     if config.get("preprocess") != PREPROCESS:
         raise ExportError(f"{args.export}: unknown preprocessing '{config.get('preprocess')}'")
+    from datamodules.fra_eng_text import preprocess_fra_eng, tokenize_sentence
+
     if not args.sentences:
         raise DataError("give one or more English sentences to translate")
+    for i, sentence in enumerate(args.sentences, 1):
+        words = tokenize_sentence(preprocess_fra_eng(sentence))
+        if not words:
+            raise DataError(f"sentence {i} ({sentence!r}) holds no word to translate")
+        if len(words) + 1 > config["num_steps"]:  # + <eos>, as encode_source cuts it
+            print(f"warning: sentence {i} has {len(words)} tokens; the model reads only the "
+                  f"first {config['num_steps'] - 1} (its training length)", file=sys.stderr)
     beam = args.beam_size if args.beam_size is not None else config.get("beam_size", 1)
     alpha = (args.length_penalty if args.length_penalty is not None
              else config.get("length_penalty", 0.0))
@@ -146,10 +216,14 @@ def _bert_words(text: str | None, config: dict) -> list[str] | None:
 
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     """``fill-mask``: the top-k tokens at each ``<mask>`` of a sentence (or pair)."""
+    from models import ExportError, load_exported
+    from models.bert import fill_mask
+
     model, config = load_exported(args.export, map_location=args.device)
     if config.get("task") != "masked_lm":
         raise ExportError(f"{args.export} holds a '{config.get('task')}' model, not a masked "
                           "language model (use the export folder, not export/encoder)")
+    require(config, args.export)
     try:
         results = fill_mask(model, config["vocab"], _bert_words(args.text, config),
                             _bert_words(args.second, config), args.top_k, config["max_len"])
@@ -162,10 +236,16 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """``embed``: the ``<cls>`` and token encodings of a sentence or pair (BERT encoder)."""
+    import torch
+
+    from models import ExportError, load_exported
+    from models.bert import encode_bert_input
+
     model, config = load_exported(args.export, map_location=args.device)
     task = config.get("task")
     if task not in ("masked_lm", "text_encoding"):
         raise ExportError(f"{args.export} holds a '{task}' model, not a BERT (encoder)")
+    require(config, args.export)
     encoder = model.encoder if task == "masked_lm" else model
     token_to_idx = {t: i for i, t in enumerate(config["vocab"])}
     try:
@@ -189,19 +269,25 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``generate``: continue a prompt with an exported language model (plain PyTorch)."""
-    from datamodules.text import Vocab, join_tokens, prompt_tokens
+    import torch
+
+    from datamodules.text import TEXT_PREPROCESSORS, Vocab, join_tokens, prompt_tokens
+    from models import ExportError, load_exported
     from models.generate import generate
 
-    if args.temperature < 0 or args.top_k < 0 or args.num_tokens < 0:
-        print("error: --temperature, --top-k and --num-tokens must be >= 0", file=sys.stderr)
-        return 2
     model, config = load_exported(args.export, map_location=args.device)
     if config.get("task") != "language_modeling":
         raise ExportError(f"{args.export} holds a '{config.get('task')}' model, "
                           "not a language model")
+    require(config, args.export)
     vocab, text = Vocab.from_tokens(config["vocab"]), config["text"]
     prefix = text["prefix"] if args.prefix is None else args.prefix
     tokens = prompt_tokens(prefix, text["level"], text["preprocess"])  # as the training text
+    clean = TEXT_PREPROCESSORS.get(text["preprocess"], lambda t: t)
+    dropped = sorted({c for c in prefix if not c.isspace() and clean(c) != c.lower()})
+    if dropped:
+        print("note: the training text's preprocessing does not keep these characters of the "
+              "prefix: " + " ".join(map(repr, dropped)), file=sys.stderr)
     if not tokens:
         raise DataError(f"the prefix {prefix!r} holds no token after preprocessing")
     unknown = sorted({t for t in tokens if t not in vocab})
@@ -217,40 +303,60 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Each option's default, once, unless it is unset or its help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False
+        if ("default" not in text and action.option_strings and not unset
+                and action.default != argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not the whole usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI with one sub-command per task family."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog=__doc__.split("\n\n", 1)[1])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser = _with_formatter(sub.add_parser)
     c = sub.add_parser("classify", help="label images with an exported image classifier")
     c.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
     c.add_argument("inputs", nargs="*", help="PNG/JPEG files or IDX image files")
-    c.add_argument("--top-k", type=int, default=3)
-    c.add_argument("--limit", type=int, default=0, help="classify at most N images")
+    c.add_argument("--top-k", type=COUNT, default=3, help="labels shown per image")
+    c.add_argument("--limit", type=COUNT0, default=0, help="classify at most N images (0: all)")
     c.add_argument("--eval", action="store_true", help="print accuracy on a dataset split")
-    c.add_argument("--data", choices=sorted(IDX_DATASETS), help="dataset for --eval")
-    c.add_argument("--split", default="test", choices=("train", "val", "test"))
+    c.add_argument("--data", choices=IDX_DATA, help="dataset for --eval")
+    c.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="split for --eval")
     c.add_argument("--data-dir", help="data root (else $D2L_DATA_DIR, else ./data)")
     c.add_argument("--seed", type=int, default=0, help="train/val split seed used in training")
-    c.add_argument("--val-size", type=int, help="validation size used in training")
-    c.add_argument("--batch-size", type=int, default=512)
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--val-size", type=COUNT,
+                   help="validation size used in training (default: 1/12 of train)")
+    c.add_argument("--batch-size", type=COUNT, default=512, help="images per forward pass")
+    c.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     c.set_defaults(func=cmd_classify)
     t = sub.add_parser("translate", help="translate English sentences with an exported model")
     t.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
     t.add_argument("sentences", nargs="*", help="English sentences")
-    t.add_argument("--beam-size", type=int, help="beam width (default: the export's; 1: greedy)")
-    t.add_argument("--length-penalty", type=float, help="GNMT length-penalty alpha")
-    t.add_argument("--max-len", type=int, help="most generated tokens (default: the export's)")
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--beam-size", type=COUNT, help="beam width (default: the export's; 1: greedy)")
+    t.add_argument("--length-penalty", type=FLOAT, help="GNMT length-penalty alpha")
+    t.add_argument("--max-len", type=COUNT, help="most generated tokens (default: the export's)")
+    t.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     t.set_defaults(func=cmd_translate)
     f = sub.add_parser("fill-mask", help="top-k tokens at each <mask> (exported BERT)")
     f.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
     f.add_argument("text", help='e.g. "the time <mask> was invented ."')
     f.add_argument("second", nargs="?", help="optional second sentence (segment B)")
-    f.add_argument("--top-k", type=int, default=5)
-    f.add_argument("--device", default="cpu")
+    f.add_argument("--top-k", type=COUNT, default=5, help="tokens shown per <mask>")
+    f.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     f.set_defaults(func=cmd_fill_mask)
     e = sub.add_parser("embed", help="<cls> and token encodings (exported BERT or encoder)")
     e.add_argument("--export", required=True,
@@ -258,23 +364,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("text", help="a sentence")
     e.add_argument("second", nargs="?", help="optional second sentence (segment B)")
     e.add_argument("--out", help="save {cls, encodings, tokens, segments} with torch.save")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     e.set_defaults(func=cmd_embed)
     g = sub.add_parser("generate", help="continue a prompt with an exported language model")
     g.add_argument("--export", required=True, help="export folder (RUN_DIR/export)")
     g.add_argument("--prefix", help="prompt (default: the one sampled during training)")
-    g.add_argument("--num-tokens", type=int, default=100, help="tokens to generate")
-    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    g.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
+    g.add_argument("--num-tokens", type=COUNT0, default=100, help="tokens to generate")
+    g.add_argument("--temperature", type=FLOAT0, default=0.0,
+                   help="sampling temperature (0: greedy)")
+    g.add_argument("--top-k", type=COUNT0, default=0, help="sample among the k likeliest (0: all)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     g.set_defaults(func=cmd_generate)
     return p
+
+
+def _with_formatter(add_parser):
+    def add(*args, **kwargs):
+        return add_parser(*args, formatter_class=_DefaultsFormatter, **kwargs)
+    return add
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
+    from models import ExportError  # after parsing: --help imports no torch
+
     try:
         return args.func(args)
     except (ExportError, DataError) as e:

@@ -19,15 +19,14 @@ weights; see predict.py).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from datamodules import DataError
-from datamodules.registry import build_datamodule
-from models import ExportError
-from models.transfer import TransferError, param_groups
 from training.config import (
     Config,
     ConfigError,
@@ -35,6 +34,13 @@ from training.config import (
     load_config_file,
     parse_command_line,
     resolve,
+)
+from training.faults import (
+    WRITE_ERRNOS,
+    TerminatedError,
+    check_hardware,
+    remove_empty_folders,
+    terminated_message,
 )
 from training.runs import RUN_DIR_ENV, ResumePlan, plan_resume, prepare_run_dir
 
@@ -47,6 +53,7 @@ def config_from_argv(argv: list[str]) -> Config:
 
 def build_data(cfg: Config):
     """The ``data`` section's DataModule (``run.seed`` seeds its split and shuffling)."""
+    from datamodules.registry import build_datamodule
     from models import get_spec
 
     data = {k: v for k, v in cfg["data"].items() if k != "name"}
@@ -79,7 +86,8 @@ def build_loggers(cfg: Config, run_dir: Path) -> list[Any]:
     run = cfg["run"]
     loggers: list[Any] = [MetricsCSVLogger(run_dir)]
     if run["logger"] == "tensorboard":  # the same folder on resume: the same TensorBoard run
-        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="",
+                                         default_hp_metric=False))  # hparams get the results
     elif run["logger"] == "wandb":
         from callbacks.wandb_logging import make_wandb_logger
 
@@ -103,16 +111,26 @@ def build_trainer(cfg: Config, run_dir: Path, module):
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    _info_to_stdout()
+
     from callbacks import ExportCallback, TrainingMonitor
+    from callbacks.faults import AtomicCheckpointIO, SigtermCheckpoint
+    from callbacks.plots import RunPlots
+    from callbacks.progress import LineProgress, terminal_progress_bar
 
     tr, run = cfg["trainer"], cfg["run"]
-    callbacks: list[Any] = [TrainingMonitor(), ExportCallback(run_dir / "export")]
+    ckpt_dir = run_dir / "checkpoints"
+    bar = sys.stderr.isatty() if tr["progress_bar"] is None else tr["progress_bar"]
+    callbacks: list[Any] = [TrainingMonitor(diverged_after=run["diverged_after"]),
+                            ExportCallback(run_dir / "export"),
+                            SigtermCheckpoint(ckpt_dir / "last.ckpt"),
+                            terminal_progress_bar() if bar else LineProgress(tr["progress_every"]),
+                            RunPlots(run_dir)]
     if run["logger"] == "wandb":
         from callbacks.wandb_logging import WandbPredictionTable
 
         callbacks.append(WandbPredictionTable())
     metric, mode = module.monitor
-    ckpt_dir = run_dir / "checkpoints"
     callbacks.append(ModelCheckpoint(
         ckpt_dir, filename="best-{epoch:02d}-{step}", monitor=metric, mode=mode, save_top_k=1,
         auto_insert_metric_name=False))
@@ -129,15 +147,24 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         module.model.compile()
     limits = {f"limit_{k}_batches": tr[f"limit_{k}_batches"] for k in ("train", "val", "test")
               if tr[f"limit_{k}_batches"] is not None}
-    progress = tr["progress_bar"]
     return L.Trainer(
         accelerator=tr["accelerator"], devices=tr["devices"], strategy=tr["strategy"],
         num_nodes=tr["num_nodes"], precision=tr["precision"], max_epochs=tr["max_epochs"],
         max_steps=tr["max_steps"], accumulate_grad_batches=tr["accumulate_grad_batches"],
         fast_dev_run=tr["fast_dev_run"], deterministic=tr["deterministic"] or None,
         logger=build_loggers(cfg, run_dir), callbacks=callbacks, default_root_dir=run_dir,
-        enable_progress_bar=sys.stderr.isatty() if progress is None else progress,
-        enable_model_summary=False, log_every_n_steps=10, **limits)
+        enable_progress_bar=True,  # the bar in a terminal, else LineProgress's plain lines
+        enable_model_summary=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
+        **limits)
+
+
+def _dataset_sizes(dm) -> dict[str, int]:
+    """Examples per split; under ddp_spawn the data was set up in other processes only."""
+    sizes = dm.sizes()
+    if not sizes:
+        dm.setup("fit")
+        sizes = dm.sizes()
+    return sizes
 
 
 def _metrics(values: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -157,6 +184,8 @@ def run(cfg: Config, resume: ResumePlan | None = None) -> dict[str, Any] | None:
 def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     import lightning as L
 
+    from models.transfer import TransferError, param_groups
+
     L.seed_everything(cfg["run"]["seed"], workers=True, verbose=False)
     dm = build_data(cfg)
     dm.prepare_data()  # fail here, before any process is spawned, if the data is missing
@@ -175,12 +204,23 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
         from models.transfer import parameter_summary
 
         print(f"{cfg['model']['name']}: {parameter_summary(module.model)}", flush=True)
+    check_hardware(cfg)
+    planned = cfg["run"]["run_dir"]
+    existed = bool(planned) and Path(planned).exists()
     run_dir, config_written = prepare_run_dir(cfg, resuming=resume is not None)
     try:
         trainer = build_trainer(cfg, run_dir, module)
     except (ValueError, RuntimeError) as e:  # e.g. fsdp without a GPU, an unknown accelerator
+        if not existed:
+            remove_empty_folders(run_dir)
         raise ConfigError(str(e).strip().splitlines()[0]) from None
+    if str(trainer.precision) != cfg["trainer"]["precision"]:  # e.g. 16-mixed runs bf16 on CPU
+        cfg["trainer"]["precision"] = str(trainer.precision)  # config.yaml records what ran
     if trainer.is_global_zero:
+        from callbacks.progress import model_summary
+
+        print(f"run folder: {run_dir}\n{model_summary(module.model, cfg['model']['name'])}",
+              flush=True)
         if resume is not None:
             resume.write_record(f"resumed from {resume.ckpt} at step {resume.step}; "
                                 "only what this resume changed")
@@ -190,13 +230,18 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
                 f"replay: python train.py --config {run_dir / 'config.yaml'} --run-dir NEW")),
                 encoding="utf-8")
     ckpt = resume.ckpt if resume else None
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
-    val = _metrics(trainer.callback_metrics, "val/")
-    run_summary = _metrics(trainer.callback_metrics, "run/")  # from TrainingMonitor
-    test = {}
-    if cfg["run"]["test"]:
-        tested = trainer.test(module, datamodule=dm, verbose=False)[0]
-        test = {k: float(v) for k, v in tested.items()}
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+        val = _metrics(trainer.callback_metrics, "val/")
+        run_summary = _metrics(trainer.callback_metrics, "run/")  # from TrainingMonitor
+        test = {}
+        if cfg["run"]["test"]:
+            tested = trainer.test(module, datamodule=dm, verbose=False)[0]
+            test = {k: float(v) for k, v in tested.items()}
+    except SIGTERMException:
+        raise TerminatedError(terminated_message(trainer, run_dir)) from None
     results = {
         "model": cfg["model"]["name"], "data": cfg["data"]["name"],
         "recipe": cfg["model"]["recipe"],
@@ -205,13 +250,19 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
         "train_time_sec": round(run_summary.get("run/train_time_sec", 0.0), 3),
         "train_samples_per_sec": round(run_summary.get("run/train_samples_per_sec", 0.0), 1),
         **val, **test,
-        "dataset_sizes": dm.sizes(),
+        "dataset_sizes": _dataset_sizes(dm),
         "resumed_from": str(ckpt) if ckpt else None,
         "run_dir": str(run_dir), "export_dir": str(run_dir / "export"),
     }
     cm = getattr(module, "confusion_matrix", None)
+    if cm is None:  # ddp_spawn: the test ran in other processes
+        cm = trainer.callback_metrics.get("test/confusion_matrix")
     if cm is not None:
         results["test/confusion_matrix"] = cm.tolist()
+    if trainer.is_global_zero:  # hparams with the final metrics, figures, the model artifact
+        from callbacks.media import publish_run
+
+        publish_run(trainer, module, run_dir, {**val, **test})
     for logger in trainer.loggers:  # end the W&B run this call started (in-process reuse)
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
             logger.experiment.finish()
@@ -231,7 +282,6 @@ def _quiet_warnings() -> None:
     Our loaders need no workers; a resumed run's checkpoints/ folder is expected to hold its
     checkpoints (new runs never reuse a folder with checkpoints, see ``prepare_run_dir``).
     """
-    import logging
     import warnings
 
     for msg in ("Checkpoint directory .* exists and is not empty.*",
@@ -241,6 +291,29 @@ def _quiet_warnings() -> None:
         warnings.filterwarnings("ignore", message=msg)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage())
+
+
+def _info_to_stdout() -> None:
+    """Lightning's information lines to stdout, so stderr holds only problems.
+
+    Called once Lightning is imported (it adds its stream handlers on import; ``--help`` and
+    refusals never import it).
+    """
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+                logger.addHandler(_InfoToStdout())
+
+
+class _InfoToStdout(logging.StreamHandler):
+    """Lightning's log lines: information to stdout, warnings and errors to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` to the stream of its level (looked up now: tests swap them)."""
+        self.stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        super().emit(record)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,12 +348,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # one sentence, as argparse's own refusals
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except (DataError, ExportError, FileNotFoundError, ImportError) as e:
+    except (DataError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except Exception as e:
+    except TerminatedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"error: cannot write {e.filename or 'the run folder'}: {e.strerror}; "
+              "free some space or choose a writable --run-dir", file=sys.stderr)
+        return 1
+    except Exception as e:  # imported here: --help imports neither torch nor Lightning
         from callbacks import NonFiniteLossError
+        from models import ExportError
 
+        if isinstance(e, ExportError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         if isinstance(e, NonFiniteLossError):
             print(f"error: stopped: {e}", file=sys.stderr)
             return 1

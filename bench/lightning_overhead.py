@@ -4,9 +4,12 @@ Softmax regression at batch 16 (µs per step, median over rounds, one process):
     plain        a hand-written loop (index_select, normalise, forward, backward, SGD step)
     bare         Trainer + our ImageClassificationTask, no logger or checkpoint, our monitor
     bare+log     as bare, plus one ``self.log(on_step, on_epoch)`` per step (what we avoid)
+    bare+lines   as bare, plus the plain progress lines train.py prints without a terminal
+                 (``callbacks.progress.LineProgress``, a line every 30 s)
     train.py     the full path: CSV logger, checkpoints, export, monitor
 
     python bench/lightning_overhead.py --data-dir ../shared/data [--steps 2000 --rounds 3]
+        [--only bare bare+lines]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import lightning as L  # noqa: E402
 
 import train  # noqa: E402
 from callbacks import TrainingMonitor  # noqa: E402
+from callbacks.progress import LineProgress  # noqa: E402
 from datamodules.registry import build_datamodule  # noqa: E402
 from lit_models import ImageClassificationTask  # noqa: E402
 from models import build_model, preprocess_images  # noqa: E402
@@ -63,12 +67,13 @@ def plain(dm, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e6
 
 
-def bare(dm, steps: int, cls=ImageClassificationTask) -> float:
+def bare(dm, steps: int, cls=ImageClassificationTask, lines: bool = False) -> float:
     module = cls(MODEL, **dm.data_info())
     monitor = TrainingMonitor()
+    extra = [LineProgress(stream=open(os.devnull, "w"))] if lines else []  # noqa: SIM115
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=[monitor])
+                        enable_progress_bar=lines, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[monitor, *extra])
     trainer.fit(module, datamodule=dm)
     return monitor.elapsed / steps * 1e6
 
@@ -87,6 +92,7 @@ def main() -> None:
     p.add_argument("--data-dir", default=os.environ.get("D2L_DATA_DIR", "data"))
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--only", nargs="*", help="run only these paths (e.g. plain bare bare+lines)")
     a = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -95,7 +101,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     runners = {"plain": lambda: plain(dm, a.steps), "bare": lambda: bare(dm, a.steps),
                "bare+log": lambda: bare(dm, a.steps, LoggingEveryStep),
+               "bare+lines": lambda: bare(dm, a.steps, lines=True),
                "train.py": lambda: full(a.data_dir, a.steps, tmp / "run")}
+    if a.only:
+        runners = {k: v for k, v in runners.items() if k in a.only}
     us: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(a.rounds):
         for name, fn in runners.items():
@@ -106,7 +115,12 @@ def main() -> None:
           f"{torch.__version__}, {torch.get_num_threads()} threads")
     print("| path | us/step (median) | over plain |\n|---|---|---|")
     for k, v in med.items():
-        print(f"| {k} | {v:.0f} | {v - med['plain']:+.0f} |")
+        over = f"{v - med['plain']:+.0f}" if "plain" in med else "n/a"
+        print(f"| {k} | {v:.0f} | {over} |")
+    if {"bare", "bare+lines"} <= us.keys():  # paired: the same round, one after the other
+        diffs = [y - x for x, y in zip(us["bare"], us["bare+lines"])]
+        print(f"bare+lines - bare, per round: {', '.join(f'{d:+.0f}' for d in diffs)} us; "
+              f"median {statistics.median(diffs):+.0f}")
 
 
 if __name__ == "__main__":

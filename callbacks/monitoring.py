@@ -1,26 +1,53 @@
-"""Training-time monitoring: throughput over training steps, and a stop on non-finite loss.
+"""Training-time monitoring: throughput, a stop on non-finite loss, a warning on divergence.
 
-One callback does both: Lightning dispatches every hook to every callback, so each extra
-callback costs a few microseconds per hook, several hooks per step.
+A non-finite loss stops the run before the optimizer step that would apply it (the check runs
+before ``backward``), and no checkpoint with NaN or inf weights is ever written (the weights
+are checked before each checkpoint is saved). One callback does all of it: Lightning
+dispatches every hook to every callback, so each extra callback costs a few microseconds per
+hook, several hooks per step.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss or the weights became NaN or infinite."""
+
+
+def last_good_checkpoint(trainer: L.Trainer) -> str:
+    """``'the last good checkpoint is PATH (step N)'``, or that none was written."""
+    found: list[Path] = []
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "dirpath", None) and Path(cb.dirpath).is_dir():
+            found += Path(cb.dirpath).glob("*.ckpt")
+    if not found:
+        return "no checkpoint was written"
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    try:
+        step = torch.load(newest, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    except Exception:  # noqa: BLE001 - only for the message
+        return f"the last checkpoint is {newest}"
+    return f"the last good checkpoint is {newest} (step {step})"
 
 
 class TrainingMonitor(Callback):
-    """Time training steps and stop with a clear message when the loss is not finite.
+    """Time training steps, stop on a non-finite loss, warn when the loss diverges.
 
     The clock runs from each training epoch's start to its end and pauses while validation
     runs; the sample count covers all ranks (``world_size`` times this rank's samples).
@@ -28,13 +55,23 @@ class TrainingMonitor(Callback):
     Args:
         check_every_n_steps: how often to look at the loss on an accelerator, where each look
             waits for the device; on the CPU every step is checked (it costs nothing there).
+            Checkpoints are checked for non-finite weights whatever this is.
+        diverged_after: warn once when the loss has stayed above ``diverge_factor`` times its
+            first value for this many steps (0: never).
+        diverge_factor: how far above its first value the loss counts as diverged.
     """
 
-    def __init__(self, check_every_n_steps: int = 10) -> None:
+    def __init__(self, check_every_n_steps: int = 10, diverged_after: int = 50,
+                 diverge_factor: float = 10.0) -> None:
         self.check_every_n_steps = max(check_every_n_steps, 1)
+        self.diverged_after = diverged_after
+        self.diverge_factor = diverge_factor
         self.elapsed = 0.0
         self.samples = 0
         self._t0: float | None = None
+        self._first_loss: float | None = None
+        self._above_since: int | None = None
+        self._warned = False
 
     def _start(self) -> None:
         self._t0 = time.perf_counter()
@@ -50,22 +87,57 @@ class TrainingMonitor(Callback):
         """Start the clock."""
         self._start()
 
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           loss: torch.Tensor) -> None:
+        """Stop before a non-finite loss reaches the weights; track divergence."""
+        step = trainer.global_step
+        if pl_module.device.type != "cpu" and step % self.check_every_n_steps:
+            return
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"the training loss became {value:g} in step {step + 1} (epoch "
+                f"{trainer.current_epoch}), which was not applied; "
+                f"{last_good_checkpoint(trainer)}; try a lower --lr or --gradient-clip-val")
+        self._track_divergence(value, step)
+
+    def _track_divergence(self, value: float, step: int) -> None:
+        if self._first_loss is None:
+            self._first_loss = value
+            return
+        if not self.diverged_after or self._warned:
+            return
+        if value <= self.diverge_factor * abs(self._first_loss):
+            self._above_since = None
+            return
+        if self._above_since is None:
+            self._above_since = step
+        if step - self._above_since + 1 >= self.diverged_after:
+            self._warned = True
+            _warn(
+                f"warning: the training loss ({value:.3g} at step {step + 1}) has stayed above "
+                f"{self.diverge_factor:g}x its first value ({self._first_loss:.3g}) for "
+                f"{self.diverged_after} steps: the run has likely diverged; try a lower --lr")
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Count the batch's targets (its last element) and check the loss.
+        """Count the batch's targets (its last element).
 
         Targets are counted element-wise: images for classifiers, target tokens for sequence
         models (padding included), so ``samples_per_sec`` is tokens/s for text tasks.
         """
         self.samples += batch[-1].numel() * trainer.world_size
-        if pl_module.device.type != "cpu" and batch_idx % self.check_every_n_steps:
-            return
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not math.isfinite(float(loss.detach())):
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """Refuse to write a checkpoint whose weights hold NaN or inf."""
+        tensors = [t for t in checkpoint.get("state_dict", {}).values()
+                   if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
             raise NonFiniteLossError(
-                f"the training loss became {float(loss):g} at step {trainer.global_step} "
-                f"(epoch {trainer.current_epoch}); try a lower --lr or --gradient-clip-val"
-            )
+                f"the weights became NaN or inf in step {trainer.global_step} (epoch "
+                f"{trainer.current_epoch}) and were not saved; "
+                f"{last_good_checkpoint(trainer)}; try a lower --lr or --gradient-clip-val")
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Pause during validation inside a training epoch."""

@@ -1,8 +1,12 @@
 """Weights & Biases: a logger that never stalls training, and test-prediction tables.
 
+The final metrics, the confusion-matrix chart, the figures and the model artifact are sent by
+:func:`callbacks.media.publish_run`.
+
 ``wandb`` is imported lazily, only when ``--logger wandb`` is chosen. Without an API key the run
-is logged offline (``wandb sync DIR`` uploads it later) and says so once; if the online start
-fails (no network), it falls back to offline instead of crashing.
+is logged offline (``wandb sync DIR`` uploads it later) and says so once. With a key, the server
+is probed first (one TCP connection, 3 s at most): without a network the run goes offline at
+once, saying why; if the online start fails anyway, it falls back to offline.
 """
 
 from __future__ import annotations
@@ -51,25 +55,50 @@ def make_wandb_logger(save_dir: str | Path, project: str, name: str | None,
 
     mode = os.environ.get("WANDB_MODE", "")
     offline = mode in ("offline", "dryrun") or (mode != "disabled" and not _has_api_key())
-    if offline and not mode:
-        rank_zero_info(f"W&B: no API key found, logging offline under {save_dir}/wandb; "
-                       "upload later with `wandb sync <run folder>`")
+    where = f"logging offline under {save_dir}/wandb; upload later with `wandb sync <run folder>`"
+    if offline and mode not in ("offline", "dryrun"):
+        rank_zero_info(f"W&B: no API key found, {where}")
     settings = wandb.Settings(init_timeout=30, silent=True, console="off")
+    if not offline:
+        unreachable = _unreachable(settings.base_url)
+        if unreachable:
+            rank_zero_info(f"W&B: cannot reach {settings.base_url} ({unreachable}), {where}")
+            offline = True
 
     def build(off: bool) -> WandbLogger:
+        # mode= goes to wandb.init itself: Lightning's offline=True only sets WANDB_MODE,
+        # which wandb has read already once it was imported and set up
+        extra = {"mode": "offline"} if off else {}
         return WandbLogger(project=project, name=name, tags=tags or None, save_dir=str(save_dir),
                            offline=off, config=config, settings=settings, id=run_id,
-                           resume="allow" if run_id else None)
+                           resume="allow" if run_id else None, **extra)
 
     logger = build(offline)
     try:
         logger.experiment  # start the run now, so a network failure surfaces here  # noqa: B018
     except Exception as e:  # wandb raises several types for network / auth failures
-        rank_zero_info(f"W&B: could not start an online run ({type(e).__name__}: {e}); "
-                       "logging offline instead")
+        if offline:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        rank_zero_info(f"W&B: could not start an online run ({type(e).__name__}: {first}), "
+                       f"{where}")
         logger = build(True)
         logger.experiment  # noqa: B018
     return logger
+
+
+def _unreachable(base_url: str, timeout: float = 3.0) -> str:
+    """Why the W&B server cannot be reached in ``timeout`` seconds ('' when it can)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
 
 
 class WandbPredictionTable(Callback):
@@ -106,14 +135,3 @@ class WandbPredictionTable(Callback):
                          float(p[k])])
         logger.log_table("test/predictions", columns=["image", "label", "prediction",
                                                       "confidence"], data=rows)
-
-    @rank_zero_only
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Log the confusion matrix as a table (rows: true class)."""
-        logger = wandb_logger(trainer)
-        cm = getattr(pl_module, "confusion_matrix", None)
-        if logger is None or cm is None:
-            return
-        names = [str(n) for n in (pl_module.hparams.class_names or range(len(cm)))]
-        logger.log_table("test/confusion_matrix", columns=["true \\ predicted", *names],
-                         data=[[names[i], *row] for i, row in enumerate(cm.tolist())])

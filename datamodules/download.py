@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -56,39 +58,113 @@ def file_digest(path: str | os.PathLike, algo: str) -> str:
     return h.hexdigest()
 
 
-def download(remote: RemoteFile, folder: Path, timeout: float = 30.0) -> Path:
+#: seconds a dataset's downloads may wait, in all, for mirrors that do not answer
+DEFAULT_TIMEOUT = 20.0
+TIMEOUT_ENV = "D2L_DOWNLOAD_TIMEOUT"
+_TIMEOUT_TYPES = (TimeoutError, socket.timeout, ConnectionError, socket.gaierror)
+
+
+def download_timeout() -> float:
+    """``$D2L_DOWNLOAD_TIMEOUT`` seconds, else :data:`DEFAULT_TIMEOUT`."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV, "") or DEFAULT_TIMEOUT)
+    except ValueError:
+        raise DataError(f"${TIMEOUT_ENV} must be a number of seconds, got "
+                        f"{os.environ[TIMEOUT_ENV]!r}") from None
+    return value if value > 0 else DEFAULT_TIMEOUT
+
+
+class _Budget:
+    """The waiting time one dataset may spend on mirrors that fail, and the mirrors left."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.left = seconds
+        self.dead: dict[str, str] = {}  # mirror -> why it failed for every file
+
+
+def _is_mirror_wide(e: BaseException) -> bool:
+    """A failure of the mirror itself (no answer, refused, unknown host), not of one file."""
+    if isinstance(e, urllib.error.HTTPError):
+        return False
+    reason = getattr(e, "reason", e)
+    return isinstance(reason, _TIMEOUT_TYPES) or isinstance(e, _TIMEOUT_TYPES)
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder``; return the folders that did not exist (deepest first)."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def download(remote: RemoteFile, folder: Path, timeout: float | None = None,
+             budget: _Budget | None = None) -> Path:
     """Fetch ``remote`` into ``folder``: first good mirror wins, checksum checked, atomic.
+
+    Each attempt waits at most what is left of ``budget`` (shared by a dataset's files, so a
+    network that never answers costs ``timeout`` seconds in all), and a mirror that does not
+    answer is not tried again for the dataset's other files. ``folder`` is created only once a
+    mirror answers, and removed again if nothing lands in it.
 
     Raises:
         DataError: every mirror failed or gave bytes with the wrong checksum; nothing is left
             in ``folder``.
     """
+    budget = budget or _Budget(timeout or download_timeout())
     algo, expected = remote.checksum.split(":", 1)
     target = folder / remote.name
     errors = []
-    for base in remote.mirrors:
+    for i, base in enumerate(remote.mirrors):
         url = base.rstrip("/") + "/" + (remote.remote_name or remote.name)
+        if base in budget.dead:
+            errors.append(f"{url}: skipped, the mirror {budget.dead[base]}")
+            continue
+        if budget.left <= 0:
+            errors.append(f"{url}: not tried, {budget.seconds:g} s of waiting spent "
+                          f"(${TIMEOUT_ENV})")
+            continue
+        live = sum(m not in budget.dead for m in remote.mirrors[i:])  # share the rest fairly
+        wait = budget.left / max(live, 1)
+        print(f"downloading {remote.name} from {url} (waiting at most {wait:.0f} s for an "
+              "answer)", flush=True)
+        t0 = time.monotonic()
+        created: list[Path] = []
+        tmp = None
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{remote.name}.", suffix=".part")
-        except OSError as e:
-            raise DataError(f"cannot write to {folder} ({e.strerror})") from None
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
-                h = hashlib.new(algo)
-                for chunk in iter(lambda: r.read(1 << 20), b""):
-                    h.update(chunk)
-                    out.write(chunk)
+            with urllib.request.urlopen(url, timeout=wait) as r:
+                try:
+                    created = _make_folder(folder)
+                    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{remote.name}.",
+                                               suffix=".part")
+                except OSError as e:
+                    raise DataError(f"cannot write to {folder} ({e.strerror})") from None
+                with os.fdopen(fd, "wb") as out:
+                    h = hashlib.new(algo)
+                    for chunk in iter(lambda: r.read(1 << 20), b""):
+                        h.update(chunk)
+                        out.write(chunk)
             if h.hexdigest() != expected:
                 errors.append(f"{url}: checksum mismatch ({algo} {h.hexdigest()}, "
                               f"expected {expected})")
                 continue
+            mask = os.umask(0)  # mkstemp's 600 -> what a plain open() would give
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
             os.replace(tmp, target)
             return target
         except (urllib.error.URLError, OSError, ValueError) as e:
-            errors.append(f"{url}: {getattr(e, 'reason', None) or e}")
+            why = f"{getattr(e, 'reason', None) or e}"
+            errors.append(f"{url}: {why}")
+            budget.left -= time.monotonic() - t0
+            if _is_mirror_wide(e):
+                budget.dead[base] = f"did not answer ({why})"
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            for p in created:  # deepest first: only folders this attempt made, if still empty
+                if not target.exists() and p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
     if not errors:
         errors.append("no download mirror is known")
     raise DataError(f"could not download {remote.name}: " + "; ".join(errors))
@@ -99,22 +175,26 @@ def ensure_files(
 ) -> None:
     """Download each file of ``files`` whose ``present`` entry is ``None``.
 
-    On failure, raise one :class:`DataError` that names the dataset, the missing files, the
-    folder and the canonical source, and says how to point the project at a local copy.
+    The files share one waiting budget (``$D2L_DOWNLOAD_TIMEOUT`` seconds), and the downloads
+    stop at the first file that no mirror could give. On failure, raise one
+    :class:`DataError` that names the dataset, the missing files, the folder and the canonical
+    source, and says how to point the project at a local copy.
     """
     missing = [f for f, p in zip(files, present) if p is None]
-    failures = []
+    budget = _Budget(download_timeout()) if missing else None
+    failure = None
     for remote in missing:
         try:
-            download(remote, folder)
+            download(remote, folder, budget=budget)
         except DataError as e:
-            failures.append(str(e))
-    if failures:
-        names = ", ".join(f.name for f in missing)
+            failure = str(e)
+            break
+    if failure:
+        names = ", ".join(f.name for f in missing if not (folder / f.name).exists())
         first = missing[0]
         source = first.source or (first.mirrors[0] if first.mirrors else "its publisher")
         raise DataError(
             f"{title} is missing from {folder.resolve()} ({names}) and could not be downloaded "
-            f"({failures[0]}). Get the files from {source} and put them in that folder, or point "
+            f"({failure}). Get the files from {source} and put them in that folder, or point "
             f"--data-dir / {ENV_VAR} at a folder that holds {folder.name}/."
         )

@@ -65,6 +65,10 @@ class EngFraDataModule(TensorDataModule):
         if self.train_set is not None:
             return
         pairs = parse_pairs(read_fra_eng(self.data_dir), self.max_examples)
+        if not pairs:
+            raise DataError(f"fra-eng: the corpus under {self.data_dir / 'fra-eng'} holds no "
+                            "'English<TAB>French' line; delete it so it is downloaded again, "
+                            "or point --data-dir at a complete copy")
         if self.max_examples:
             val = self.val_size if self.val_size is not None else len(pairs) // 5
             if not 0 < val < len(pairs):

@@ -103,8 +103,10 @@ class SequentialLoader(ResumableLoader):
         spare = num_steps - 1 if random_offset else 0
         self.length = (len(corpus) - spare) // streams  # tokens per row
         if self.length < 2:
-            raise DataError(f"{len(corpus)} tokens are too few for {streams} streams "
-                            "(lower --batch-size)")
+            raise DataError(f"{len(corpus)} tokens are too few for {streams} streams: if the "
+                            "text file is empty or cut short, delete it so it is downloaded "
+                            "again (or point --data-dir at a complete copy); else lower "
+                            "--batch-size")
         self.corpus, self.batch_size, self.num_steps = corpus, batch_size, num_steps
         self.random_offset, self.seed, self.rank, self.streams = random_offset, seed, rank, streams
         self.sampler = IndexSampler(1, shuffle=False)  # only tracks the epoch

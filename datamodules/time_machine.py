@@ -53,6 +53,9 @@ class TimeMachineDataModule(LanguageModelDataModule):
         tokens = tokenize(preprocess_time_machine(read_time_machine(self.data_dir)), self.level)
         n_val = max(1, int(len(tokens) * self.val_fraction))
         if len(tokens) - n_val < 2:
-            raise DataError(f"The Time Machine holds only {len(tokens)} {self.level} tokens")
+            raise DataError(
+                f"The Time Machine ({TIME_MACHINE.path('timemachine.txt', self.data_dir)}) holds "
+                f"only {len(tokens)} {self.level} tokens: the file is empty or cut short; delete "
+                "it so it is downloaded again, or point --data-dir at a complete copy")
         train, tail = tokens[:-n_val], tokens[-n_val:]
         return {"train": train[:self.max_tokens], "val": tail, "test": tail}, Vocab(train)

@@ -165,6 +165,8 @@ class ImageClassificationTask(TaskModule):
         """Keep the (rank-synced) confusion matrix: rows are true classes."""
         self.confusion_matrix = self.test_confmat.compute().cpu()
         self.test_confmat.reset()
+        # under ddp_spawn only callback metrics come back to the main process
+        self.trainer.callback_metrics["test/confusion_matrix"] = self.confusion_matrix
 
     def export_config(self) -> dict[str, Any]:
         """Adds preprocessing and class names to the base export config."""

@@ -23,7 +23,7 @@ from . import (  # noqa: F401  (register the architectures)
     vgg,
 )
 from .export import ExportError, load_exported, read_export_config, save_export
-from .preprocess import preprocess_images
+from .preprocess import fit_image, prepare_images, preprocess_images
 from .registry import (
     ModelSpec,
     Recipe,
@@ -39,10 +39,12 @@ __all__ = [
     "ModelSpec",
     "Recipe",
     "build_model",
+    "fit_image",
     "format_table",
     "get_spec",
     "load_exported",
     "model_names",
+    "prepare_images",
     "preprocess_images",
     "read_export_config",
     "register",

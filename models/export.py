@@ -8,6 +8,7 @@ class names. Loading needs torch and safetensors only.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -42,10 +43,14 @@ def save_export(model: nn.Module, config: dict[str, Any], out_dir: str | os.Path
     for key in ("arch", "model_kwargs"):
         if key not in config:
             raise ExportError(f"export config needs '{key}'")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared storage (tied weights): store clones, contiguous.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ExportError(f"refusing to export weights that hold NaN or inf ({bad[0]}"
+                          + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") + ")")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     full = {"format_version": FORMAT_VERSION, **config}
     _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
     _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(full, indent=2)))
@@ -92,6 +97,7 @@ def load_exported(
         get_spec(cfg["arch"])
     except KeyError as e:
         raise ExportError(f"{Path(path) / CONFIG_NAME}: {e.args[0]}") from None
+    check_against_weights(cfg, path)  # before any memory is allocated for the model
     model = build_model(cfg["arch"], **cfg["model_kwargs"])
     try:
         state = load_file(str(Path(path) / WEIGHTS_NAME), device=str(map_location))
@@ -109,12 +115,60 @@ def load_exported(
     return model.to(map_location).eval(), cfg
 
 
+def umask_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def check_against_weights(cfg: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a ``config.json`` that does not describe its ``model.safetensors``.
+
+    The model is built on the ``meta`` device (no memory) and its size is compared with the
+    tensor shapes declared in the safetensors header, so an untrusted config with a huge size
+    is refused before anything is allocated.
+
+    Raises:
+        ExportError: constructor arguments the model refuses, or a parameter count that
+            differs from the file's.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(path)
+    kwargs = cfg["model_kwargs"]
+    if not isinstance(kwargs, dict):
+        raise ExportError(f"{folder / CONFIG_NAME}: 'model_kwargs' must be a mapping")
+    try:
+        with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
+            declared = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise ExportError(f"cannot read {folder / WEIGHTS_NAME}: {e}") from None
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg["arch"], **kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"{folder / CONFIG_NAME}: its model_kwargs do not build a "
+                          f"'{cfg['arch']}' model ({first})") from None
+    expected = sum(t.numel() for t in model.state_dict().values())
+    if expected != declared:
+        raise ExportError(f"the weights in {folder / WEIGHTS_NAME} do not match the "
+                          f"'{cfg['arch']}' model described by its config (the config makes "
+                          f"{expected:,} values, the file holds {declared:,})")
+
+
 def _atomic_write(target: Path, write) -> None:
-    """Write via a temporary file in the same folder, then rename over ``target``."""
+    """Write via a temporary file in the same folder, then rename over ``target``.
+
+    ``mkstemp`` creates the file mode 600; it gets the mode a plainly written file would have,
+    so a lab-mate can read an export as they can read the checkpoints.
+    """
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, umask_file_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -88,3 +90,55 @@ def _crop(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, cx: torch.Tensor,
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+#: ITU-R 601 luma weights, to turn an RGB image into the grayscale a gray model was trained on
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def fit_image(image: Any, size: int, channels: int) -> torch.Tensor:
+    """One image of any size as the uint8 ``(channels, size, size)`` the training data had.
+
+    Args:
+        image: uint8 tensor or array, ``(H, W)`` grayscale, ``(C, H, W)`` as torchvision
+            decodes, or ``(H, W, C)`` as PIL / numpy give (C: 1, 3, or 4 with alpha, dropped).
+        size: side length of the training images (an export's ``preprocess.image_size``).
+        channels: 1 (grayscale: RGB is converted by luma) or 3 (RGB: gray is repeated).
+
+    Raises:
+        ValueError: not a 2-D or 3-D image with 1, 3 or 4 channels.
+    """
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    if x.dim() == 2:
+        x = x[None]
+    elif x.dim() == 3 and x.shape[0] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        x = x.permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
+    if x.dim() != 3 or x.shape[0] not in (1, 3, 4):
+        raise ValueError(f"expected an (H, W), (C, H, W) or (H, W, C) image with 1, 3 or 4 "
+                         f"channels, got shape {tuple(x.shape)}")
+    x = x[:3].float()  # drop alpha
+    if x.shape[0] == 3 and channels == 1:
+        x = (x * torch.tensor(_LUMA).view(3, 1, 1)).sum(0, keepdim=True)
+    elif x.shape[0] == 1 and channels == 3:
+        x = x.expand(3, -1, -1)
+    if tuple(x.shape[-2:]) != (size, size):  # to the training data's native size
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)[0]
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def prepare_images(images: Any, preprocess: dict[str, Any]) -> torch.Tensor:
+    """Images of any size, grayscale or RGB, as the float batch an exported classifier takes.
+
+    Args:
+        images: one image or a list of images, each as :func:`fit_image` takes it.
+        preprocess: an export's ``config["preprocess"]`` (``image_size``, ``in_channels``,
+            ``mean``, ``std``, ``resize``).
+    """
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    batch = torch.stack([fit_image(im, preprocess["image_size"], preprocess["in_channels"])
+                         for im in images])
+    return preprocess_images(batch, preprocess["mean"], preprocess["std"],
+                             preprocess.get("resize"), channels=preprocess.get("channels"),
+                             center_crop=preprocess.get("center_crop"))

@@ -16,6 +16,7 @@ from test_seq2seq import write_fra_txt
 from torch import nn
 
 import train
+from callbacks.progress import TerminalProgress
 from conftest import ROOT, make_idx_dataset, read_results
 from models import Recipe, get_spec, model_names
 from training.config import RECIPE_SECTIONS, SECTIONS, Layer, dump_config, load_config_file, resolve
@@ -163,7 +164,10 @@ PROBES = {
     "--fast-dev-run": (["--model", "mlp", "--fast-dev-run", "2"],
                        lambda b: b.trainer.fast_dev_run == 2),
     "--progress-bar": (["--model", "mlp", "--progress-bar"],
-                       lambda b: b.trainer.progress_bar_callback is not None),
+                       lambda b: isinstance(b.trainer.progress_bar_callback,
+                                            TerminalProgress)),
+    "--progress-every": (["--model", "mlp", "--no-progress-bar", "--progress-every", "7"],
+                         lambda b: b.trainer.progress_bar_callback.every_n_steps == 7),
     "--run-dir": (["--model", "mlp"], lambda b: Path(b.trainer.default_root_dir) == b.run_dir
                   and b.run_dir.is_dir()),
     "--seed": (["--model", "mlp", "--seed", "7"], lambda b: b.dm.seed == 7),
@@ -178,6 +182,9 @@ PROBES = {
                      lambda b: b.wandb["tags"] == ["a", "b"]),
     "--ckpt-every-n-steps": (["--model", "mlp", "--ckpt-every-n-steps", "3"],
                              lambda b: 3 in ckpt_every(b)),
+    "--diverged-after": (["--model", "mlp", "--diverged-after", "7"],
+                         lambda b: any(getattr(c, "diverged_after", None) == 7
+                                       for c in b.trainer.callbacks)),
     "--test": (["--model", "mlp", "--no-test", "--fast-dev-run"], None),  # see below
 }
 

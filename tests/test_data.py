@@ -13,7 +13,15 @@ import torch
 from conftest import make_idx_dataset, write_idx
 from datamodules import DataError, resolve_data_dir
 from datamodules.download import RemoteFile, download, ensure_files
-from datamodules.idx import FASHION_MNIST, MNIST, load_split, read_idx, split_indices
+from datamodules.idx import (
+    FASHION_MNIST,
+    MNIST,
+    default_val_size,
+    load_idx_split,
+    load_split,
+    read_idx,
+    split_indices,
+)
 from datamodules.loader import TensorBatchLoader
 from datamodules.registry import build_datamodule, data_names, data_tasks
 
@@ -56,7 +64,7 @@ def test_download_checks_checksum_and_writes_nothing_on_mismatch(tmp_path) -> No
     wrong = RemoteFile("f.gz", "md5:" + "0" * 32, [mirror.as_uri()])
     with pytest.raises(DataError, match="checksum mismatch"):
         download(wrong, dest)
-    assert list(dest.iterdir()) == []  # no partial or temporary file left behind
+    assert not dest.exists()  # no partial or temporary file, not even the folder, left behind
     right = RemoteFile("f.gz", "md5:" + hashlib.md5(payload).hexdigest(),
                        ["http://127.0.0.1:9/", mirror.as_uri()])  # first mirror fails
     assert download(right, dest).read_bytes() == payload
@@ -164,3 +172,30 @@ def test_fixture_builder_makes_learnable_classes(tmp_path) -> None:
     make_idx_dataset(tmp_path / "mnist", n_train=20, n_test=10)
     x, y = load_split(MNIST, tmp_path, "test")
     assert x.shape == (10, 28, 28) and set(y.tolist()) == set(range(10))
+
+
+def test_split_sizes_at_their_boundaries_and_the_default_val_size() -> None:
+    """1 and n - 1 validation examples fit; 0 and n are refused with the range that fits."""
+    assert [len(t) for t in split_indices(5, 1, seed=0)] == [4, 1]
+    assert [len(t) for t in split_indices(5, 4, seed=0)] == [1, 4]
+    for bad in (0, 5):
+        with pytest.raises(DataError, match=f"^validation size {bad} must be between 1 and 4$"):
+            split_indices(5, bad, seed=0)
+    # one twelfth, at least one: MNIST's 60,000 -> 5,000; 6 -> round(0.5) = 0 -> 1
+    assert [default_val_size(n) for n in (60000, 24, 6)] == [5000, 2, 1]
+
+
+def test_load_split_serves_the_seeded_train_val_split_and_the_test_files(tmp_path) -> None:
+    make_idx_dataset(tmp_path / "mnist", n_train=24, n_test=10)
+    xi, yi = load_idx_split(MNIST, tmp_path, train=True)
+    xt, yt = load_idx_split(MNIST, tmp_path, train=False)
+    x, y = load_split(MNIST, tmp_path, "test")
+    assert torch.equal(x, xt) and torch.equal(y, yt) and len(y) == 10
+    tr, va = split_indices(24, 2, seed=0)  # the default: seed 0, 24 / 12 = 2 for validation
+    for split, idx in (("train", tr), ("val", va)):
+        x, y = load_split(MNIST, tmp_path, split)
+        assert torch.equal(x, xi[idx]) and torch.equal(y, yi[idx])
+    x, y = load_split(MNIST, tmp_path, "val", seed=5, val_size=3)
+    assert torch.equal(y, yi[split_indices(24, 3, seed=5)[1]]) and len(y) == 3
+    with pytest.raises(DataError, match="^unknown split 'dev'; choose from: train, val, test$"):
+        load_split(MNIST, tmp_path, "dev")

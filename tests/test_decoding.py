@@ -11,7 +11,7 @@ import torch
 from test_reported_numbers import BEAM_CASES, BOS, EOS, FixedMarkov
 
 from models import build_model
-from models.decoding import beam_search, greedy_decode, length_penalty, search
+from models.decoding import beam_search, greedy_decode, length_penalty, map_tensors, search
 
 SRC, VALID = torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 2])
 
@@ -124,3 +124,14 @@ def test_returned_attention_covers_each_sentences_tokens_and_eos(name: str) -> N
                                          return_attention=True)
         assert alone == [seq]
         torch.testing.assert_close(a, a_alone)
+
+
+def test_map_tensors_reorders_beam_states_of_nested_containers() -> None:
+    """Beam search reorders a model's state with it: dict, tuple and list states alike."""
+    t = torch.arange(3)
+    state = {"cache": (t, [t + 1, "tag"]), "step": 2, "h": t + 2}
+    out = map_tensors(state, lambda x: x * 10)
+    assert set(out) == {"cache", "step", "h"} and out["step"] == 2
+    assert torch.equal(out["h"], (t + 2) * 10) and torch.equal(out["cache"][0], t * 10)
+    assert isinstance(out["cache"], tuple) and isinstance(out["cache"][1], list)
+    assert torch.equal(out["cache"][1][0], (t + 1) * 10) and out["cache"][1][1] == "tag"

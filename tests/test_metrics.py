@@ -191,3 +191,24 @@ def test_bert_training_epoch_metrics(tmp_path) -> None:
     assert m["train/loss_epoch"] == pytest.approx(exp["loss_per_example"], rel=1e-5)
     assert m["train/mlm_ppl"] == pytest.approx(torch.tensor(exp["mlm_loss"]).exp().item(),
                                                rel=1e-5)
+
+
+def test_translation_metric_loss_applies_label_smoothing_over_non_pad_tokens(tmp_path) -> None:
+    """``--label-smoothing`` reaches the translation loss (it was only tested for images)."""
+    dm = EngFraDataModule(write_fra(tmp_path), batch_size=16, num_steps=12, max_examples=200)
+    dm.setup()
+    torch.manual_seed(0)
+    kw = {"num_hiddens": 16, "ffn_num_hiddens": 16, "num_heads": 2, "num_layers": 1,
+          "dropout": 0.0}
+    module = task_module("seq2seq")("transformer_mt", **dm.data_info(), model_kwargs=kw,
+                                    label_smoothing=0.2)
+    src, tgt_in, valid, tgt_out = (t[:16] for t in dm.train_set)
+    with torch.no_grad():
+        _, loss, mask = module._loss((src, tgt_in, valid, tgt_out))
+        out = module.model.eval()(src, tgt_in, valid)
+    logits = out[0] if isinstance(out, tuple) else out  # (B, T, V)
+    logp = F.log_softmax(logits.double(), -1)[mask]  # (N, V): the non-pad targets
+    nll = -logp.gather(1, tgt_out[mask][:, None]).squeeze(1)
+    expected = (0.8 * nll - 0.2 * logp.mean(-1)).mean()  # (1 - e) nll + e * uniform CE
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(expected.item() - nll.mean().item()) > 1e-3  # the smoothing changes the value

@@ -109,3 +109,31 @@ def test_time_machine_held_out_tail_sizes(tmp_path) -> None:
     assert sizes("abc", 0.5)["train"] == 2  # two training tokens are enough
     with pytest.raises(DataError, match="^The Time Machine holds only 2 char tokens$"):
         sizes("ab", 0.5)
+
+
+@pytest.mark.parametrize("sampler", ["random", "sequential"])
+def test_datamodule_train_loader_passes_its_sampler_seed_offset_and_rank(tmp_path, sampler) -> None:
+    """The Time Machine's training loader is the chosen sampler, seeded, sharded by rank."""
+    from types import SimpleNamespace
+    (tmp_path / "timemachine").mkdir()
+    (tmp_path / "timemachine" / "timemachine.txt").write_text(
+        "the time traveller for so it will be convenient to speak of him " * 40,
+        encoding="utf-8")
+    dm = build_datamodule("time_machine", data_dir=str(tmp_path), batch_size=3, num_steps=5,
+                          seed=7, sampler=sampler)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(global_rank=1, world_size=2)  # the second of two processes
+    corpus = dm.corpora["train"]
+    if sampler == "random":
+        expected = RandomWindowLoader(corpus, 3, 5, 7, 1, 2)
+    else:  # the Time Machine draws a seeded random offset each epoch (d2l §9.3.3)
+        expected = SequentialLoader(corpus, 3, 5, random_offset=True, seed=7, rank=1,
+                                    world_size=2)
+    loader = dm.train_dataloader()
+    assert type(loader) is type(expected)
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)  # what Lightning calls each epoch
+        expected.sampler.set_epoch(epoch)
+        got, want = list(loader), list(expected)
+        assert len(got) == len(want) > 0
+        assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, want))

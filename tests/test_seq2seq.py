@@ -13,9 +13,11 @@ from torchmetrics.text import SacreBLEUScore
 
 import train
 from conftest import ROOT, read_results, run_cli
+from datamodules import DataError
 from datamodules.fra_eng import EngFraDataModule
 from datamodules.fra_eng_text import (
     preprocess_fra_eng,
+    split_by_source,
     tokenize_sentence,
 )
 from lit_models import TranslationTask, load_checkpoint
@@ -349,3 +351,42 @@ def test_rnn_translation_models_use_the_books_xavier_init(name) -> None:
     assert plain.dense.weight.abs().max() < 0.9 * (6 / (128 + 200)) ** 0.5
     with pytest.raises(ValueError, match="xavier, pytorch"):
         build_model(name, src_vocab_size=3, tgt_vocab_size=3, init="he")
+
+
+def test_fra_eng_split_sizes_defaults_and_refusals(fra_root) -> None:
+    """Book setting: the last val_size pairs (default a fifth); full corpus: by source groups."""
+    book = EngFraDataModule(fra_root, max_examples=100)
+    book.setup()
+    assert [len(book.split_pairs[s]) for s in ("train", "val")] == [80, 20]
+    book = EngFraDataModule(fra_root, max_examples=100, val_size=7)
+    book.setup()
+    assert [len(book.split_pairs[s]) for s in ("train", "val")] == [93, 7]
+    for bad in (0, 100):
+        with pytest.raises(DataError, match=f"^fra-eng: val_size {bad} does not fit 100 pairs$"):
+            EngFraDataModule(fra_root, max_examples=100, val_size=bad).setup()
+    # full corpus: the default val_size (5,000) and test_size do not fit 400 pairs; nor do an
+    # empty validation split or sizes that leave no training data
+    for kw, val in (({"test_size": 10}, 5000), ({"val_size": 0, "test_size": 10}, 0),
+                    ({"val_size": 200, "test_size": 200}, 200)):
+        with pytest.raises(DataError, match=f"^fra-eng: 400 pairs are too few for val_size {val} "
+                                            f"and test_size {kw['test_size']}"):
+            EngFraDataModule(fra_root, **kw).setup()
+
+
+def test_fra_eng_split_min_freq_reaches_both_vocabularies(fra_root) -> None:
+    sizes = {}
+    for min_freq in (1, 2):
+        dm = EngFraDataModule(fra_root, val_size=40, test_size=40, min_freq=min_freq)
+        dm.setup()
+        sizes[min_freq] = (len(dm.src_vocab), len(dm.tgt_vocab))
+    assert sizes[1][0] > sizes[2][0] and sizes[1][1] > sizes[2][1]
+
+
+def test_split_by_source_fills_test_then_val_to_exactly_their_sizes_with_single_groups() -> None:
+    train, val, test = split_by_source([f"s{i}" for i in range(10)], 2, 3, seed=0)
+    assert (len(train), len(val), len(test)) == (5, 2, 3)
+    assert sorted(train + val + test) == list(range(10))
+
+
+def test_preprocess_spaces_punctuation_from_the_second_character_on() -> None:
+    assert preprocess_fra_eng("a!") == "a !" and preprocess_fra_eng("!a") == "!a"

@@ -41,10 +41,13 @@ def _records(path: Path):
 
 
 def read_run(run_file: Path) -> dict:
-    """``{"config": {...}, "history": [{key: value}...], "summary": {...}}`` of a run file."""
+    """``{"config", "history": [{key: value}...], "summary", "artifacts"}`` of a run file.
+
+    Each artifact is ``{"name", "type", "files"}`` (the manifest's paths).
+    """
     from wandb.proto import wandb_internal_pb2 as pb
 
-    out: dict = {"config": {}, "history": [], "summary": {}}
+    out: dict = {"config": {}, "history": [], "summary": {}, "artifacts": []}
     for raw in _records(Path(run_file)):
         rec = pb.Record()
         rec.ParseFromString(raw)
@@ -55,6 +58,10 @@ def read_run(run_file: Path) -> dict:
         elif kind == "summary":
             for i in rec.summary.update:
                 out["summary"][i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+        elif kind == "artifact":
+            out["artifacts"].append({
+                "name": rec.artifact.name, "type": rec.artifact.type,
+                "files": sorted(e.path for e in rec.artifact.manifest.contents)})
         elif kind == "config":
             for i in rec.config.update:
                 out["config"][i.key or "/".join(i.nested_key)] = json.loads(i.value_json)

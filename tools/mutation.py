@@ -4,7 +4,9 @@ Each target pairs modules with the test files (and a ``-k`` selection) that guar
 target takes minutes. For each target the checkout is copied to ``build/mutation/TARGET/``,
 mutmut (https://github.com/boxed/mutmut, 3.x) is configured there and run, and every mutant
 that is not killed is printed with its diff and written to ``build/mutation/TARGET/survivors.md``.
-``docs/testing.md`` records, per module, which survivors remain and why each is harmless.
+``docs/testing.md`` records, per module, which survivors remain and why each is harmless;
+``tools/mutation-justified.txt`` lists them by function and mutated line, and a run fails
+(exit 1) only on a survivor that is not in that list, printing it.
 
 mutmut skips decorated functions (it cannot place its trampoline under a decorator). In the
 copy, and only there, ``@torch.no_grad()`` above a function is rewritten as the equivalent
@@ -33,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "mutation"
+JUSTIFIED = ROOT / "tools" / "mutation-justified.txt"
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,9 @@ TARGETS: dict[str, Target] = {
         ["datamodules/idx.py", "datamodules/vision.py", "datamodules/fra_eng.py",
          "datamodules/fra_eng_text.py", "datamodules/bert.py"],
         ["tests/test_data.py", "tests/test_seq2seq.py", "tests/test_bert.py",
-         "tests/test_reported_numbers.py"],
+         "tests/test_reported_numbers.py", "tests/test_metrics.py"],
         "split or raw_idx or vocabularies or segments or batches_follow or masking or nsp "
-        "or redraw or datamodule_shapes or preprocessing",
+        "or redraw or datamodule_shapes or preprocess or translat",
         ["datamodules.idx.split_indices", "datamodules.idx.default_val_size",
          "datamodules.idx.load_split", "datamodules.vision.IDXDataModule.setup",
          "datamodules.fra_eng.EngFraDataModule.setup", "datamodules.fra_eng_text.*",
@@ -216,6 +219,27 @@ def mutant_patterns(target: Target, functions: list[str] | None = None) -> list[
     return out
 
 
+def survivor_key(mutant: str, diff: str) -> str:
+    """``function: mutated line`` of a mutant, stable when other mutants are renumbered."""
+    function = re.sub(r"__mutmut_\d+$", "", mutant.rsplit(".", 1)[-1])
+    added = [line[1:].strip() for line in diff.splitlines()
+             if line.startswith("+") and not line.startswith("+++")]
+    return f"{function}: {' / '.join(added)}"
+
+
+def justified_keys(target: str) -> set[str]:
+    """The survivors of ``target`` that ``docs/testing.md`` justifies (see JUSTIFIED)."""
+    if not JUSTIFIED.exists():
+        return set()
+    keys = set()
+    for line in JUSTIFIED.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, key = line.partition(" ")
+            if name == target:
+                keys.add(key.strip())
+    return keys
+
+
 def run_target(name: str, target: Target, max_children: int | None) -> dict[str, list[str]]:
     """Mutate one target; return mutant names by status (killed mutants not listed)."""
     work = BUILD / name
@@ -241,7 +265,7 @@ def run_target(name: str, target: Target, max_children: int | None) -> dict[str,
         tail = (work / "mutmut-run.log").read_text(errors="replace").replace("\r", "\n")
         print(f"   {name}: mutmut failed (exit {rc.returncode}); the end of "
               f"{(work / 'mutmut-run.log').relative_to(ROOT)}:\n{tail[-1500:]}", flush=True)
-        return {"mutmut failed": [name]}
+        return {"mutmut failed": [name], "not justified": [f"{name} (mutmut failed)"]}
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
                          env=env, capture_output=True, text=True).stdout
     by_status: dict[str, list[str]] = {}
@@ -250,17 +274,26 @@ def run_target(name: str, target: Target, max_children: int | None) -> dict[str,
         if m and any(fnmatch.fnmatch(m.group(1), p) for p in patterns):
             by_status.setdefault(m.group(2), []).append(m.group(1))
     report = [f"# mutmut survivors: {name} ({time.time() - start:.0f} s)\n"]
+    justified, unjustified = justified_keys(name), []
     for status, names in sorted(by_status.items()):
         if status in ("killed", "not checked"):
             continue
         for mutant in names:
             diff = subprocess.run([sys.executable, "-m", "mutmut", "show", mutant], cwd=work,
                                   env=env, capture_output=True, text=True).stdout
-            report.append(f"## {status}: {mutant}\n\n```diff\n{diff.strip()}\n```\n")
+            key = survivor_key(mutant, diff)
+            if key not in justified:
+                unjustified.append(f"{name} {key}")
+            report.append(f"## {status}: {mutant}\n\n`{name} {key}`\n\n"
+                          f"```diff\n{diff.strip()}\n```\n")
     (work / "survivors.md").write_text("\n".join(report), encoding="utf-8")
     counts = ", ".join(f"{s} {len(n)}" for s, n in sorted(by_status.items()))
     print(f"   {name}: {counts} in {time.time() - start:.0f} s; survivors with diffs: "
           f"{(work / 'survivors.md').relative_to(ROOT)}", flush=True)
+    print(f"   {name}: {len(unjustified)} survivor(s) not justified in "
+          f"{JUSTIFIED.relative_to(ROOT)}" + "".join(f"\n      {u}" for u in unjustified),
+          flush=True)
+    by_status["not justified"] = unjustified
     return by_status
 
 
@@ -281,12 +314,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {' '.join(t.modules)}\n    tests: {' '.join(t.tests)} "
                   f"-k {t.select!r}\n    functions: {' '.join(t.functions)}")
         return 0
-    survived = 0
+    survived = unjustified = 0
     for name in args.targets or list(TARGETS):
         by_status = run_target(name, TARGETS[name], args.max_children)
+        unjustified += len(by_status.pop("not justified", []))
         survived += sum(len(v) for k, v in by_status.items() if k != "killed")
-    print(f"{survived} mutant(s) not killed; compare with docs/testing.md")
-    return 1 if survived else 0
+    print(f"{survived} mutant(s) not killed, {unjustified} of them not justified "
+          f"(docs/testing.md, {JUSTIFIED.relative_to(ROOT)})")
+    return 1 if unjustified else 0
 
 
 if __name__ == "__main__":

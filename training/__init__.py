@@ -6,6 +6,7 @@
   the model's recipe.
 - :mod:`training.checks`: each section checked against the constructor that takes it.
 - :mod:`training.runs`: choosing a run folder, and planning a resume from the folder alone.
+- :mod:`training.faults`: missing hardware, a full disk and SIGTERM as one-sentence errors.
 - :mod:`training.listing`: ``train.py --list [MODEL]``.
 - :mod:`training.sweep`: grid and random searches, one run folder per trial.
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections.abc
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -223,3 +224,92 @@ def check_constructor_section(section: str, values: dict[str, Any], consumer: Co
                 out[key] = p.default
     order = [*consumer.reserved, *accepted]
     return {**{k: out[k] for k in order if k in out}, **extras}
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    def test(v: Any) -> bool:  # a list (e.g. the widths of an MLP's layers): each value
+        if isinstance(v, (list, tuple)):
+            return all(map(test, v))
+        return isinstance(v, (int, float)) and math.isfinite(v) and v >= low
+    return test
+
+
+def _fraction(v: Any) -> bool:
+    if isinstance(v, (list, tuple)):
+        return all(map(_fraction, v))
+    return isinstance(v, (int, float)) and 0 <= v < 1
+
+
+def _devices(v: Any) -> bool:
+    if isinstance(v, int):
+        return v >= 1 or v == -1
+    if isinstance(v, str):
+        return v == "auto" or all(p.strip().isdigit() for p in v.split(",") if p.strip()) \
+            and any(p.strip() for p in v.split(","))
+    return isinstance(v, list) and all(isinstance(i, int) and i >= 0 for i in v)
+
+
+#: ``(section, key) -> (test, what it must be)``; ``None`` values are skipped (unset)
+VALUE_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("data", "batch_size"): (_at_least(1), "at least 1"),
+    ("data", "val_size"): (_at_least(0), "0 or more"),
+    ("data", "num_steps"): (_at_least(1), "at least 1"),
+    ("data", "max_examples"): (_at_least(1), "at least 1"),
+    ("data", "max_len"): (_at_least(1), "at least 1"),
+    ("model", "num_hiddens"): (_at_least(1), "at least 1"),
+    ("model", "num_layers"): (_at_least(1), "at least 1"),
+    ("model", "dropout"): (_fraction, "in [0, 1)"),
+    ("task", "beam_size"): (_at_least(1), "at least 1"),
+    ("optim", "lr"): (_at_least(0), "a finite number, 0 or more"),
+    ("optim", "weight_decay"): (_at_least(0), "a finite number, 0 or more"),
+    ("optim", "momentum"): (_at_least(0), "a finite number, 0 or more"),
+    ("optim", "label_smoothing"): (_fraction, "in [0, 1)"),
+    ("optim", "gradient_clip_val"): (lambda v: _at_least(0)(v) and v > 0,
+                                     "a finite number above 0"),
+    ("trainer", "max_epochs"): (lambda v: v == -1 or _at_least(1)(v),
+                                "at least 1 (or -1 with --max-steps)"),
+    ("trainer", "max_steps"): (lambda v: v == -1 or _at_least(1)(v), "at least 1 (or -1: off)"),
+    ("trainer", "accumulate_grad_batches"): (_at_least(1), "at least 1"),
+    ("trainer", "num_nodes"): (_at_least(1), "at least 1"),
+    ("trainer", "devices"): (_devices, "a count of at least 1, -1 (all), 'auto', or device "
+                             "indices such as 0,1"),
+    ("trainer", "accelerator"): (lambda v: v in ACCELERATORS,
+                                 "one of " + ", ".join(("auto", "cpu", "gpu", "cuda", "mps",
+                                                        "tpu"))),
+    ("trainer", "fast_dev_run"): (_at_least(0), "0 or more"),
+    ("run", "ckpt_every_n_steps"): (_at_least(0), "0 or more"),
+    ("run", "diverged_after"): (_at_least(0), "0 or more"),
+}
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def check_values(cfg: dict[str, dict[str, Any]], sources: dict[tuple[str, str], Any]) -> None:
+    """Refuse values no run can use (a batch size of 0, a NaN learning rate...).
+
+    Raises:
+        training.config.ConfigError: one sentence naming the source of the value.
+    """
+    from .config import ConfigError
+
+    for (section, key), (test, must) in VALUE_RULES.items():
+        value = cfg.get(section, {}).get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        if not test(value):
+            raise ConfigError(f"{sources.get((section, key), 'default')}: {section}.{key} "
+                              f"must be {must}, got {value!r}")
+    for split in ("train", "val", "test"):  # an int counts batches, a float is a fraction
+        key = f"limit_{split}_batches"
+        value = cfg.get("trainer", {}).get(key)
+        low = 0 if split != "train" else 1e-300
+        if value is not None and not (low <= value <= (1.0 if isinstance(value, float)
+                                                        else math.inf)):
+            raise ConfigError(f"{sources.get(('trainer', key), 'default')}: trainer.{key} "
+                              f"must be a batch count or a fraction in [0, 1]"
+                              + (" above 0 (training needs a batch)" if split == "train" else "")
+                              + f", got {value!r}")
+    tr = cfg.get("trainer", {})
+    if tr.get("max_epochs") == -1 and tr.get("max_steps", -1) == -1:
+        raise ConfigError(f"{sources.get(('trainer', 'max_epochs'), 'default')}: "
+                          "trainer.max_epochs -1 (no limit) needs --max-steps N")
+

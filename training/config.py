@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .checks import check_constructor_section
+from .checks import check_constructor_section, check_values
 from .flags import build_parser, flag_actions
 
 SECTIONS = ("model", "data", "task", "optim", "trainer", "run")
@@ -276,6 +276,7 @@ def resolve(layers: Sequence[Layer]) -> Config:
     for section in SECTIONS:
         cfg[section] = check_constructor_section(
             section, values[section], consumers[section], flags, sources, optional)
+    check_values(cfg, sources)
     return cfg
 
 

@@ -12,6 +12,12 @@ from typing import Any
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
+#: as ``lit_models.OPTIMIZERS`` / ``SCHEDULERS`` (a test checks), so that ``--help`` builds the
+#: parser without importing torch or Lightning
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
+#: sections whose unset values come from the model's recipe, else its constructors' defaults
+FROM_RECIPE = ("model", "data", "task", "optim")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,11 +64,14 @@ class _ToDict(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI. Each flag's ``dest`` is ``section.key``; flags that are not set stay absent."""
-    from lit_models import OPTIMIZERS, SCHEDULERS
+    """The CLI. Each flag's ``dest`` is ``section.key``; flags that are not set stay absent.
 
+    Each help line ends with the effective default once: the flag's own, or "(from the
+    recipe)" for the sections a recipe fills (resolved per model by ``--list MODEL``).
+    """
     p = _Parser(prog="train.py", description="Train any registered model with one Lightning "
-                "Trainer. Unset values come from the model's recipe (see --list MODEL).",
+                "Trainer. Unset values come from the model's recipe, else from the constructor "
+                "that takes them (see --list MODEL).",
                 epilog="Any config key can also be set as --SECTION.KEY=VALUE "
                 "(e.g. --optim.lr=0.05, --model.activation=relu).")
 
@@ -71,8 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
         def add(flag: str, key: str | None = None, default: Any = None, **kw: Any):
             key = key or flag[2:].replace("-", "_")
-            if default is not None and "help" in kw:
+            if "default:" in kw["help"] or "(from the recipe" in kw["help"]:
+                pass  # the help text says it
+            elif default is not None and kw.get("action") != "store_true":
                 kw["help"] += f" (default: {default})"
+            elif name in FROM_RECIPE and key != "*":
+                kw["help"] += " (from the recipe)"
+            if not {"action", "metavar", "choices"} & kw.keys() and key != "*":
+                kw["metavar"] = key.upper()
             action = group.add_argument(flag, dest=f"{name}.{key}", default=argparse.SUPPRESS,
                                         **kw)
             action.config_default = default
@@ -92,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="PATH|last",
                    help="continue a run from its folder alone: 'last' (of --run-dir, else the "
                    "newest run) or a checkpoint path; only --max-epochs, --max-steps, "
-                   "--limit-*-batches, --progress-bar, --data-dir, --logger, --wandb-*, "
-                   "--ckpt-every-n-steps and --test may be given with it")
+                   "--limit-*-batches, --progress-bar, --progress-every, --data-dir, --logger, "
+                   "--wandb-*, --ckpt-every-n-steps and --test may be given with it")
     g.add_argument("--sweep", metavar="SWEEP.yaml",
                    help="run a grid or random search, one run folder per trial (see README)")
 
@@ -102,17 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
       default="lenet")
     m("--recipe", metavar="NAME", help="named recipe of the model (d2l, modern...)",
       default="d2l")
-    m("--num-hiddens", type=int, help="model width")
+    m("--num-hiddens", type=int, help="model width (hidden units, channels or d_model)")
     m("--num-layers", type=int, help="stacked layers (deep RNN, Transformer)")
     m("--dropout", type=float, help="dropout probability")
     m("--model-arg", key="*", type=_key_value, action="append", metavar="KEY=VALUE",
       help="any other constructor argument of the model")
 
     d = section("data", "the DataModule")
-    d("--data", key="name", metavar="NAME", help="dataset (default: the model's)")
-    d("--data-dir", help="data root (else $D2L_DATA_DIR, else ./data)")
-    d("--batch-size", type=int, help="batch size (from the recipe)")
-    d("--val-size", type=int, help="validation examples (default: 1/12 of train)")
+    d("--data", key="name", metavar="NAME", help="dataset (default: the model's own)")
+    d("--data-dir", help="data root (default: $D2L_DATA_DIR, else ./data)")
+    d("--batch-size", type=int, help="examples per batch")
+    d("--val-size", type=int, help="validation examples (default: the DataModule's, e.g. 1/12 "
+      "of train for images)")
     d("--num-steps", type=int, help="tokens per sequence (d2l num_steps)")
     d("--level", choices=("char", "word"), help="token level of The Time Machine")
     d("--sampler", choices=("random", "sequential"),
@@ -123,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="any other DataModule argument")
 
     t = section("task", "loss, metrics, decoding and preprocessing of the task family")
-    t("--resize", type=int, help="side length the image model sees (from the recipe)")
-    t("--channels-last", action="store_true", help="channels-last convolutions (images)")
+    t("--resize", type=int, help="side length the image model sees")
+    t("--channels-last", action="store_true",
+      help="channels-last convolutions (images; default: off, or the recipe's)")
     t("--beam-size", type=int, help="beam search width for evaluation (1: greedy)")
     t("--length-penalty", type=float, help="beam search length penalty alpha")
     t("--init-from", metavar="SOURCE",
@@ -136,13 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
       help="any other argument of the task module")
 
     o = section("optim", "optimisation (every value from the recipe unless set)")
-    o("--optimizer", choices=OPTIMIZERS, help="optimizer")
-    o("--lr", type=float, help="learning rate")
-    o("--scheduler", choices=SCHEDULERS, help="learning-rate schedule")
-    o("--weight-decay", type=float, help="weight decay")
-    o("--momentum", type=float, help="SGD momentum")
-    o("--label-smoothing", type=float, help="cross-entropy label smoothing")
-    o("--gradient-clip-val", type=float, help="clip the gradient norm to this value")
+    o("--optimizer", choices=OPTIMIZERS, help="the optimizer's algorithm")
+    o("--lr", type=float, help="learning rate (the peak rate of onecycle)")
+    o("--scheduler", choices=SCHEDULERS, help="learning-rate schedule: step (x0.1 every third "
+      "of the epochs), cosine or onecycle (over all steps), plateau (x0.1 after 3 epochs "
+      "without progress of the monitored metric)")
+    o("--weight-decay", type=float, help="L2 penalty (decoupled for adamw)")
+    o("--momentum", type=float, help="SGD momentum (ignored by adam and adamw)")
+    o("--label-smoothing", type=float, help="cross-entropy label smoothing (classifiers, "
+      "translation)")
+    o("--gradient-clip-val", type=float, help="clip the gradient norm to this value "
+      "(default: no clipping, or the recipe's)")
     o("--lr-mult", nargs="+", type=_prefix_factor, action=_ToDict, metavar="PREFIX=FACTOR",
       help="learning-rate factor per module-name prefix, e.g. backbone=0.1 ('head': the "
       "classifier)")
@@ -157,16 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr("--strategy", choices=STRATEGIES, default="auto", help="distributed strategy")
     tr("--num-nodes", type=int, default=1, help="machines")
     tr("--precision", choices=PRECISIONS, default="32-true", help="numeric precision")
-    tr("--compile", action="store_true", default=False, help="torch.compile the model")
+    tr("--compile", action="store_true", default=False,
+       help="torch.compile the model (default: off)")
     tr("--deterministic", action="store_true", default=False,
-       help="deterministic algorithms only")
-    tr("--limit-train-batches", type=_limit, help="batches (int) or fraction (float) per epoch")
-    tr("--limit-val-batches", type=_limit, help="as --limit-train-batches, validation")
-    tr("--limit-test-batches", type=_limit, help="as --limit-train-batches, test")
+       help="deterministic algorithms only (default: off)")
+    tr("--limit-train-batches", type=_limit,
+       help="batches (int) or fraction (float) per epoch (default: all)")
+    tr("--limit-val-batches", type=_limit, help="as --limit-train-batches, validation "
+       "(default: all)")
+    tr("--limit-test-batches", type=_limit, help="as --limit-train-batches, test (default: all)")
     tr("--fast-dev-run", type=int, nargs="?", const=1, default=0, metavar="N",
-       help="run N (flag alone: 1) batches of each split as a smoke test")
+       help="smoke test: N batches (flag alone: 1) of each split, no checkpoints, metrics or "
+       "plots; config.yaml, results.json and export/ are written (default: 0)")
     tr("--progress-bar", action=argparse.BooleanOptionalAction,
        help="show the progress bar (default: when stderr is a terminal)")
+    tr("--progress-every", type=int, default=0, metavar="N",
+       help="without the bar, a progress line every N steps within an epoch as well as after "
+       "each epoch (0: every 30 s)")
 
     r = section("run", "run folder, seed, logging and checkpoints")
     r("--run-dir", help="run folder (default: runs/MODEL-DATA-TIMESTAMP)")
@@ -174,12 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     r("--logger", choices=("csv", "tensorboard", "wandb"), default="csv",
       help="metrics.csv is always written; this adds TensorBoard or W&B")
     r("--wandb-project", default="d2l-lightning", help="W&B project")
-    r("--wandb-name", help="W&B run name")
-    r("--wandb-tags", nargs="*", default=[], help="W&B tags")
+    r("--wandb-name", help="W&B run name (default: W&B's random name)")
+    r("--wandb-tags", nargs="*", default=[], help="W&B tags (default: none)")
     r("--ckpt-every-n-steps", type=int, default=0,
       help="also refresh last.ckpt every N training steps (0: each epoch)")
+    r("--diverged-after", type=int, default=50, metavar="N",
+      help="warn when the training loss stays above 10x its first value for N steps (0: off)")
     r("--test", action=argparse.BooleanOptionalAction, default=True,
-      help="evaluate the test split after fit")
+      help="evaluate the test split after fit (default: --test)")
     return p
 
 

@@ -20,9 +20,10 @@ RUN_DIR_ENV = "_D2L_RUN_DIR"  # hands the run folder to DDP child processes
 RESUMABLE = {
     ("trainer", "max_epochs"), ("trainer", "max_steps"), ("trainer", "limit_train_batches"),
     ("trainer", "limit_val_batches"), ("trainer", "limit_test_batches"),
-    ("trainer", "progress_bar"), ("data", "data_dir"), ("run", "logger"),
+    ("trainer", "progress_bar"), ("trainer", "progress_every"), ("data", "data_dir"),
+    ("run", "logger"),
     ("run", "wandb_project"), ("run", "wandb_name"), ("run", "wandb_tags"),
-    ("run", "ckpt_every_n_steps"), ("run", "test"), ("run", "run_dir"),
+    ("run", "ckpt_every_n_steps"), ("run", "diverged_after"), ("run", "test"), ("run", "run_dir"),
 }
 #: schedules sized to the run's length when it starts, so its length cannot change on resume
 LENGTH_SCHEDULES = ("cosine", "onecycle")
@@ -115,6 +116,11 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
         raise ConfigError(f"--resume: {run_dir} is not a run folder of train.py "
                           "(it has no config.yaml)")
     if not ckpt.is_file():
+        if resume == "last" and not any(run_dir.glob("checkpoints/*.ckpt")):
+            raise ConfigError(f"--resume: {run_dir} has no checkpoint (the run stopped "
+                              "before its first one), so there is nothing to continue; start "
+                              "it again with the same command without --resume (--run-dir "
+                              f"{run_dir} is reused)")
         raise ConfigError(f"--resume: {run_dir} has no checkpoint to continue from "
                           f"({ckpt} does not exist)")
     layers = [load_config_file(config)]
@@ -159,12 +165,51 @@ def same_config(path: Path, cfg: Config) -> bool:
     return saved == json.loads(json.dumps(cfg, default=str))
 
 
+#: what a run writes into its folder before its first checkpoint
+RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "tensorboard", "wandb", "lightning_logs")
+
+
+def failed_start(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what a train.py run writes before its first checkpoint.
+
+    Its ``config.yaml`` must be a train.py config (the six sections), and nothing else may be
+    there but the files such a run writes (and earlier ``attempt-N/`` folders).
+    """
+    import yaml
+
+    from .config import SECTIONS
+
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    if not isinstance(saved, dict) or set(saved) != set(SECTIONS):
+        return False
+    return all(p.name in RUN_FILES or p.name.startswith("attempt-") for p in run_dir.iterdir())
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move everything in ``run_dir`` into a new ``run_dir/attempt-N/``; return that folder."""
+    n = 1
+    while (run_dir / f"attempt-{n}").exists():
+        n += 1
+    kept = run_dir / f"attempt-{n}"
+    entries = [p for p in run_dir.iterdir() if not p.name.startswith("attempt-")]
+    kept.mkdir()
+    for p in entries:
+        p.rename(kept / p.name)
+    return kept
+
+
 def prepare_run_dir(cfg: Config, resuming: bool) -> tuple[Path, bool]:
     """Pick the run folder and create it: ``(folder, whether config.yaml is already there)``.
 
     A folder that holds a run (a checkpoint or results) is never reused by a new run. A folder
     with only the same ``config.yaml`` (a run killed before its first checkpoint, e.g. a sweep
-    trial) is reused: nothing in it is lost, and ``metrics.csv`` skips rows it already has.
+    trial) is reused: nothing in it is lost, and ``metrics.csv`` skips rows it already has. A
+    folder with another ``config.yaml`` but no checkpoint or results (a run that failed before
+    its first checkpoint, e.g. on a data error) is not a run either: its files are moved to
+    ``attempt-N/`` inside it, and the folder is reused.
 
     Raises:
         ConfigError: the folder holds another run.
@@ -187,10 +232,15 @@ def prepare_run_dir(cfg: Config, resuming: bool) -> tuple[Path, bool]:
     written = config.exists()
     if not resuming and written:
         started = (run_dir / "results.json").exists() or any(run_dir.glob("checkpoints/*.ckpt"))
-        if started or not same_config(config, cfg):
+        if started or not same_config(config, cfg) and not failed_start(run_dir):
             raise ConfigError(f"{run_dir} already holds a run; choose another --run-dir, "
                               f"replay it elsewhere with --config {config} --run-dir NEW, or "
                               f"continue it with --resume last --run-dir {run_dir}")
+        if not same_config(config, cfg):  # a failed start with other settings: keep it aside
+            kept = set_aside(run_dir)
+            print(f"{run_dir} held a run that stopped before its first checkpoint; its files "
+                  f"are kept in {kept}", flush=True)
+            written = False
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir, written

@@ -1,0 +1,79 @@
+"""Per-step cost of one more callback such as the progress lines, amplified to rise above noise.
+
+The plain progress lines (``callbacks/progress.py``, ``LineProgress``) do one integer compare and
+one clock read per step between lines; what they cost is mostly Lightning dispatching every
+step hook to one more callback. Measured here with ``N`` callbacks doing what ``LineProgress``
+does per step, against none, in the same round (µs per step, softmax regression at batch 16):
+
+    python bench/callback_cost.py --data-dir ../shared/data [--rounds 8 --steps 1000 --n 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+
+from callbacks import TrainingMonitor  # noqa: E402
+from datamodules.registry import build_datamodule  # noqa: E402
+from lit_models import ImageClassificationTask  # noqa: E402
+
+
+class Probe(Callback):
+    """``LineProgress.on_train_batch_end`` between two lines: a compare and a clock read."""
+
+    every_n_steps = 0
+    next_time = float("inf")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: D102
+        if self.every_n_steps:
+            return
+        if time.monotonic() < self.next_time:
+            return
+
+
+def bare(dm, steps: int, n: int) -> float:
+    module = ImageClassificationTask("softmax_regression", **dm.data_info())
+    monitor = TrainingMonitor()
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[monitor, *(Probe() for _ in range(n))])
+    trainer.fit(module, datamodule=dm)
+    return monitor.elapsed / steps * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=os.environ.get("D2L_DATA_DIR", "data"))
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--n", type=int, default=20, help="callbacks added")
+    a = p.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    dm = build_datamodule("fashion_mnist", data_dir=a.data_dir, batch_size=16)
+    dm.setup()
+    per = []
+    print(f"softmax_regression, batch 16, {a.steps} steps, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"| round | no callback (us/step) | {a.n} callbacks | per callback |\n|---|---|---|---|")
+    for r in range(a.rounds):
+        base, more = bare(dm, a.steps, 0), bare(dm, a.steps, a.n)
+        per.append((more - base) / a.n)
+        print(f"| {r} | {base:.0f} | {more:.0f} | {per[-1]:+.1f} |", flush=True)
+    print(f"median per callback: {statistics.median(per):+.1f} us/step")
+
+
+if __name__ == "__main__":
+    main()

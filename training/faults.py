@@ -1,0 +1,74 @@
+"""Faults of a run: missing hardware, a full disk, SIGTERM (see docs/reliability.md).
+
+``train.py`` turns each into one sentence on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError
+from .runs import RUN_DIR_ENV
+
+#: errors of a full disk or a folder that cannot be written: one sentence, not a traceback
+WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.EDQUOT)
+
+
+def check_hardware(cfg: Config) -> None:
+    """Refuse an accelerator this machine lacks; warn about more CPU processes than cores.
+
+    Raises:
+        ConfigError: ``--accelerator gpu`` (or ``mps``) where there is none.
+    """
+    import torch
+
+    tr = cfg["trainer"]
+    acc = tr["accelerator"]
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--accelerator {acc}: this machine has no CUDA GPU that torch can "
+                          "use; choose --accelerator cpu (or auto)")
+    if acc == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--accelerator mps: this machine has no MPS device; choose "
+                          "--accelerator cpu (or auto)")
+    on_cpu = acc == "cpu" or acc == "auto" and not torch.cuda.is_available()
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    if on_cpu and isinstance(tr["devices"], int) and tr["devices"] > cores \
+            and RUN_DIR_ENV not in os.environ:
+        print(f"warning: --devices {tr['devices']} starts {tr['devices']} training processes "
+              f"on {cores} CPU cores; they will compete for the cores", file=sys.stderr)
+
+
+def remove_empty_folders(folder: Path) -> None:
+    """Remove ``folder`` and its sub-folders if they hold no file (a run that never started)."""
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    os.environ.pop(RUN_DIR_ENV, None)
+
+
+class TerminatedError(Exception):
+    """The run received SIGTERM (a scheduler's stop); the message says how to continue."""
+
+
+def terminated_message(trainer: Any, run_dir: Path) -> str:
+    """The one line that says where a SIGTERM stopped the run and how to continue it."""
+    from callbacks.faults import SigtermCheckpoint
+
+    saver = next(cb for cb in trainer.callbacks if isinstance(cb, SigtermCheckpoint))
+    resume = f"python train.py --resume last --run-dir {run_dir}"
+    if saver.step is not None:
+        return (f"stopped by SIGTERM at step {saver.step}, saved to {saver.path}; "
+                f"continue with: {resume}")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():  # during the test after fit: training had finished
+        return f"stopped by SIGTERM after training, before results.json; test with: {resume}"
+    return f"stopped by SIGTERM before the first training step; nothing to resume in {run_dir}"
+
