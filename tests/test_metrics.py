@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import Logger
 from test_reported_numbers import quiet_trainer, write_fra, write_wiki
 from torch import nn
 
 from datamodules.bert import BERTPretrainDataModule
 from datamodules.fra_eng import EngFraDataModule
+from datamodules.registry import build_datamodule
 from lit_models import task_module
 from models.bleu import corpus_bleu
 
@@ -212,3 +215,48 @@ def test_translation_metric_loss_applies_label_smoothing_over_non_pad_tokens(tmp
     expected = (0.8 * nll - 0.2 * logp.mean(-1)).mean()  # (1 - e) nll + e * uniform CE
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert abs(expected.item() - nll.mean().item()) > 1e-3  # the smoothing changes the value
+
+
+class _RecordingLogger(Logger):
+    """Keeps every ``log_metrics`` call: ``(step, metrics)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, dict]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.calls.append((step, dict(metrics)))
+
+
+class _StepLosses(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_step_train_loss_metric_is_written_at_step_0_and_every_n_steps(tmp_path) -> None:
+    """The per-step ``train/loss`` points: steps 0, n - 1, 2n - 1, ..., each with its loss."""
+    dm = build_datamodule("synthetic_regression", num_train=160, num_val=16, batch_size=16)
+    module = task_module("regression")("linear_regression", num_inputs=2, optimizer="sgd",
+                                       lr=0.05)
+    logger, losses = _RecordingLogger(), _StepLosses()
+    L.Trainer(accelerator="cpu", devices=1, logger=logger, max_epochs=1, limit_val_batches=0,
+              log_every_n_steps=4, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[losses], default_root_dir=tmp_path,
+              ).fit(module, datamodule=dm)
+    points = [(step, m["train/loss"]) for step, m in logger.calls if "train/loss" in m]
+    assert [step for step, _ in points] == [0, 3, 7]  # 10 steps
+    assert [v for _, v in points] == pytest.approx([losses.losses[s] for s in (0, 3, 7)])
