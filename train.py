@@ -200,10 +200,6 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
         raise ConfigError(f"model '{cfg['model']['name']}': {e}") from None
     if init:
         print(init, flush=True)
-    if cfg["task"].get("freeze") or cfg["optim"].get("lr_mult") or init:
-        from models.transfer import parameter_summary
-
-        print(f"{cfg['model']['name']}: {parameter_summary(module.model)}", flush=True)
     check_hardware(cfg)
     planned = cfg["run"]["run_dir"]
     existed = bool(planned) and Path(planned).exists()

@@ -16,7 +16,6 @@ import os
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,8 +59,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--n", type=int, default=20, help="callbacks added")
     a = p.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" lines
     dm = build_datamodule("fashion_mnist", data_dir=a.data_dir, batch_size=16)
     dm.setup()
     per = []

@@ -166,5 +166,6 @@ class TrainingMonitor(Callback):
 
     @property
     def samples_per_sec(self) -> float:
-        """Samples per second so far (0 before any step)."""
-        return self.samples / self.elapsed if self.elapsed > 0 else 0.0
+        """Samples per second so far, the epoch in progress included (0 before any step)."""
+        elapsed = self.elapsed + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+        return self.samples / elapsed if elapsed > 0 else 0.0

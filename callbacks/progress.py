@@ -29,13 +29,16 @@ TOKEN_TASKS = ("language_modeling", "seq2seq")
 
 
 def model_summary(model: nn.Module, name: str) -> str:
-    """One line: parameters, trainable parameters and size (parameters + buffers) in MB."""
+    """One line: parameters, trainable (and frozen) ones, size (parameters + buffers) in MB."""
+    from models.transfer import parameter_summary
+
     params = list(model.parameters())
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     size = sum(t.numel() * t.element_size() for t in [*params, *model.buffers()]) / 1e6
-    return (f"model {name} ({type(model).__name__}): {total:,} parameters "
-            f"({trainable:,} trainable), {size:.2f} MB")
+    detail = parameter_summary(model) if trainable < total else f"{trainable:,} trainable"
+    return (f"model {name} ({type(model).__name__}): {total:,} parameters ({detail}), "
+            f"{size:.2f} MB")
 
 
 def _duration(seconds: float) -> str:
@@ -74,11 +77,7 @@ class _Readings:
         return loss_sum / count if count else None
 
     def throughput(self) -> float | None:
-        m = self.monitor
-        if m is None:
-            return None
-        elapsed = m.elapsed + (time.perf_counter() - m._t0 if m._t0 is not None else 0.0)
-        return m.samples / elapsed if elapsed > 0 and m.samples else None
+        return (self.monitor.samples_per_sec or None) if self.monitor is not None else None
 
     @staticmethod
     def unit(pl_module: L.LightningModule) -> str:
