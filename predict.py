@@ -92,8 +92,6 @@ def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]
                 img = decode_image(read_file(str(path)), mode=mode)  # (C, H, W) uint8
             except RuntimeError as e:
                 raise DataError(f"cannot decode image {path} ({e})") from None
-            if pre.get("center_crop") is not None and tuple(img.shape[-2:]) != (size, size):
-                img = _to_square(img, size)  # as the image-folder cache was made
             batches.append(fit_image(img, size, channels)[None])  # the training data's size
             names.append(str(path))
         else:
@@ -103,23 +101,6 @@ def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]
             batches.append(arr[:, None])  # (N, H, W) -> (N, 1, H, W)
             names += [f"{path}#{i}" for i in range(len(arr))]
     return torch.cat(batches), names
-
-
-def _to_square(img: torch.Tensor, size: int) -> torch.Tensor:
-    """``(C, H, W)`` uint8: the shorter side to ``size``, then the central ``size x size``.
-
-    What :mod:`datamodules.folder` does when it caches an image folder.
-    """
-    import torch
-
-    h, w = img.shape[-2:]
-    scale = size / min(h, w)
-    shape = (max(size, round(h * scale)), max(size, round(w * scale)))
-    out = torch.nn.functional.interpolate(img[None].float(), size=shape, mode="bilinear",
-                                          antialias=True, align_corners=False)[0]
-    top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
-    out = out[:, top:top + size, left:left + size]  # the central size x size
-    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 def classify_logits(model: torch.nn.Module, config: dict, images: torch.Tensor,

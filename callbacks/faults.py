@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from models.export import umask_file_mode
+from models.export import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -42,20 +41,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()  # torch.save reports a failed file write as a RuntimeError
         torch.save(checkpoint, buffer)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
                 f.write(buffer.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, umask_file_mode())  # mkstemp's 600 -> what open() would give
-            os.replace(tmp, path)
+
+        try:
+            atomic_write(path, write)
         except OSError as e:  # disk full, file too large: name the checkpoint
-            Path(tmp).unlink(missing_ok=True)
             raise OSError(e.errno, e.strerror, str(path)) from None
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 class SigtermCheckpoint(Callback):

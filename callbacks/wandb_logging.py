@@ -59,7 +59,7 @@ def make_wandb_logger(save_dir: str | Path, project: str, name: str | None,
     if offline and mode not in ("offline", "dryrun"):
         rank_zero_info(f"W&B: no API key found, {where}")
     settings = wandb.Settings(init_timeout=30, silent=True, console="off")
-    if not offline:
+    if not offline and mode != "disabled":  # disabled stays disabled, network or not
         unreachable = _unreachable(settings.base_url)
         if unreachable:
             rank_zero_info(f"W&B: cannot reach {settings.base_url} ({unreachable}), {where}")

@@ -98,7 +98,8 @@ class ImageClassificationTask(TaskModule):
                      else (list(mean), list(std)))
         self._build(arch, {"num_classes": num_classes, "in_channels": self.model_channels,
                            "image_size": resize or image_size}, model_kwargs)
-        self.frozen = freeze_prefixes(self.model, freeze) if freeze else []
+        if freeze:
+            freeze_prefixes(self.model, freeze)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._init_train_sums(3)  # loss sum, count, correct

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,8 @@ def save_export(model: nn.Module, config: dict[str, Any], out_dir: str | os.Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     full = {"format_version": FORMAT_VERSION, **config}
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
-    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(full, indent=2)))
+    atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
+    atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(full, indent=2)))
     return out
 
 
@@ -158,8 +159,11 @@ def check_against_weights(cfg: dict[str, Any], path: str | os.PathLike) -> None:
                           f"{expected:,} values, the file holds {declared:,})")
 
 
-def _atomic_write(target: Path, write) -> None:
-    """Write via a temporary file in the same folder, then rename over ``target``.
+def atomic_write(target: Path, write: Callable[[str], Any]) -> None:
+    """``write(tmp)`` a temporary file in ``target``'s folder, then rename it over ``target``.
+
+    A failed write leaves ``target`` as it was and no temporary file behind (exports, and the
+    checkpoints of :class:`callbacks.faults.AtomicCheckpointIO`).
 
     ``mkstemp`` creates the file mode 600; it gets the mode a plainly written file would have,
     so a lab-mate can read an export as they can read the checkpoints.

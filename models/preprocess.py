@@ -99,6 +99,9 @@ _LUMA = (0.299, 0.587, 0.114)
 def fit_image(image: Any, size: int, channels: int) -> torch.Tensor:
     """One image of any size as the uint8 ``(channels, size, size)`` the training data had.
 
+    A non-square image keeps its central square (its shorter side scaled to ``size``), as the
+    image-folder cache does; it is never stretched.
+
     Args:
         image: uint8 tensor or array, ``(H, W)`` grayscale, ``(C, H, W)`` as torchvision
             decodes, or ``(H, W, C)`` as PIL / numpy give (C: 1, 3, or 4 with alpha, dropped).
@@ -121,9 +124,14 @@ def fit_image(image: Any, size: int, channels: int) -> torch.Tensor:
         x = (x * torch.tensor(_LUMA).view(3, 1, 1)).sum(0, keepdim=True)
     elif x.shape[0] == 1 and channels == 3:
         x = x.expand(3, -1, -1)
-    if tuple(x.shape[-2:]) != (size, size):  # to the training data's native size
-        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True,
+    h, w = x.shape[-2:]
+    if (h, w) != (size, size):  # shorter side to the training size, then the centre
+        scale = size / min(h, w)  # (as an image-folder cache was made; a square just resizes)
+        shape = (max(size, round(h * scale)), max(size, round(w * scale)))
+        x = F.interpolate(x[None], size=shape, mode="bilinear", antialias=True,
                           align_corners=False)[0]
+        top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
+        x = x[:, top:top + size, left:left + size]  # (C, size, size)
     return x.round().clamp(0, 255).to(torch.uint8)
 
 

@@ -186,7 +186,9 @@ def read_source(source: str, task: str) -> tuple[dict[str, torch.Tensor], str]:
         except (ExportError, SafetensorError, OSError) as e:
             raise TransferError(f"--init-from {source}: {e}") from None
         _check_task(source, cfg.get("task"), task)
-        return state, cfg["arch"]
+        from .attention import upgrade_state_dict  # exports of the old blocks, as load_exported
+
+        return upgrade_state_dict(state), cfg["arch"]
     if path.is_file():
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)

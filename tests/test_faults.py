@@ -37,6 +37,7 @@ PARSE_REFUSALS = [  # (id, flags, what the sentence must say)
     ("devices-0", ["--devices", "0"], "trainer.devices must be"),
     ("devices-abc", ["--devices", "abc"], "trainer.devices must be"),
     ("max-epochs-0", ["--max-epochs", "0"], "trainer.max_epochs must be at least 1"),
+    ("max-epochs-unbounded", ["--max-epochs", "-1"], "-1 (no limit) needs --max-steps N"),
     ("limit-train-0", ["--limit-train-batches", "0"], "training needs a batch"),
     ("accelerator-unknown", ["--accelerator", "tpu9"], "trainer.accelerator must be one of"),
     ("config-file-value", ["--config", "{cfg}"], "accumulate_grad_batches must be at least 1"),

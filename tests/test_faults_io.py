@@ -90,7 +90,8 @@ def test_hanging_download_waits_one_budget_for_the_whole_dataset(silent_mirrors,
 
 
 def test_a_mirror_that_does_not_answer_is_skipped_for_the_other_files(silent_mirrors, tmp_path,
-                                                                      monkeypatch) -> None:
+                                                                      monkeypatch,
+                                                                      capsys) -> None:
     """The first mirror is silent, the second (a local folder) serves every file."""
     from datamodules.download import RemoteFile, ensure_files
 
@@ -107,6 +108,8 @@ def test_a_mirror_that_does_not_answer_is_skipped_for_the_other_files(silent_mir
     ensure_files("X", tmp_path / "x", files, [None] * 3)
     assert time.monotonic() - t0 < 3  # one wait for the silent mirror, not one per file
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["f0.gz", "f1.gz", "f2.gz"]
+    tried = [line for line in capsys.readouterr().out.splitlines() if silent_mirrors[0] in line]
+    assert len(tried) == 1 and "f0.gz" in tried[0]  # the silent mirror is not tried again
 
 
 @pytest.mark.slow
@@ -229,7 +232,10 @@ def _edited_export(export: Path, tmp_path: Path, edit) -> Path:
     (lambda c: c["model_kwargs"].update(depth=3), "do not build"),
     (lambda c: c["model_kwargs"].update(num_hiddens=-5), "do not build"),
     (lambda c: c.pop("preprocess"), "lacks preprocess"),
-], ids=["huge-size", "unknown-argument", "negative-argument", "no-preprocess"])
+    (lambda c: c["preprocess"].pop("std"), "'preprocess' must hold mean, std"),
+    (lambda c: c.update(model_kwargs=[1]), "'model_kwargs' must be a mapping"),
+], ids=["huge-size", "unknown-argument", "negative-argument", "no-preprocess",
+        "preprocess-without-std", "model-kwargs-not-a-mapping"])
 def test_untrusted_export_config_is_refused_before_building(edit, needle, image_export,
                                                             tmp_path) -> None:
     export = _edited_export(image_export, tmp_path, edit)
@@ -332,3 +338,14 @@ def test_export_config_that_is_not_json_is_one_sentence(image_export, tmp_path) 
     proc = run_cli("predict.py", "classify", "--export", str(export), "x.png")
     line = one_error_line(proc.stderr)
     assert proc.returncode == 1 and "is not valid JSON" in line, line
+
+
+def test_download_timeout_that_is_not_a_number_is_one_sentence(tmp_path, monkeypatch,
+                                                                capsys) -> None:
+    monkeypatch.setenv("D2L_DOWNLOAD_TIMEOUT", "abc")
+    typo = tmp_path / "dta"
+    code = train.main(["--model", "mlp", "--data", "mnist", "--data-dir", str(typo),
+                       "--run-dir", str(tmp_path / "run")])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 1 and "$D2L_DOWNLOAD_TIMEOUT must be a number of seconds, got 'abc'" in line
+    assert not typo.exists() and not (tmp_path / "run").exists()

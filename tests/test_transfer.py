@@ -187,8 +187,7 @@ def test_cache_is_built_once_and_rebuilt_when_a_file_changes(tmp_path) -> None:
     write_image(img, np.full((28, 28), 7))
     second = load_folder(root)
     assert second.built and second.path != first.path and not first.path.exists()
-    index = [p.name for p in sorted((root / "train").rglob("*.*"))].index("0.png")
-    assert (second.images == 7).all(axis=(1, 2, 3)).any() and index >= 0
+    assert (second.images == 7).all(axis=(1, 2, 3)).any()  # the changed image is in the cache
     assert len(list((root / CACHE_DIR).iterdir())) == 1
     st = img.stat()  # same bytes, a new modification time (an edit of the same size): rebuilt
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))

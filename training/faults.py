@@ -51,7 +51,6 @@ def remove_empty_folders(folder: Path) -> None:
             sub.rmdir()
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
-    os.environ.pop(RUN_DIR_ENV, None)
 
 
 class TerminatedError(Exception):

@@ -232,11 +232,12 @@ def prepare_run_dir(cfg: Config, resuming: bool) -> tuple[Path, bool]:
     written = config.exists()
     if not resuming and written:
         started = (run_dir / "results.json").exists() or any(run_dir.glob("checkpoints/*.ckpt"))
-        if started or not same_config(config, cfg) and not failed_start(run_dir):
+        same = same_config(config, cfg)
+        if started or not same and not failed_start(run_dir):
             raise ConfigError(f"{run_dir} already holds a run; choose another --run-dir, "
                               f"replay it elsewhere with --config {config} --run-dir NEW, or "
                               f"continue it with --resume last --run-dir {run_dir}")
-        if not same_config(config, cfg):  # a failed start with other settings: keep it aside
+        if not same:  # a failed start with other settings: keep it aside
             kept = set_aside(run_dir)
             print(f"{run_dir} held a run that stopped before its first checkpoint; its files "
                   f"are kept in {kept}", flush=True)
