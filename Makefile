@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 D2L_DATA_DIR ?= $(if $(wildcard ../shared/data/README.md),../shared/data,)
 export D2L_DATA_DIR
 
-.PHONY: install train test test-all lint mutation bench clean
+.PHONY: install train test test-all lint mutation reproduce clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test-all: install  ## including slow tests (real data, DDP, W&B)
 
 lint: install
 	$(PY) -m ruff check .
+
+# Not in CI: hours on a CPU, minutes on a GPU. Runs the rows of bench/rows.py for this hardware
+# (the gpu profile when CUDA is there) and regenerates the tables of docs/ from their results;
+# ARGS: --only PATTERN, --budget-s N (skip rows that do not fit), --smoke, --plan.
+reproduce: install  ## reproduce the results tables (docs/records/, docs/*.md)
+	$(PY) bench/reproduce.py $(ARGS)
 
 # Not in CI: minutes per target. ARGS picks targets (bleu decoding generate metrics samplers
 # splits); survivors are written to build/mutation/TARGET/survivors.md, see docs/testing.md.

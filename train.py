@@ -171,6 +171,16 @@ def _metrics(values: dict[str, Any], prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if k.startswith(prefix)}
 
 
+def _batches(trainer) -> dict[str, int]:
+    """Batches per epoch (after ``--limit-*-batches``), for ``bench/reproduce.py``'s predictions."""
+    import math
+
+    val = trainer.num_val_batches
+    counts = {"train_batches_per_epoch": trainer.num_training_batches,
+              "val_batches_per_epoch": sum(val) if isinstance(val, list) else val}
+    return {k: int(v) for k, v in counts.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
 def run(cfg: Config, resume: ResumePlan | None = None) -> dict[str, Any] | None:
     """Fit, test, export; return the results written to ``results.json`` (``None`` off rank 0)."""
     hands_off_run_dir = RUN_DIR_ENV not in os.environ  # else a DDP child of such a run
@@ -231,6 +241,8 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
         val = _metrics(trainer.callback_metrics, "val/")
+        train = _metrics(trainer.callback_metrics, "train/")  # the last epoch's, or last step's
+        batches = _batches(trainer)
         run_summary = _metrics(trainer.callback_metrics, "run/")  # from TrainingMonitor
         test = {}
         if cfg["run"]["test"]:
@@ -245,7 +257,7 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
         "global_step": int(run_summary.get("run/global_step", 0)),
         "train_time_sec": round(run_summary.get("run/train_time_sec", 0.0), 3),
         "train_samples_per_sec": round(run_summary.get("run/train_samples_per_sec", 0.0), 1),
-        **val, **test,
+        **batches, **train, **val, **test,
         "dataset_sizes": _dataset_sizes(dm),
         "resumed_from": str(ckpt) if ckpt else None,
         "run_dir": str(run_dir), "export_dir": str(run_dir / "export"),
