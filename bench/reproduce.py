@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records-dir", default=str(RECORDS))
     p.add_argument("--data-dir", default=None, help="data root (default: $D2L_DATA_DIR, ./data)")
     p.add_argument("--no-docs", action="store_true", help="keep records; leave docs/ as is")
+    p.add_argument("--tables", action="store_true",
+                   help="only regenerate the profile's tables of docs/ from the records")
     p.add_argument("--docs-root", default=str(ROOT), help=argparse.SUPPRESS)  # for tests
     a = p.parse_args(argv)
     if a.budget_s is not None and a.budget_s <= 0:
@@ -267,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if failed else 0
     if a.plan:
         return _plan(rows, a)
+    if a.tables:
+        changed = update_docs(a.device_profile, Path(a.records_dir), Path(a.docs_root))
+        print("updated: " + (", ".join(map(str, changed)) or "nothing"))
+        return 0
     records = Path(a.records_dir)
     print(f"{a.device_profile} profile: {len(rows)} rows; runs in {a.runs_dir}; "
           f"{hardware()}", flush=True)
