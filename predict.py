@@ -136,7 +136,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         if args.data not in IDX_DATASETS:
             raise DataError(f"--eval needs --data, one of: {', '.join(IDX_DATASETS)}")
         images, labels = load_split(IDX_DATASETS[args.data], args.data_dir, args.split,
-                                    args.seed, args.val_size)
+                                    args.seed, args.val_size, args.data_setting)
         logits = classify_logits(model, config, images, args.batch_size, args.device)
         acc = (logits.argmax(-1) == labels).float().mean().item()
         print(f"accuracy on {args.data} {args.split} ({len(labels)} images): {acc:.4f}")
@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="train/val split seed used in training")
     c.add_argument("--val-size", type=COUNT,
                    help="validation size used in training (default: 1/12 of train)")
+    c.add_argument("--data-setting", default="split", choices=("split", "book"),
+                   help="data setting used in training (book: train is all 60,000 images, "
+                   "val is the test set)")
     c.add_argument("--batch-size", type=COUNT, default=512, help="images per forward pass")
     c.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     c.set_defaults(func=cmd_classify)

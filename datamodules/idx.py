@@ -181,16 +181,40 @@ def default_val_size(n: int) -> int:
     return max(1, round(n / 12))
 
 
+#: ``setting`` of the IDX data: ``split`` (ours: a seeded validation split of the training
+#: set, pixels normalised by the data's mean/std) or ``book`` (d2l §4.2 / §7.6's
+#: ``load_data_fashion_mnist``: all 60,000 training images, the test set as validation set,
+#: pixels in [0, 1] without normalisation).
+DATA_SETTINGS = ("split", "book")
+
+
+def check_setting(setting: str, val_size: int | None) -> None:
+    """Refuse an unknown ``setting``, or a ``val_size`` with the book's (it has no split)."""
+    if setting not in DATA_SETTINGS:
+        raise DataError(f"unknown data setting '{setting}'; choose from: "
+                        + ", ".join(DATA_SETTINGS))
+    if setting == "book" and val_size:
+        raise DataError("the book data setting validates on the test set; val_size "
+                        f"{val_size} does not apply to it")
+
+
 def load_split(
     ds: IDXDataset, data_dir: str | Path | None, split: str, seed: int = 0,
-    val_size: int | None = None,
+    val_size: int | None = None, setting: str = "split",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels of ``split`` in ``{"train", "val", "test"}`` (train/val seeded)."""
-    if split == "test":
-        return load_idx_split(ds, data_dir, train=False)
-    if split not in ("train", "val"):
+    """Images and labels of ``split`` in ``{"train", "val", "test"}`` (train/val seeded).
+
+    With ``setting="book"``, ``train`` is the whole official training set and ``val`` the
+    official test set (see :data:`DATA_SETTINGS`).
+    """
+    check_setting(setting, val_size)
+    if split not in ("train", "val", "test"):
         raise DataError(f"unknown split '{split}'; choose from: train, val, test")
+    if split == "test" or (setting == "book" and split == "val"):
+        return load_idx_split(ds, data_dir, train=False)
     images, labels = load_idx_split(ds, data_dir, train=True)
+    if setting == "book":
+        return images, labels
     tr, va = split_indices(len(images), val_size or default_val_size(len(images)), seed)
     idx = tr if split == "train" else va
     return images[idx], labels[idx]

@@ -16,6 +16,7 @@ from .idx import (
     FASHION_MNIST,
     MNIST,
     IDXDataset,
+    check_setting,
     default_val_size,
     load_idx_split,
     prepare_idx,
@@ -35,15 +36,22 @@ class IDXDataModule(TensorDataModule):
             i.e. the 55k/5k split of the full data).
         train_fraction: keep this seeded fraction of the training split (a label budget for
             transfer learning, d2l §14.2); validation and test stay whole.
+        setting: ``"split"`` (default: the seeded split above, pixels normalised by the
+            dataset's mean and std) or ``"book"``, d2l's ``load_data_fashion_mnist``: train on
+            all 60,000 training images, validate on the official test set (val == test) and
+            feed pixels in [0, 1] without normalisation (``mean`` 0, ``std`` 1, which the
+            export's preprocessing carries).
     """
 
     dataset: IDXDataset
 
     def __init__(self, data_dir: str | Path | None = None, batch_size: int = 256, seed: int = 0,
-                 val_size: int | None = None, train_fraction: float = 1.0) -> None:
+                 val_size: int | None = None, train_fraction: float = 1.0,
+                 setting: str = "split") -> None:
         super().__init__(batch_size, seed)
+        check_setting(setting, val_size)  # refused before anything is written
         self.data_dir = resolve_data_dir(data_dir)
-        self.val_size = val_size
+        self.val_size, self.setting = val_size, setting
         self.train_fraction = train_fraction
         subsample(2, train_fraction, seed)  # refuse a bad fraction before anything is written
 
@@ -52,16 +60,20 @@ class IDXDataModule(TensorDataModule):
         prepare_idx(self.dataset, self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        """Decode the IDX files (once per process) and split train/val."""
+        """Decode the IDX files (once per process) and split train/val (book: val is test)."""
         if self.train_set is not None:
             return
         images, labels = load_idx_split(self.dataset, self.data_dir, train=True)
+        self.test_set = load_idx_split(self.dataset, self.data_dir, train=False)
+        if self.setting == "book":
+            tr = subsample(len(images), self.train_fraction, self.seed)
+            self.train_set, self.val_set = (images[tr], labels[tr]), self.test_set
+            return
         tr, va = split_indices(len(images), self.val_size or default_val_size(len(images)),
                                self.seed)
         tr = tr[subsample(len(tr), self.train_fraction, self.seed)]
         self.train_set = (images[tr], labels[tr])
         self.val_set = (images[va], labels[va])
-        self.test_set = load_idx_split(self.dataset, self.data_dir, train=False)
 
     @property
     def num_classes(self) -> int:
@@ -85,13 +97,13 @@ class IDXDataModule(TensorDataModule):
 
     @property
     def mean(self) -> tuple[float]:
-        """Per-channel pixel mean of the [0, 1]-scaled official training set."""
-        return (self.dataset.mean,)
+        """Per-channel pixel mean of the [0, 1]-scaled official training set (book: 0)."""
+        return (0.0,) if self.setting == "book" else (self.dataset.mean,)
 
     @property
     def std(self) -> tuple[float]:
-        """Per-channel pixel standard deviation of the same."""
-        return (self.dataset.std,)
+        """Per-channel pixel standard deviation of the same (book: 1, no normalisation)."""
+        return (1.0,) if self.setting == "book" else (self.dataset.std,)
 
     def data_info(self) -> dict[str, Any]:
         """What a model needs to know about the data (sizes, statistics, classes)."""

@@ -96,6 +96,10 @@ PROBES = {
     "--batch-size": (["--model", "mlp", "--batch-size", "7"], lambda b: b.dm.batch_size == 7),
     "--val-size": (["--model", "mlp", "--val-size", "9"],
                    lambda b: (b.dm.setup(), b.dm.sizes()["val"])[1] == 9),
+    "--data-setting": (["--model", "mlp", "--data-setting", "book"],
+                       lambda b: (b.dm.setup(), b.dm.sizes())[1] == {"train": 60, "val": 20,
+                                                                      "test": 20}
+                       and b.module.norm == ([0.0], [1.0])),
     "--num-steps": ([*LM, "--num-steps", "11"], lambda b: b.dm.num_steps == 11),
     "--level": ([*LM, "--level", "word"], lambda b: b.module.hparams.token_level == "word"),
     "--sampler": ([*LM, "--sampler", "sequential"], lambda b: b.module.hparams.carry_state),

@@ -308,6 +308,11 @@ def check_values(cfg: dict[str, dict[str, Any]], sources: dict[tuple[str, str], 
                               f"must be a batch count or a fraction in [0, 1]"
                               + (" above 0 (training needs a batch)" if split == "train" else "")
                               + f", got {value!r}")
+    data = cfg.get("data", {})
+    if data.get("setting") == "book" and data.get("val_size"):  # see datamodules.idx
+        raise ConfigError(f"{sources.get(('data', 'val_size'), 'default')}: the book data "
+                          "setting validates on the test set; val_size "
+                          f"{data['val_size']} does not apply to it")
     tr = cfg.get("trainer", {})
     if tr.get("max_epochs") == -1 and tr.get("max_steps", -1) == -1:
         raise ConfigError(f"{sources.get(('trainer', 'max_epochs'), 'default')}: "

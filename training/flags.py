@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     d("--level", choices=("char", "word"), help="token level of The Time Machine")
     d("--sampler", choices=("random", "sequential"),
       help="language-model batches: random windows or sequential partitioning")
+    d("--data-setting", key="setting", choices=("split", "book"),
+      help="MNIST / Fashion-MNIST: split (default: a seeded validation split of the training "
+      "set, normalised pixels) or book (d2l: train on all 60,000 images, validate on the test "
+      "set, pixels in [0, 1] unnormalised)")
     d("--max-examples", type=int, help="use only the first N examples (fra-eng, BERT)")
     d("--max-len", type=int, help="longest input sequence (BERT)")
     d("--data-arg", key="*", type=_key_value, action="append", metavar="KEY=VALUE",
