@@ -31,8 +31,10 @@ class EngFraDataModule(TensorDataModule):
     ``max_examples=N`` reproduces the book's tiny setting instead: the first ``N`` pairs, the
     last ``val_size`` (default ``N // 5``) of them for validation, in order as d2l 1.0's
     ``MTFraEng(num_train=512, num_val=128)``, with vocabularies of all N pairs as the book
-    builds them; the test split is then the validation split. In the full corpus the
-    vocabularies come from the training split only.
+    builds them; the test split is then the validation split. ``val_size=0`` there is d2l
+    0.17's ``load_data_nmt``: training on all N pairs, with validation and test on the same
+    (training) pairs, an in-sample measure. In the full corpus the vocabularies come from the
+    training split only.
 
     Args:
         data_dir: data root holding ``fra-eng/fra-eng.zip`` (or an extracted ``fra.txt``).
@@ -40,7 +42,8 @@ class EngFraDataModule(TensorDataModule):
         seed: seed of the split and the shuffling.
         num_steps: tokens per sentence after truncation/padding (``<eos>`` included).
         max_examples: use only the first N pairs (book setting).
-        val_size: validation pairs (full corpus default 5000; at least, whole groups).
+        val_size: validation pairs (full corpus default 5000; at least, whole groups; with
+            ``max_examples``, 0 validates on the training pairs).
         test_size: test pairs (full corpus only; default 5000).
         min_freq: rarer tokens become ``<unk>``.
     """
@@ -71,10 +74,11 @@ class EngFraDataModule(TensorDataModule):
                             "or point --data-dir at a complete copy")
         if self.max_examples:
             val = self.val_size if self.val_size is not None else len(pairs) // 5
-            if not 0 < val < len(pairs):
+            if not 0 <= val < len(pairs):
                 raise DataError(f"fra-eng: val_size {val} does not fit {len(pairs)} pairs")
             idx = {"train": list(range(len(pairs) - val)),
-                   "val": list(range(len(pairs) - val, len(pairs)))}
+                   "val": list(range(len(pairs) - val, len(pairs))) if val else
+                   list(range(len(pairs)))}  # 0: d2l 0.17, everything trains (in-sample val)
             idx["test"] = idx["val"]
         else:
             val = self.val_size if self.val_size is not None else 5000

@@ -27,6 +27,24 @@ from .registry import Recipe, register
 FULL_DATA = {"num_steps": 10, "min_freq": 5, "val_size": 2000, "test_size": 5000}
 
 
+#: d2l 0.17's setting (``load_data_nmt(64, 10)``, whose printed losses 0.019-0.03 are often
+#: compared with ours): ``tokenize_nmt`` stops at ``i > num_examples`` with the default 600, so
+#: it trains on the first 601 pairs, all of them; nothing is held out, so ``val_size: 0`` makes
+#: validation and test the training pairs (the book also translates training sentences).
+#: Its printed loss is d2l 0.17's ``MaskedSoftmaxCELoss`` (a sequence's masked loss averaged
+#: over all ``num_steps`` positions) summed over the epoch and divided by the target tokens:
+#: our ``train/loss_epoch`` divided by ``num_steps`` (10).
+V017_DATA = {"num_steps": 10, "max_examples": 601, "val_size": 0}
+
+
+def v017_recipe(max_epochs: int, model_kwargs: dict) -> Recipe:
+    """d2l 0.17's ``train_seq2seq``: Adam lr 0.005, batch 64, gradient norm clipped at 1."""
+    return Recipe(optimizer="adam", lr=0.005, batch_size=64, max_epochs=max_epochs,
+                  gradient_clip_val=1.0, data_kwargs=V017_DATA, model_kwargs=model_kwargs)
+
+
+_V017_RNN = {"embed_size": 32, "num_hiddens": 32, "num_layers": 2, "dropout": 0.1}
+
 #: The book's setting (d2l 1.0 ``MTFraEng``: 640 pairs) and the whole-corpus one, for both RNN
 #: models; ``full`` keeps PyTorch's initialisation (see :class:`Seq2SeqGRU`).
 RNN_RECIPES = {
@@ -115,7 +133,7 @@ class _RNNDecoderBase(nn.Module):
 
 
 @register("seq2seq_gru", task="seq2seq", data="fra_eng", section="10.7",
-          recipes=RNN_RECIPES)
+          recipes={**RNN_RECIPES, "d2l-0.17": v017_recipe(300, _V017_RNN)})  # d2l 0.17 §9.7
 class Seq2SeqGRU(_RNNDecoderBase):
     """GRU encoder-decoder, d2l §10.7.
 
@@ -153,7 +171,7 @@ class Seq2SeqGRU(_RNNDecoderBase):
 
 
 @register("seq2seq_bahdanau", task="seq2seq", data="fra_eng", section="11.4",
-          recipes=RNN_RECIPES)
+          recipes={**RNN_RECIPES, "d2l-0.17": v017_recipe(250, _V017_RNN)})  # d2l 0.17 §10.4
 class Seq2SeqBahdanau(_RNNDecoderBase):
     """GRU encoder-decoder with additive attention, d2l §11.4.
 

@@ -19,7 +19,7 @@ from .attention import (
     TransformerEncoderBlock,
 )
 from .registry import Recipe, register
-from .seq2seq import FULL_DATA
+from .seq2seq import FULL_DATA, v017_recipe
 
 
 class TransformerDecoderBlock(nn.Module):
@@ -65,6 +65,9 @@ class TransformerDecoderBlock(nn.Module):
     "full": Recipe(optimizer="adam", lr=0.0015, batch_size=256, max_epochs=1,
                    gradient_clip_val=1.0, data_kwargs=FULL_DATA,
                    model_kwargs={"num_hiddens": 128, "ffn_num_hiddens": 256, "dropout": 0.1}),
+    # d2l 0.17 §10.7 (its train_seq2seq also Xavier-initialises every Linear; we do not)
+    "d2l-0.17": v017_recipe(200, {"num_hiddens": 32, "ffn_num_hiddens": 64, "num_heads": 4,
+                                  "num_layers": 2, "dropout": 0.1}),
 })
 class TransformerMT(nn.Module):
     """Transformer encoder-decoder, d2l §11.7.

@@ -61,6 +61,7 @@ def test_book_setting_run_records_its_sizes_and_exports_unnormalised(tiny, tmp_p
                        "--max-epochs", "1", "--run-dir", str(run), "--no-progress-bar"]) == 0
     res = read_results(run)
     assert res["dataset_sizes"] == {"train": 48, "val": 12, "test": 12}
+    assert res["train/loss_epoch"] > 0 and 0 <= res["train/acc"] <= 1  # the last epoch's
     assert res["val/acc"] == pytest.approx(res["test/acc"])  # the same images, the same weights
     pre = json.loads((run / "export" / "config.json").read_text())["preprocess"]
     assert pre["mean"] == [0.0] and pre["std"] == [1.0]
@@ -100,3 +101,63 @@ def test_real_book_setting_has_60000_training_images_and_val_is_test(real_data_d
     dm.setup()
     assert dm.sizes() == {"train": 60000, "val": 10000, "test": 10000}
     assert torch.equal(dm.val_set[1], dm.test_set[1])
+
+
+# --- d2l 0.17's translation setting -------------------------------------------------------
+
+
+def test_d2l_017_recipes_are_the_books_values():
+    from models import get_spec
+
+    for name, epochs in (("seq2seq_gru", 300), ("seq2seq_bahdanau", 250),
+                         ("transformer_mt", 200)):
+        r = get_spec(name).recipe("d2l-0.17")
+        assert (r.optimizer, r.lr, r.batch_size, r.max_epochs, r.gradient_clip_val) == (
+            "adam", 0.005, 64, epochs, 1.0), name
+        assert r.data_kwargs == {"num_steps": 10, "max_examples": 601, "val_size": 0}
+        assert r.model_kwargs["num_hiddens"] == 32 and r.model_kwargs["dropout"] == 0.1
+    assert get_spec("transformer_mt").recipe("d2l-0.17").model_kwargs["ffn_num_hiddens"] == 64
+
+
+def test_val_size_0_trains_on_every_pair_and_validates_on_them(tmp_path):
+    from test_seq2seq import write_fra_txt
+
+    from datamodules.fra_eng import EngFraDataModule
+
+    write_fra_txt(tmp_path, n=80)
+    dm = EngFraDataModule(tmp_path, batch_size=16, num_steps=10, max_examples=61, val_size=0)
+    dm.setup()
+    assert dm.sizes() == {"train": 61, "val": 61, "test": 61}
+    assert dm.split_pairs["train"] == dm.split_pairs["val"] == dm.split_pairs["test"]
+    held = EngFraDataModule(tmp_path, batch_size=16, num_steps=10, max_examples=61)
+    held.setup()  # the d2l 1.0 default is unchanged: the last fifth validates
+    assert held.sizes() == {"train": 49, "val": 12, "test": 12}
+    with pytest.raises(DataError, match="val_size 61 does not fit 61 pairs"):
+        EngFraDataModule(tmp_path, max_examples=61, val_size=61).setup()
+
+
+def test_book_017_printed_loss_is_our_token_mean_loss_over_num_steps(tmp_path):
+    """d2l 0.17 prints sum(MaskedSoftmaxCELoss) / tokens, where that loss averages a
+    sequence's masked token losses over all num_steps positions: ours / num_steps."""
+    import torch.nn.functional as F
+    from test_seq2seq import write_fra_txt
+
+    from datamodules.fra_eng import EngFraDataModule
+    from lit_models import task_module
+
+    write_fra_txt(tmp_path, n=80)
+    dm = EngFraDataModule(tmp_path, batch_size=16, num_steps=10, max_examples=61, val_size=0)
+    dm.setup()
+    torch.manual_seed(0)
+    module = task_module("seq2seq")("seq2seq_gru", **dm.data_info(),
+                                    model_kwargs={"embed_size": 8, "num_hiddens": 8})
+    batch = dm.train_set
+    with torch.no_grad():
+        logits, ours, mask = module._loss(batch)
+    tgt_out = batch[-1]
+    valid_len = mask.sum(1)  # d2l: tokens up to and with <eos>
+    per_token = F.cross_entropy(logits.permute(0, 2, 1), tgt_out, reduction="none")
+    steps = torch.arange(tgt_out.shape[1])[None] < valid_len[:, None]
+    d2l_loss = (per_token * steps).mean(dim=1)  # MaskedSoftmaxCELoss, one value a sequence
+    printed = d2l_loss.sum() / valid_len.sum()
+    assert float(printed) == pytest.approx(float(ours) / dm.num_steps, rel=1e-5)
