@@ -43,6 +43,10 @@ class TaskModule(L.LightningModule):
         weight_decay: weight decay.
         momentum: SGD momentum.
         scheduler: ``none``, ``step``, ``cosine``, ``onecycle`` or ``plateau``.
+        plateau_factor: ``plateau`` multiplies the rate by this after ``plateau_patience + 1``
+            epochs without any improvement of the monitored metric (pytorch/examples
+            word_language_model: 0.25 after every such epoch, i.e. patience 0).
+        plateau_patience: epochs without improvement that ``plateau`` tolerates.
         gradient_clip_val: clip the gradient norm to this value (``None``: no clipping).
         lr_mult: learning-rate factor per module-name prefix (d2l §14.2), e.g.
             ``{"backbone": 0.1}``; ``backbone`` is all but the head, ``head`` the classifier.
@@ -66,7 +70,8 @@ class TaskModule(L.LightningModule):
     def __init__(self, optimizer: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,
                  momentum: float = 0.0, scheduler: str = "none",
                  gradient_clip_val: float | None = None,
-                 lr_mult: dict[str, float] | None = None) -> None:
+                 lr_mult: dict[str, float] | None = None, plateau_factor: float = 0.1,
+                 plateau_patience: int = 2) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer '{optimizer}'; choose from: "
@@ -85,7 +90,8 @@ class TaskModule(L.LightningModule):
         self.optim_args = {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
                            "momentum": momentum, "scheduler": scheduler,
                            "gradient_clip_val": gradient_clip_val,
-                           "lr_mult": lr_mult}
+                           "lr_mult": lr_mult, "plateau_factor": plateau_factor,
+                           "plateau_patience": plateau_patience}
 
     def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None,
                              logger: bool = True) -> None:
@@ -177,8 +183,9 @@ class TaskModule(L.LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         if name == "plateau":
             metric, mode = self.monitor
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.1,
-                                                               patience=2)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(  # any improvement counts
+                opt, mode=mode, factor=hp["plateau_factor"], patience=hp["plateau_patience"],
+                threshold=0.0)
             return {"optimizer": opt,
                     "lr_scheduler": {"scheduler": sched, "monitor": metric, "interval": "epoch"}}
         total = max(int(self.trainer.estimated_stepping_batches), 1)

@@ -33,6 +33,8 @@ class Recipe:
     resize: int | None = None
     label_smoothing: float = 0.0
     gradient_clip_val: float | None = None
+    plateau_factor: float = 0.1
+    plateau_patience: int = 2
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data_kwargs: dict[str, Any] = field(default_factory=dict)
 

@@ -161,3 +161,62 @@ def test_book_017_printed_loss_is_our_token_mean_loss_over_num_steps(tmp_path):
     d2l_loss = (per_token * steps).mean(dim=1)  # MaskedSoftmaxCELoss, one value a sequence
     printed = d2l_loss.sum() / valid_len.sum()
     assert float(printed) == pytest.approx(float(ours) / dm.num_steps, rel=1e-5)
+
+
+# --- the WikiText-2 LSTM's plateau schedule -----------------------------------------------
+
+
+def reference_lrs(lr: float, val_losses: list[float]) -> list[float]:
+    """pytorch/examples word_language_model/main.py: the rate after each epoch."""
+    best, out = None, []
+    for v in val_losses:
+        if not best or v < best:
+            best = v
+        else:
+            lr /= 4.0
+        out.append(lr)
+    return out
+
+
+def plateau_lrs(optim: dict, val_losses: list[float]) -> list[float]:
+    from torch import nn
+
+    from lit_models import TaskModule
+
+    module = TaskModule(**optim)
+    module.model = nn.Linear(2, 2)
+    sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    out = []
+    for v in val_losses:
+        sched.step(v)
+        out.append(sched.optimizer.param_groups[0]["lr"])
+    return out
+
+
+VAL = [6.0, 5.5, 5.6, 5.2, 5.2, 5.1, 5.15, 5.14, 5.0999, 5.0999]  # 5.0999: any gain counts
+
+
+@pytest.mark.parametrize("recipe", ["wikitext", "medium"])
+def test_wikitext_plateau_divides_by_4_after_each_epoch_without_improvement(recipe, tmp_path):
+    cfg = train.config_from_argv(["--model", "lstm", "--recipe", recipe, "--data", "wikitext2",
+                                  "--run-dir", str(tmp_path / "r")])
+    optim = {k: v for k, v in cfg["optim"].items() if k != "label_smoothing"}
+    got = plateau_lrs(optim, VAL)
+    assert got == pytest.approx(reference_lrs(20.0, VAL), rel=1e-12)
+    assert got == pytest.approx([20, 20, 5, 5, 1.25, 1.25, 0.3125, 0.078125, 0.078125,
+                                 0.01953125], rel=1e-12)
+
+
+def test_default_plateau_is_unchanged_x0_1_after_3_flat_epochs():
+    got = plateau_lrs({"lr": 1.0, "scheduler": "plateau"}, [5.0, 5.0, 5.0, 5.0, 4.0, 4.0])
+    assert got == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("flag, value", [("--optim.plateau_factor", "1.0"),
+                                         ("--optim.plateau_factor", "0"),
+                                         ("--optim.plateau_patience", "-1")])
+def test_bad_plateau_values_are_refused(flag, value, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _exit_code(["--model", "lenet", "--scheduler", "plateau", f"{flag}={value}",
+                       "--run-dir", str(run)]) == 2
+    assert flag[2:] in capsys.readouterr().err and not run.exists()

@@ -264,6 +264,9 @@ VALUE_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("optim", "weight_decay"): (_at_least(0), "a finite number, 0 or more"),
     ("optim", "momentum"): (_at_least(0), "a finite number, 0 or more"),
     ("optim", "label_smoothing"): (_fraction, "in [0, 1)"),
+    ("optim", "plateau_factor"): (lambda v: _fraction(v) and v > 0, "in (0, 1)"),
+    ("optim", "plateau_patience"): (lambda v: isinstance(v, int) and v >= 0, "an integer, 0 or "
+                                    "more"),
     ("optim", "gradient_clip_val"): (lambda v: _at_least(0)(v) and v > 0,
                                      "a finite number above 0"),
     ("trainer", "max_epochs"): (lambda v: v == -1 or _at_least(1)(v),

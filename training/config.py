@@ -37,6 +37,7 @@ SECTIONS = ("model", "data", "task", "optim", "trainer", "run")
 RECIPE_SECTIONS = {
     "optimizer": "optim", "lr": "optim", "weight_decay": "optim", "momentum": "optim",
     "scheduler": "optim", "label_smoothing": "optim", "gradient_clip_val": "optim",
+    "plateau_factor": "optim", "plateau_patience": "optim",
     "batch_size": "data", "max_epochs": "trainer", "resize": "task",
 }
 

@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     o("--lr", type=float, help="learning rate (the peak rate of onecycle)")
     o("--scheduler", choices=SCHEDULERS, help="learning-rate schedule: step (x0.1 every third "
       "of the epochs), cosine or onecycle (over all steps), plateau (x0.1 after 3 epochs "
-      "without progress of the monitored metric)")
+      "without improvement of the monitored metric; --optim.plateau_factor=F and "
+      "--optim.plateau_patience=N change both)")
     o("--weight-decay", type=float, help="L2 penalty (decoupled for adamw)")
     o("--momentum", type=float, help="SGD momentum (ignored by adam and adamw)")
     o("--label-smoothing", type=float, help="cross-entropy label smoothing (classifiers, "
