@@ -125,6 +125,8 @@ def recipe_summary(recipe: Recipe) -> str:
     parts += [f"momentum={r.momentum:g}"] if r.momentum else []
     parts += [f"wd={r.weight_decay:g}"] if r.weight_decay else []
     parts += [r.scheduler] if r.scheduler != "none" else []
+    if r.scheduler == "plateau" and (r.plateau_factor, r.plateau_patience) != (0.1, 2):
+        parts[-1] += f"(x{r.plateau_factor:g},patience={r.plateau_patience})"
     parts += [f"clip={r.gradient_clip_val:g}"] if r.gradient_clip_val is not None else []
     parts += [f"smoothing={r.label_smoothing:g}"] if r.label_smoothing else []
     parts += [f"bs={r.batch_size} ep={r.max_epochs}"]

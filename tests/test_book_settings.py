@@ -220,3 +220,11 @@ def test_bad_plateau_values_are_refused(flag, value, tmp_path, capsys):
     assert _exit_code(["--model", "lenet", "--scheduler", "plateau", f"{flag}={value}",
                        "--run-dir", str(run)]) == 2
     assert flag[2:] in capsys.readouterr().err and not run.exists()
+
+
+def test_list_shows_the_wikitext_anneal():
+    from models import get_spec
+    from models.registry import recipe_summary
+
+    assert "plateau(x0.25,patience=0)" in recipe_summary(get_spec("lstm").recipe("wikitext"))
+    assert " plateau " not in recipe_summary(get_spec("lstm").recipe("d2l"))
