@@ -228,3 +228,11 @@ def test_list_shows_the_wikitext_anneal():
 
     assert "plateau(x0.25,patience=0)" in recipe_summary(get_spec("lstm").recipe("wikitext"))
     assert " plateau " not in recipe_summary(get_spec("lstm").recipe("d2l"))
+
+
+def test_lenet_d2l_017_recipe_is_the_printed_0779_setting(tiny, tmp_path):
+    cfg = train.config_from_argv(["--model", "lenet", "--recipe", "d2l-0.17", "--data-dir",
+                                  str(tiny), "--run-dir", str(tmp_path / "r")])
+    assert (cfg["optim"]["lr"], cfg["data"]["batch_size"], cfg["trainer"]["max_epochs"]) == (
+        0.9, 256, 10)
+    assert cfg["data"]["setting"] == "book"
