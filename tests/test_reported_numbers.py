@@ -447,10 +447,11 @@ def test_step_schedule_divides_by_ten_at_epoch_boundaries_only(tmp_path) -> None
 
 
 def test_plateau_schedule_divides_by_ten_after_two_epochs_without_improvement(tmp_path) -> None:
-    # lr 1e-7: val/loss never improves by ReduceLROnPlateau's relative 1e-4; epoch 0 sets the
-    # best, epochs 1, 2 and 3 do not improve, the third exceeds patience 2: epoch 4 at lr/10
-    lrs = lr_curve("plateau", tmp_path, lr=1e-7, epochs=5, val=True)
-    assert lrs == pytest.approx([1e-7] * 40 + [1e-8] * 10, rel=1e-9)
+    # lr 1e-12: the float32 weights (and val/loss) do not move, and any improvement would count
+    # (threshold 0); epoch 0 sets the best, epochs 1, 2 and 3 do not improve, the third
+    # exceeds patience 2: epoch 4 at lr/10
+    lrs = lr_curve("plateau", tmp_path, lr=1e-12, epochs=5, val=True)
+    assert lrs == pytest.approx([1e-12] * 40 + [1e-13] * 10, rel=1e-9)
 
 
 # --- image / label pairing against the raw IDX files -----------------------------------------
