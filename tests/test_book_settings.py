@@ -55,7 +55,7 @@ def test_book_setting_feeds_pixels_in_0_1_to_the_model(tiny, tmp_path):
     assert module.export_config()["preprocess"]["std"] == [1.0]
 
 
-def test_book_setting_run_records_its_sizes_and_exports_unnormalised(tiny, tmp_path):
+def test_book_setting_run_records_its_sizes_and_exports_unnormalised(tiny, tmp_path, capsys):
     run = tmp_path / "run"
     assert train.main(["--model", "lenet", "--data-dir", str(tiny), "--data-setting", "book",
                        "--max-epochs", "1", "--run-dir", str(run), "--no-progress-bar"]) == 0
@@ -65,6 +65,12 @@ def test_book_setting_run_records_its_sizes_and_exports_unnormalised(tiny, tmp_p
     assert res["val/acc"] == pytest.approx(res["test/acc"])  # the same images, the same weights
     pre = json.loads((run / "export" / "config.json").read_text())["preprocess"]
     assert pre["mean"] == [0.0] and pre["std"] == [1.0]
+    import predict  # the export, evaluated on the same split: the run's val accuracy
+
+    assert predict.main(["classify", "--export", str(run / "export"), "--eval", "--data",
+                         "fashion_mnist", "--data-dir", str(tiny), "--split", "val",
+                         "--data-setting", "book"]) == 0
+    assert f"(12 images): {res['val/acc']:.4f}" in capsys.readouterr().out
 
 
 def _exit_code(argv: list[str]) -> int:
