@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules import DataError
+from training.cluster import check_run_dir_given, data_lock, is_follower, set_dist_timeout
 from training.config import (
     Config,
     ConfigError,
@@ -42,6 +43,7 @@ from training.faults import (
     remove_empty_folders,
     terminated_message,
 )
+from training.flags import DIST_TIMEOUT
 from training.runs import RUN_DIR_ENV, ResumePlan, plan_resume, prepare_run_dir
 
 
@@ -147,7 +149,7 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         module.model.compile()
     limits = {f"limit_{k}_batches": tr[f"limit_{k}_batches"] for k in ("train", "val", "test")
               if tr[f"limit_{k}_batches"] is not None}
-    return L.Trainer(
+    trainer = L.Trainer(
         accelerator=tr["accelerator"], devices=tr["devices"], strategy=tr["strategy"],
         num_nodes=tr["num_nodes"], precision=tr["precision"], max_epochs=tr["max_epochs"],
         max_steps=tr["max_steps"], accumulate_grad_batches=tr["accumulate_grad_batches"],
@@ -156,6 +158,11 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         enable_progress_bar=True,  # the bar in a terminal, else LineProgress's plain lines
         enable_model_summary=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
         **limits)
+    if not set_dist_timeout(trainer.strategy, tr["dist_timeout"]) \
+            and tr["dist_timeout"] != DIST_TIMEOUT and trainer.is_global_zero:
+        print(f"warning: --dist-timeout {tr['dist_timeout']} has no effect: this run has "
+              "one process, with no process group to wait for", file=sys.stderr)
+    return trainer
 
 
 def _dataset_sizes(dm) -> dict[str, int]:
@@ -188,7 +195,8 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
 
     L.seed_everything(cfg["run"]["seed"], workers=True, verbose=False)
     dm = build_data(cfg)
-    dm.prepare_data()  # fail here, before any process is spawned, if the data is missing
+    with data_lock(cfg):  # under a cluster launcher: one process of each node downloads
+        dm.prepare_data()  # fail here, before any process is spawned, if the data is missing
     try:  # before the run folder exists, so a refused configuration leaves nothing behind
         module = build_module(cfg, dm.data_info())
         init = module.load_initial_weights() if resume is None else ""  # d2l §14.2
@@ -207,7 +215,7 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     try:
         trainer = build_trainer(cfg, run_dir, module)
     except (ValueError, RuntimeError) as e:  # e.g. fsdp without a GPU, an unknown accelerator
-        if not existed:
+        if not existed and not is_follower(cfg["trainer"]["num_nodes"]):
             remove_empty_folders(run_dir)
         raise ConfigError(str(e).strip().splitlines()[0]) from None
     if str(trainer.precision) != cfg["trainer"]["precision"]:  # e.g. 16-mixed runs bf16 on CPU
@@ -327,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_sweep(request)
         plan = None
-        if request.resume:
+        if request.resume:  # every process must find the same run (not the newest of its own)
+            check_run_dir_given(request.resume != "last"
+                                or bool(request.cli.values.get("run", {}).get("run_dir")))
             plan = plan_resume(request.resume, request.cli, request.configs)
             cfg = resolve([*plan.layers, plan.changes])
             plan.check(cfg)
@@ -337,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         if request.print_config:
             print(dump_config(cfg), end="")
             return 0
+        check_run_dir_given(bool(cfg["run"]["run_dir"]), cfg["trainer"]["num_nodes"])
         if plan is not None:
             print(f"resuming {plan.run_dir} ({cfg['model']['name']} on {cfg['data']['name']}) "
                   f"from {plan.ckpt.name} at step {plan.step}", flush=True)
