@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from datamodules import DataError
-from training.cluster import check_run_dir_given, data_lock, is_follower, set_dist_timeout
+from training.cluster import (
+    check_run_dir_given,
+    check_world_size,
+    data_lock,
+    is_follower,
+    set_dist_timeout,
+)
 from training.config import (
     Config,
     ConfigError,
@@ -162,6 +168,7 @@ def build_trainer(cfg: Config, run_dir: Path, module):
             and tr["dist_timeout"] != DIST_TIMEOUT and trainer.is_global_zero:
         print(f"warning: --dist-timeout {tr['dist_timeout']} has no effect: this run has "
               "one process, with no process group to wait for", file=sys.stderr)
+    check_world_size(trainer)  # torchrun's or srun's process count
     return trainer
 
 

@@ -162,6 +162,28 @@ def test_dist_timeout_reaches_init_process_group(env, tmp_path, monkeypatch, dat
     assert "--dist-timeout 42 has no effect" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("values,argv", [
+    ({**TORCHRUN_ENV, "RANK": "0", "GROUP_RANK": "0"}, ["--devices", "1"]),  # world size 2
+    ({**SLURM_ENV, "SLURM_PROCID": "0", "SLURM_NNODES": "2"}, ["--devices", "2"]),
+])
+def test_devices_times_nodes_must_be_the_launched_processes(values, argv, env, data_root,
+                                                            tmp_path, monkeypatch,
+                                                            capsys) -> None:
+    """Lightning's own check, made before the run folder exists (one sentence, exit 2)."""
+    import lightning as L
+
+    env(values)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(L.Trainer, "fit", lambda *a, **k: pytest.fail("it would wait for peers"))
+    assert train.main(["--model", "softmax_regression", "--data", "mnist", "--data-dir",
+                       str(data_root), "--accelerator", "cpu", "--strategy", "ddp",
+                       "--num-nodes", "2" if "SLURM_NTASKS" in values else "1", *argv,
+                       "--run-dir", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not match" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("value", ["0", "-5"])
 def test_a_dist_timeout_below_one_second_is_refused(value, tmp_path, monkeypatch,
                                                     capsys) -> None:

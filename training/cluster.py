@@ -96,3 +96,17 @@ def set_dist_timeout(strategy: Any, seconds: float) -> bool:
         return False
     strategy._timeout = timedelta(seconds=seconds)
     return True
+
+
+def check_world_size(trainer: Any) -> None:
+    """Check that ``--devices`` x ``--num-nodes`` is the launcher's process count.
+
+    Lightning's own check, made when the Trainer is built rather than in ``fit``, after the run
+    folder is made.
+
+    Raises:
+        ValueError: Lightning's sentence (``train.py`` refuses with it, exit 2).
+    """
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    if env is not None:
+        env.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
