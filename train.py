@@ -32,6 +32,7 @@ from training.cluster import (
     check_world_size,
     data_lock,
     is_follower,
+    peer_failure,
     set_dist_timeout,
 )
 from training.config import (
@@ -330,6 +331,7 @@ class _InfoToStdout(logging.StreamHandler):
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     _quiet_warnings()
+    cfg: Config | None = None
     try:
         request = parse_command_line(argv)
         if request.list_models is not None:
@@ -384,7 +386,14 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, NonFiniteLossError):
             print(f"error: stopped: {e}", file=sys.stderr)
             return 1
-        raise
+        said = peer_failure(e)
+        if said is None:
+            raise
+        run_dir = cfg["run"]["run_dir"] if cfg else "RUN"
+        print(f"error: another process of this distributed run died or stopped answering "
+              f"({said}); continue from the last checkpoint with --resume last --run-dir "
+              f"{run_dir}", file=sys.stderr)
+        return 1
     if results is not None:
         shown = {k: round(v, 4) for k, v in results.items()
                  if k.startswith(("val/", "test/")) and isinstance(v, float)}

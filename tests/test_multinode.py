@@ -184,6 +184,41 @@ def test_devices_times_nodes_must_be_the_launched_processes(values, argv, env, d
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("message,said", [  # as gloo raised them in the slow tests below
+    ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+     "[127.0.0.1]:14026: Connection reset by peer. This is typically caused by a remote worker "
+     "hanging or bugs in the application.", "gloo: Connection reset by peer"),
+    ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:129] Timed "
+     "out waiting 15000ms for send operation to complete",
+     "gloo: Timed out waiting 15000ms for send operation to complete"),
+    ("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)", None),
+    ("gloo does not support this dtype", None),
+])
+def test_peer_failures_are_told_apart(message, said) -> None:
+    import torch.distributed as dist
+
+    assert cluster.peer_failure(RuntimeError(message)) == said
+    assert cluster.peer_failure(dist.DistBackendError("NCCL watchdog timeout\nmore")) == (
+        "NCCL watchdog timeout")
+    assert cluster.peer_failure(ValueError(message)) is None
+
+
+def test_a_peer_failure_is_one_sentence(env, tmp_path, monkeypatch, data_root, capsys) -> None:
+    import lightning as L
+
+    def fit(*a, **k):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:1: "
+                           "Connection reset by peer. More.")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(L.Trainer, "fit", fit)
+    assert train.main(["--model", "softmax_regression", "--data", "mnist", "--data-dir",
+                       str(data_root), "--accelerator", "cpu", "--run-dir", "r"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("error: another process of this distributed run died or stopped answering "
+                   "(gloo: Connection reset by peer); continue from the last checkpoint with "
+                   "--resume last --run-dir r\n")
+
+
 @pytest.mark.parametrize("value", ["0", "-5"])
 def test_a_dist_timeout_below_one_second_is_refused(value, tmp_path, monkeypatch,
                                                     capsys) -> None:
@@ -321,6 +356,7 @@ def test_a_killed_node_makes_the_other_exit_non_zero(tmp_path, tiny_data) -> Non
     """The peer's sockets close: the next collective fails at once (measured: seconds)."""
     code, waited, log = _start_and_stop_node_1(tmp_path, tiny_data, signal.SIGKILL, [], 60)
     assert code not in (None, 0), f"node 0: exit {code} after {waited:.0f} s\n{log[-3000:]}"
+    assert "died or stopped answering (gloo: Connection" in log, log[-3000:]
 
 
 @pytest.mark.slow
@@ -332,4 +368,4 @@ def test_a_frozen_node_makes_the_other_exit_non_zero_after_dist_timeout(
                                                ["--dist-timeout", "15"], 75)
     assert code not in (None, 0), f"node 0: exit {code} after {waited:.0f} s\n{log[-3000:]}"
     assert waited >= 14, waited  # it was the timeout, not something else, that ended it
-    assert "Timed out" in log, log[-3000:]
+    assert "died or stopped answering (gloo: Timed out" in log, log[-3000:]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -110,3 +111,22 @@ def check_world_size(trainer: Any) -> None:
     env = getattr(trainer.strategy, "cluster_environment", None)
     if env is not None:
         env.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+
+
+#: what gloo says when a peer's sockets close or it stops answering
+_GLOO_PEER = re.compile(r"gloo.*?(Connection (?:reset|closed|refused)[^.]*|Timed out[^.]*"
+                        r"|Broken pipe[^.]*)", re.S)
+
+
+def peer_failure(error: BaseException) -> str | None:
+    """What a collective said when another process died or froze (``None``: something else).
+
+    torch raises ``DistError`` subclasses (NCCL, the store) and plain ``RuntimeError``s that
+    name gloo (``Connection reset by peer``, ``Timed out waiting 15000ms ...``).
+    """
+    import torch.distributed as dist
+
+    if isinstance(error, dist.DistError):
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    found = _GLOO_PEER.search(str(error)) if type(error) is RuntimeError else None
+    return f"gloo: {found.group(1).strip()}" if found else None
