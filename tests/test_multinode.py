@@ -346,6 +346,7 @@ def _start_and_stop_node_1(tmp_path: Path, data: Path, sig: int, extra: list[str
             code = procs[0].wait(timeout=bound)
         except subprocess.TimeoutExpired:
             code = None
+        print(f"node 0: exit {code} {time.monotonic() - t0:.1f} s after node 1 got signal {sig}")
         return code, time.monotonic() - t0, log.read_text()
     finally:
         _kill(procs)
