@@ -29,11 +29,10 @@ from typing import Any
 from datamodules import DataError
 from training.cluster import (
     check_run_dir_given,
-    check_world_size,
     data_lock,
     is_follower,
     peer_failure,
-    set_dist_timeout,
+    setup_strategy,
 )
 from training.config import (
     Config,
@@ -50,7 +49,6 @@ from training.faults import (
     remove_empty_folders,
     terminated_message,
 )
-from training.flags import DIST_TIMEOUT
 from training.runs import RUN_DIR_ENV, ResumePlan, plan_resume, prepare_run_dir
 
 
@@ -165,11 +163,7 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         enable_progress_bar=True,  # the bar in a terminal, else LineProgress's plain lines
         enable_model_summary=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
         **limits)
-    if not set_dist_timeout(trainer.strategy, tr["dist_timeout"]) \
-            and tr["dist_timeout"] != DIST_TIMEOUT and trainer.is_global_zero:
-        print(f"warning: --dist-timeout {tr['dist_timeout']} has no effect: this run has "
-              "one process, with no process group to wait for", file=sys.stderr)
-    check_world_size(trainer)  # torchrun's or srun's process count
+    setup_strategy(trainer, tr["dist_timeout"])  # --dist-timeout; torchrun's process count
     return trainer
 
 

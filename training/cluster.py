@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import re
+import sys
 import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -97,6 +98,23 @@ def set_dist_timeout(strategy: Any, seconds: float) -> bool:
         return False
     strategy._timeout = timedelta(seconds=seconds)
     return True
+
+
+def setup_strategy(trainer: Any, dist_timeout: int) -> None:
+    """Give the Trainer's strategy ``--dist-timeout``, and check the launcher's process count.
+
+    A timeout other than the default on a one-process run warns that it has no effect.
+
+    Raises:
+        ValueError: ``--devices`` x ``--num-nodes`` is not the number of launched processes.
+    """
+    from .flags import DIST_TIMEOUT
+
+    if not set_dist_timeout(trainer.strategy, dist_timeout) and dist_timeout != DIST_TIMEOUT \
+            and trainer.is_global_zero:
+        print(f"warning: --dist-timeout {dist_timeout} has no effect: this run has one "
+              "process, with no process group to wait for", file=sys.stderr)
+    check_world_size(trainer)
 
 
 def check_world_size(trainer: Any) -> None:
