@@ -27,6 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from datamodules import DataError
+from training.cluster import (
+    check_run_dir_given,
+    data_lock,
+    is_follower,
+    peer_failure,
+    setup_strategy,
+)
 from training.config import (
     Config,
     ConfigError,
@@ -147,7 +154,7 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         module.model.compile()
     limits = {f"limit_{k}_batches": tr[f"limit_{k}_batches"] for k in ("train", "val", "test")
               if tr[f"limit_{k}_batches"] is not None}
-    return L.Trainer(
+    trainer = L.Trainer(
         accelerator=tr["accelerator"], devices=tr["devices"], strategy=tr["strategy"],
         num_nodes=tr["num_nodes"], precision=tr["precision"], max_epochs=tr["max_epochs"],
         max_steps=tr["max_steps"], accumulate_grad_batches=tr["accumulate_grad_batches"],
@@ -156,6 +163,8 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         enable_progress_bar=True,  # the bar in a terminal, else LineProgress's plain lines
         enable_model_summary=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
         **limits)
+    setup_strategy(trainer, tr["dist_timeout"])  # --dist-timeout; torchrun's process count
+    return trainer
 
 
 def _dataset_sizes(dm) -> dict[str, int]:
@@ -198,7 +207,8 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
 
     L.seed_everything(cfg["run"]["seed"], workers=True, verbose=False)
     dm = build_data(cfg)
-    dm.prepare_data()  # fail here, before any process is spawned, if the data is missing
+    with data_lock(cfg):  # under a cluster launcher: one process of each node downloads
+        dm.prepare_data()  # fail here, before any process is spawned, if the data is missing
     try:  # before the run folder exists, so a refused configuration leaves nothing behind
         module = build_module(cfg, dm.data_info())
         init = module.load_initial_weights() if resume is None else ""  # d2l §14.2
@@ -217,7 +227,7 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     try:
         trainer = build_trainer(cfg, run_dir, module)
     except (ValueError, RuntimeError) as e:  # e.g. fsdp without a GPU, an unknown accelerator
-        if not existed:
+        if not existed and not is_follower(cfg["trainer"]["num_nodes"]):
             remove_empty_folders(run_dir)
         raise ConfigError(str(e).strip().splitlines()[0]) from None
     if str(trainer.precision) != cfg["trainer"]["precision"]:  # e.g. 16-mixed runs bf16 on CPU
@@ -327,6 +337,7 @@ class _InfoToStdout(logging.StreamHandler):
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     _quiet_warnings()
+    cfg: Config | None = None
     try:
         request = parse_command_line(argv)
         if request.list_models is not None:
@@ -339,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_sweep(request)
         plan = None
-        if request.resume:
+        if request.resume:  # every process must find the same run (not the newest of its own)
+            check_run_dir_given(request.resume != "last"
+                                or bool(request.cli.values.get("run", {}).get("run_dir")))
             plan = plan_resume(request.resume, request.cli, request.configs)
             cfg = resolve([*plan.layers, plan.changes])
             plan.check(cfg)
@@ -349,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if request.print_config:
             print(dump_config(cfg), end="")
             return 0
+        check_run_dir_given(bool(cfg["run"]["run_dir"]), cfg["trainer"]["num_nodes"])
         if plan is not None:
             print(f"resuming {plan.run_dir} ({cfg['model']['name']} on {cfg['data']['name']}) "
                   f"from {plan.ckpt.name} at step {plan.step}", flush=True)
@@ -378,7 +392,14 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, NonFiniteLossError):
             print(f"error: stopped: {e}", file=sys.stderr)
             return 1
-        raise
+        said = peer_failure(e)
+        if said is None:
+            raise
+        run_dir = cfg["run"]["run_dir"] if cfg else "RUN"
+        print(f"error: another process of this distributed run died or stopped answering "
+              f"({said}); continue from the last checkpoint with --resume last --run-dir "
+              f"{run_dir}", file=sys.stderr)
+        return 1
     if results is not None:
         shown = {k: round(v, 4) for k, v in results.items()
                  if k.startswith(("val/", "test/")) and isinstance(v, float)}

@@ -274,6 +274,7 @@ VALUE_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("trainer", "max_steps"): (lambda v: v == -1 or _at_least(1)(v), "at least 1 (or -1: off)"),
     ("trainer", "accumulate_grad_batches"): (_at_least(1), "at least 1"),
     ("trainer", "num_nodes"): (_at_least(1), "at least 1"),
+    ("trainer", "dist_timeout"): (_at_least(1), "a number of seconds, at least 1"),
     ("trainer", "devices"): (_devices, "a count of at least 1, -1 (all), 'auto', or device "
                              "indices such as 0,1"),
     ("trainer", "accelerator"): (lambda v: v in ACCELERATORS,

@@ -18,6 +18,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
 #: sections whose unset values come from the model's recipe, else its constructors' defaults
 FROM_RECIPE = ("model", "data", "task", "optim")
+#: seconds a process waits for the others in a collective (torch's NCCL default; Lightning's
+#: is 1800): a dead or frozen node then stops the run instead of hanging the rest
+DIST_TIMEOUT = 600
 
 
 class _Parser(argparse.ArgumentParser):
@@ -182,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr("--devices", type=_devices, default="auto", help="count, list such as 0,1, or auto")
     tr("--strategy", choices=STRATEGIES, default="auto", help="distributed strategy")
     tr("--num-nodes", type=int, default=1, help="machines")
+    tr("--dist-timeout", type=int, default=DIST_TIMEOUT, metavar="SECONDS",
+       help="seconds a process waits for the others (the process group's timeout): a dead or "
+       "frozen node makes the rest exit with an error after it instead of hanging")
     tr("--precision", choices=PRECISIONS, default="32-true", help="numeric precision")
     tr("--compile", action="store_true", default=False,
        help="torch.compile the model (default: off)")

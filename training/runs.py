@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cluster import RUN_DIR_ENV, is_follower
 from .config import Config, ConfigError, Layer, dump_config, load_config_file
 
-RUN_DIR_ENV = "_D2L_RUN_DIR"  # hands the run folder to DDP child processes
 #: what may change when a run is resumed: how long it runs and what it writes or shows
 RESUMABLE = {
     ("trainer", "max_epochs"), ("trainer", "max_steps"), ("trainer", "limit_train_batches"),
@@ -209,7 +209,8 @@ def prepare_run_dir(cfg: Config, resuming: bool) -> tuple[Path, bool]:
     trial) is reused: nothing in it is lost, and ``metrics.csv`` skips rows it already has. A
     folder with another ``config.yaml`` but no checkpoint or results (a run that failed before
     its first checkpoint, e.g. on a data error) is not a run either: its files are moved to
-    ``attempt-N/`` inside it, and the folder is reused.
+    ``attempt-N/`` inside it, and the folder is reused. Under a cluster launcher only global
+    rank 0 checks and creates it (``training.cluster``); the others take ``--run-dir`` as is.
 
     Raises:
         ConfigError: the folder holds another run.
@@ -218,6 +219,8 @@ def prepare_run_dir(cfg: Config, resuming: bool) -> tuple[Path, bool]:
     if inherited:  # a DDP child: the parent already chose and checked it
         return Path(inherited), True
     run = cfg["run"]
+    if is_follower(cfg["trainer"]["num_nodes"]):  # --run-dir is required (check_run_dir_given)
+        return Path(run["run_dir"]), True
     if run["run_dir"]:
         run_dir = Path(run["run_dir"])
     else:
