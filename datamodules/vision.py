@@ -35,13 +35,15 @@ class IDXDataModule(TensorDataModule):
             i.e. the 55k/5k split of the full data).
         train_fraction: keep this seeded fraction of the training split (a label budget for
             transfer learning, d2l §14.2); validation and test stay whole.
+        on_device: see :class:`datamodules.base.TensorDataModule`.
     """
 
     dataset: IDXDataset
 
     def __init__(self, data_dir: str | Path | None = None, batch_size: int = 256, seed: int = 0,
-                 val_size: int | None = None, train_fraction: float = 1.0) -> None:
-        super().__init__(batch_size, seed)
+                 val_size: int | None = None, train_fraction: float = 1.0,
+                 on_device: bool | str = "auto") -> None:
+        super().__init__(batch_size, seed, on_device)
         self.data_dir = resolve_data_dir(data_dir)
         self.val_size = val_size
         self.train_fraction = train_fraction

@@ -256,6 +256,7 @@ VALUE_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("data", "num_steps"): (_at_least(1), "at least 1"),
     ("data", "max_examples"): (_at_least(1), "at least 1"),
     ("data", "max_len"): (_at_least(1), "at least 1"),
+    ("data", "on_device"): (lambda v: v == "auto", "auto, true or false"),  # bools pass
     ("model", "num_hiddens"): (_at_least(1), "at least 1"),
     ("model", "num_layers"): (_at_least(1), "at least 1"),
     ("model", "dropout"): (_fraction, "in [0, 1)"),
