@@ -72,6 +72,8 @@ class TrainingMonitor(Callback):
         self._first_loss: float | None = None
         self._above_since: int | None = None
         self._warned = False
+        #: on the CPU, look at the loss every step (no device to wait for)
+        self.every_step_on_cpu = True
 
     def _start(self) -> None:
         self._t0 = time.perf_counter()
@@ -90,8 +92,9 @@ class TrainingMonitor(Callback):
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            loss: torch.Tensor) -> None:
         """Stop before a non-finite loss reaches the weights; track divergence."""
-        step = trainer.global_step
-        if pl_module.device.type != "cpu" and step % self.check_every_n_steps:
+        step = trainer.global_step  # elsewhere: step 0 and every n-th, the logging steps
+        if (pl_module.device.type != "cpu" or not self.every_step_on_cpu) and step and (
+                step + 1) % self.check_every_n_steps:
             return
         value = float(loss.detach())
         if not math.isfinite(value):

@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from .loader import TensorBatchLoader
+from .loader import TensorBatchLoader, check_on_device, resident_device
 
 
 class DataModule(L.LightningDataModule):
@@ -33,6 +33,28 @@ class DataModule(L.LightningDataModule):
         """Examples (or tokens) per split after :meth:`setup`, for ``results.json``."""
         raise NotImplementedError
 
+    #: ``data.on_device`` (set by subclasses' constructors): ``auto``, ``True`` or ``False``
+    on_device: bool | str = False
+    _device: torch.device | None | bool = False  # not resolved yet
+
+    def _split_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the loaders would hold on the device (for ``on_device="auto"``)."""
+        raise NotImplementedError
+
+    def data_device(self) -> torch.device | None:
+        """Where the loaders hold the splits: the training device, or ``None`` (the host).
+
+        Decided once, when the first loader is built (see :func:`resident_device`).
+        """
+        if self._device is False:
+            strategy = getattr(self.trainer, "strategy", None)  # no trainer: the host
+            device = getattr(strategy, "root_device", None)
+            nbytes = 0
+            if device is not None and self.on_device == "auto" and device.type == "cuda":
+                nbytes = sum(t.nbytes for t in self._split_tensors())
+            self._device = resident_device(self.on_device, device, nbytes)
+        return self._device
+
 
 class TensorDataModule(DataModule):
     """Serves in-memory ``(inputs..., target)`` tensors through :class:`TensorBatchLoader`.
@@ -45,12 +67,18 @@ class TensorDataModule(DataModule):
     Args:
         batch_size: training (and evaluation) batch size.
         seed: seed of the split and the shuffling.
+        on_device: hold the splits on the training device and index there: ``True``,
+            ``False`` or ``"auto"`` (on for CUDA when they take at most a quarter of the free
+            device memory).
     """
 
-    def __init__(self, batch_size: int = 256, seed: int = 0) -> None:
+    def __init__(self, batch_size: int = 256, seed: int = 0,
+                 on_device: bool | str = "auto") -> None:
         super().__init__()
+        check_on_device(on_device)
         self.batch_size = batch_size
         self.seed = seed
+        self.on_device = on_device
         self.train_set: tuple[torch.Tensor, ...] | None = None
         self.val_set: tuple[torch.Tensor, ...] | None = None
         self.test_set: tuple[torch.Tensor, ...] | None = None
@@ -62,8 +90,17 @@ class TensorDataModule(DataModule):
         rank, world = 0, 1
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
+        device = self.data_device()
+        if device is not None:  # moved once; the loaders of later stages reuse the copy
+            resident = self.__dict__.setdefault("_resident", {})
+            if resident.get(split, (None,))[0] is not tensors[0]:
+                resident[split] = (tensors[0], tuple(t.to(device) for t in tensors))
+            tensors = resident[split][1]
         return TensorBatchLoader(tensors, self.batch_size, shuffle=train, seed=self.seed,
-                                 rank=rank, world_size=world, even=train)
+                                 rank=rank, world_size=world, even=train, device=device)
+
+    def _split_tensors(self) -> list[torch.Tensor]:
+        return [t for s in (self.train_set, self.val_set, self.test_set) if s for t in s]
 
     def train_dataloader(self) -> TensorBatchLoader:
         """Shuffled training batches."""

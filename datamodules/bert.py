@@ -66,11 +66,14 @@ class BERTPretrainDataModule(TensorDataModule):
         max_len: longest input, ``<cls>`` and two ``<sep>`` included (the book: 64).
         min_freq: vocabulary frequency threshold (the book: 5).
         max_examples: use only the first N training pairs (quick runs).
+        on_device: see :class:`datamodules.base.TensorDataModule` (each epoch's draw crosses
+            once).
     """
 
     def __init__(self, data_dir: str | Path | None = None, batch_size: int = 512, seed: int = 0,
-                 max_len: int = 64, min_freq: int = 5, max_examples: int | None = None) -> None:
-        super().__init__(batch_size, seed)
+                 max_len: int = 64, min_freq: int = 5, max_examples: int | None = None,
+                 on_device: bool | str = "auto") -> None:
+        super().__init__(batch_size, seed, on_device)
         if max_len < 5:
             raise DataError(f"max_len={max_len} cannot hold <cls> A <sep> B <sep>")
         self.data_dir = resolve_data_dir(data_dir)
@@ -113,7 +116,8 @@ class BERTPretrainDataModule(TensorDataModule):
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
         return EpochLoader(lambda epoch: self._draw("train", epoch), self.batch_size,
-                           self.train_set, seed=self.seed, rank=rank, world_size=world, even=True)
+                           self.train_set, seed=self.seed, rank=rank, world_size=world, even=True,
+                           device=self.data_device())
 
     def data_info(self) -> dict[str, Any]:
         """The vocabulary and ``max_len`` for the task module."""

@@ -46,12 +46,14 @@ class EngFraDataModule(TensorDataModule):
             ``max_examples``, 0 validates on the training pairs).
         test_size: test pairs (full corpus only; default 5000).
         min_freq: rarer tokens become ``<unk>``.
+        on_device: see :class:`datamodules.base.TensorDataModule`.
     """
 
     def __init__(self, data_dir: str | Path | None = None, batch_size: int = 128, seed: int = 0,
                  num_steps: int = 9, max_examples: int | None = None,
-                 val_size: int | None = None, test_size: int = 5000, min_freq: int = 2) -> None:
-        super().__init__(batch_size, seed)
+                 val_size: int | None = None, test_size: int = 5000, min_freq: int = 2,
+                 on_device: bool | str = "auto") -> None:
+        super().__init__(batch_size, seed, on_device)
         self.data_dir = resolve_data_dir(data_dir)
         self.num_steps, self.max_examples = num_steps, max_examples
         self.val_size, self.test_size, self.min_freq = val_size, test_size, min_freq

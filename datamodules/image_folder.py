@@ -35,14 +35,15 @@ class ImageFolderDataModule(TensorDataModule):
         min_crop: smallest crop area of the training augmentation (fraction of the image).
         flip: the training augmentation also flips horizontally (not for digits or text).
         train_fraction: keep this seeded fraction of the training images (label budget).
+        on_device: see :class:`datamodules.base.TensorDataModule`.
     """
 
     def __init__(self, root: str | None = None, data_dir: str | Path | None = None,
                  batch_size: int = 64, seed: int = 0, val_size: int | None = None,
                  image_size: int | None = None, channels: int | None = None,
                  augment: bool = True, min_crop: float = 0.25, flip: bool = True,
-                 train_fraction: float = 1.0) -> None:
-        super().__init__(batch_size, seed)
+                 train_fraction: float = 1.0, on_device: bool | str = "auto") -> None:
+        super().__init__(batch_size, seed, on_device)
         if root and data_dir and Path(root) != Path(data_dir):
             raise DataError(f"image_folder: data.root {root} and --data-dir {data_dir} differ; "
                             "give one")

@@ -24,7 +24,7 @@ import torch
 
 from .base import DataModule
 from .download import DataError
-from .loader import IndexSampler, ResumableLoader
+from .loader import IndexSampler, ResumableLoader, check_on_device, to_device
 from .text import Vocab
 
 SAMPLERS = ("random", "sequential")
@@ -47,20 +47,24 @@ class RandomWindowLoader(ResumableLoader):
         batch_size: windows per batch (per rank).
         num_steps: tokens per window.
         seed, rank, world_size: see :class:`datamodules.loader.IndexSampler`.
+        device: hold the corpus on this device and cut the windows there (``None``: where it
+            is).
     """
 
     def __init__(self, corpus: torch.Tensor, batch_size: int, num_steps: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1,
+                 device: torch.device | None = None) -> None:
         super().__init__()
         n = (len(corpus) - num_steps) // num_steps
         if n < 1:
             raise DataError(f"{len(corpus)} tokens are too few for windows of {num_steps} "
                             "(lower --num-steps)")
-        self.corpus, self.batch_size, self.num_steps = corpus, batch_size, num_steps
-        self.seed = seed
+        self.corpus = to_device(corpus, device)
+        self.batch_size, self.num_steps = batch_size, num_steps
+        self.seed, self.device = seed, device
         self.sampler = IndexSampler(n, shuffle=True, seed=seed, rank=rank,
                                     world_size=world_size, even=True)
-        self._steps = torch.arange(num_steps + 1)
+        self._steps = to_device(torch.arange(num_steps + 1), device)
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
@@ -71,7 +75,7 @@ class RandomWindowLoader(ResumableLoader):
         return offset + self.sampler.indices() * self.num_steps
 
     def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        starts = self.window_starts()
+        starts = to_device(self.window_starts(), self.device)  # one copy per epoch
         for b in range(start, len(self)):
             s = starts[b * self.batch_size:(b + 1) * self.batch_size]
             windows = self.corpus[s[:, None] + self._steps]  # (B, T + 1)
@@ -92,12 +96,12 @@ class SequentialLoader(ResumableLoader):
         num_steps: tokens per batch row (pytorch/examples ``bptt``).
         random_offset: drop a random number (< ``num_steps``) of leading tokens each epoch, as
             d2l's ``seq_data_iter_sequential``, so window boundaries move between epochs.
-        seed, rank, world_size: as :class:`RandomWindowLoader`.
+        seed, rank, world_size, device: as :class:`RandomWindowLoader`.
     """
 
     def __init__(self, corpus: torch.Tensor, batch_size: int, num_steps: int,
                  random_offset: bool = False, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, device: torch.device | None = None) -> None:
         super().__init__()
         streams = batch_size * world_size
         spare = num_steps - 1 if random_offset else 0
@@ -107,7 +111,8 @@ class SequentialLoader(ResumableLoader):
                             "text file is empty or cut short, delete it so it is downloaded "
                             "again (or point --data-dir at a complete copy); else lower "
                             "--batch-size")
-        self.corpus, self.batch_size, self.num_steps = corpus, batch_size, num_steps
+        self.corpus, self.device = to_device(corpus, device), device
+        self.batch_size, self.num_steps = batch_size, num_steps
         self.random_offset, self.seed, self.rank, self.streams = random_offset, seed, rank, streams
         self.sampler = IndexSampler(1, shuffle=False)  # only tracks the epoch
 
@@ -146,6 +151,9 @@ class LanguageModelDataModule(DataModule):
         sampler: ``random`` or ``sequential``.
         eval_batch_size: streams of the validation / test splits (default:
             ``min(batch_size, 64)``).
+        on_device: hold the int64 token streams on the training device and cut the batches
+            there: ``True``, ``False`` or ``"auto"`` (see
+            :meth:`datamodules.base.DataModule.data_device`).
     """
 
     level = "word"
@@ -156,8 +164,10 @@ class LanguageModelDataModule(DataModule):
 
     def __init__(self, data_dir: str | None = None, batch_size: int = 32, seed: int = 0,
                  num_steps: int = 35, sampler: str = "sequential",
-                 eval_batch_size: int | None = None) -> None:
+                 eval_batch_size: int | None = None, on_device: bool | str = "auto") -> None:
         super().__init__()
+        check_on_device(on_device)
+        self.on_device = on_device
         if sampler not in SAMPLERS:
             raise DataError(f"unknown sampler '{sampler}'; choose from: {', '.join(SAMPLERS)}")
         for name, value in (("batch_size", batch_size), ("num_steps", num_steps),
@@ -199,21 +209,36 @@ class LanguageModelDataModule(DataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
+    def _split_tensors(self) -> list[torch.Tensor]:
+        return list(self.corpora.values())
+
+    def _corpus(self, split: str) -> torch.Tensor:
+        """The split's token stream, moved once to :meth:`data_device` if it is set."""
+        device = self.data_device()
+        if device is None:
+            return self.corpora[split]
+        resident = self.__dict__.setdefault("_resident", {})
+        if split not in resident:
+            resident[split] = to_device(self.corpora[split], device)
+        return resident[split]
+
     def train_dataloader(self) -> RandomWindowLoader | SequentialLoader:
         """Random windows or sequential streams of the training split."""
         rank, world = self._rank()
+        corpus, device = self._corpus("train"), self.data_device()
         if self.sampler == "random":
-            return RandomWindowLoader(self.corpora["train"], self.batch_size, self.num_steps,
-                                      self.seed, rank, world)
-        return SequentialLoader(self.corpora["train"], self.batch_size, self.num_steps,
+            return RandomWindowLoader(corpus, self.batch_size, self.num_steps, self.seed, rank,
+                                      world, device=device)
+        return SequentialLoader(corpus, self.batch_size, self.num_steps,
                                 random_offset=self.random_offset, seed=self.seed, rank=rank,
-                                world_size=world)
+                                world_size=world, device=device)
 
     def _eval_loader(self, split: str) -> SequentialLoader:
         rank, world = self._rank()
-        corpus = self.corpora[split]
+        corpus = self._corpus(split)
         streams = max(1, min(self.eval_batch_size, (len(corpus) - 1) // (2 * world)))
-        return SequentialLoader(corpus, streams, self.num_steps, rank=rank, world_size=world)
+        return SequentialLoader(corpus, streams, self.num_steps, rank=rank, world_size=world,
+                                device=self.data_device())
 
     def val_dataloader(self) -> SequentialLoader:
         """Sequential streams of the validation split."""

@@ -4,6 +4,11 @@ No per-sample Python and no worker processes: one ``index_select`` per tensor pe
 sampler is seeded per epoch and sharded across ranks like ``DistributedSampler``; the loader
 records how many batches of the epoch it has served, so a mid-epoch checkpoint resumes on the
 exact next batch (Lightning saves ``state_dict()`` of stateful loaders in its checkpoints).
+
+Device-resident data (``data.on_device``): with a ``device``, a loader holds its tensors on
+that device and builds every batch there (the epoch's indices cross once, in one non-blocking
+copy), so Lightning's batch transfer finds the batch already in place. The indices are drawn
+on the host exactly as without a device, so the batches are the same.
 """
 
 from __future__ import annotations
@@ -13,6 +18,48 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+#: values of ``data.on_device``: ``auto`` is on for a CUDA device when the splits fit
+ON_DEVICE = ("auto", True, False)
+#: ``on_device="auto"``: the splits may take at most this share of the free device memory
+AUTO_MEMORY_SHARE = 0.25
+
+
+def check_on_device(value: bool | str) -> None:
+    """Refuse an ``on_device`` value other than ``auto``, ``true`` or ``false``."""
+    if value not in ON_DEVICE or isinstance(value, int) and not isinstance(value, bool):
+        from .download import DataError
+
+        raise DataError(f"on_device must be auto, true or false, got {value!r}")
+
+
+def resident_device(on_device: bool | str, device: torch.device | None,
+                    nbytes: int) -> torch.device | None:
+    """The device the splits should live on (``None``: stay on the host).
+
+    Args:
+        on_device: ``True``, ``False`` or ``"auto"`` (on for CUDA when ``nbytes`` is at most
+            :data:`AUTO_MEMORY_SHARE` of the free device memory; off on the CPU).
+        device: the training device (``None``: no trainer, e.g. a DataModule used alone).
+        nbytes: bytes of all the splits that would move.
+    """
+    if device is None or on_device is False:
+        return None
+    if on_device == "auto":
+        if device.type != "cuda":
+            return None
+        free, _ = torch.cuda.mem_get_info(device)
+        return device if nbytes <= AUTO_MEMORY_SHARE * free else None
+    return device
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    """``tensor`` on ``device`` (``None``: unchanged); host indices cross without blocking."""
+    if device is None or tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 class IndexSampler:
@@ -103,6 +150,7 @@ class TensorBatchLoader(ResumableLoader):
         batch_size: rows per batch.
         shuffle, seed, rank, world_size, even: see :class:`IndexSampler`.
         drop_last: drop a final partial batch.
+        device: hold the tensors on this device and index there (``None``: where they are).
 
     Lightning does not prefetch from iterables that have a length, so at a mid-epoch checkpoint
     every batch served has been trained on (``tests/test_cli.py`` checks the resumed run ends
@@ -111,14 +159,15 @@ class TensorBatchLoader(ResumableLoader):
 
     def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 even: bool = True) -> None:
+                 even: bool = True, device: torch.device | None = None) -> None:
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
             raise ValueError("all tensors need the same length")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         super().__init__()
-        self.tensors = tensors
+        self.device = device
+        self.tensors = tuple(to_device(t, device) for t in tensors)
         self.batch_size, self.drop_last = batch_size, drop_last
         self.sampler = IndexSampler(n, shuffle, seed, rank, world_size, even)
 
@@ -127,7 +176,8 @@ class TensorBatchLoader(ResumableLoader):
         return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
 
     def _batches(self, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        idx = self.sampler.indices()
+        self.tensors = tuple(to_device(t, self.device) for t in self.tensors)  # a new draw
+        idx = to_device(self.sampler.indices(), self.device)  # one copy per epoch
         for b in range(start, len(self)):
             rows = idx[b * self.batch_size : (b + 1) * self.batch_size]
             yield tuple(t.index_select(0, rows) for t in self.tensors)

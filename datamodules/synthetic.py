@@ -21,12 +21,13 @@ class SyntheticRegressionDataModule(TensorDataModule):
         num_val: validation (and test) examples.
         batch_size: batch size (d2l: 32).
         seed: seed of the draws and the shuffling.
+        on_device: see :class:`datamodules.base.TensorDataModule`.
     """
 
     def __init__(self, w: Sequence[float] = (2.0, -3.4), b: float = 4.2, noise: float = 0.01,
                  num_train: int = 1000, num_val: int = 1000, batch_size: int = 32,
-                 seed: int = 0) -> None:
-        super().__init__(batch_size, seed)
+                 seed: int = 0, on_device: bool | str = "auto") -> None:
+        super().__init__(batch_size, seed, on_device)
         self.w = torch.tensor(list(w), dtype=torch.float32)
         self.b, self.noise = float(b), float(noise)
         self.num_train, self.num_val = num_train, num_val

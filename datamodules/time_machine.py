@@ -17,7 +17,7 @@ class TimeMachineDataModule(LanguageModelDataModule):
     gives 173,428 characters and 28 tokens including ``<unk>``.
 
     Args:
-        data_dir, batch_size, seed, num_steps, eval_batch_size: see
+        data_dir, batch_size, seed, num_steps, eval_batch_size, on_device: see
             :class:`LanguageModelDataModule` (d2l: batch 1024, ``num_steps`` 32).
         level: ``char`` (d2l) or ``word``.
         sampler: ``random`` (default) or ``sequential``.
@@ -33,8 +33,9 @@ class TimeMachineDataModule(LanguageModelDataModule):
     def __init__(self, data_dir: str | None = None, batch_size: int = 1024, seed: int = 0,
                  num_steps: int = 32, level: str = "char", sampler: str = "random",
                  val_fraction: float = 0.1, eval_batch_size: int | None = None,
-                 max_tokens: int | None = None) -> None:
-        super().__init__(data_dir, batch_size, seed, num_steps, sampler, eval_batch_size)
+                 max_tokens: int | None = None, on_device: bool | str = "auto") -> None:
+        super().__init__(data_dir, batch_size, seed, num_steps, sampler, eval_batch_size,
+                         on_device)
         if level not in ("char", "word"):
             raise DataError(f"unknown token level '{level}'; choose from: char, word")
         if not 0.0 < val_fraction < 1.0:

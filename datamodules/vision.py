@@ -41,14 +41,15 @@ class IDXDataModule(TensorDataModule):
             all 60,000 training images, validate on the official test set (val == test) and
             feed pixels in [0, 1] without normalisation (``mean`` 0, ``std`` 1, which the
             export's preprocessing carries).
+        on_device: see :class:`datamodules.base.TensorDataModule`.
     """
 
     dataset: IDXDataset
 
     def __init__(self, data_dir: str | Path | None = None, batch_size: int = 256, seed: int = 0,
                  val_size: int | None = None, train_fraction: float = 1.0,
-                 setting: str = "split") -> None:
-        super().__init__(batch_size, seed)
+                 setting: str = "split", on_device: bool | str = "auto") -> None:
+        super().__init__(batch_size, seed, on_device)
         check_setting(setting, val_size)  # refused before anything is written
         self.data_dir = resolve_data_dir(data_dir)
         self.val_size, self.setting = val_size, setting

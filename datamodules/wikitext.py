@@ -34,7 +34,7 @@ class WikiTextDataModule(LanguageModelDataModule):
     ``wikitext-103/``).
 
     Args:
-        data_dir, batch_size, seed, num_steps, sampler, eval_batch_size: see
+        data_dir, batch_size, seed, num_steps, sampler, eval_batch_size, on_device: see
             :class:`datamodules.language_model.LanguageModelDataModule` (pytorch/examples: batch
             20, bptt 35, eval batch 10).
     """
@@ -43,8 +43,9 @@ class WikiTextDataModule(LanguageModelDataModule):
 
     def __init__(self, data_dir: str | None = None, batch_size: int = 20, seed: int = 0,
                  num_steps: int = 35, sampler: str = "sequential",
-                 eval_batch_size: int | None = 10) -> None:
-        super().__init__(data_dir, batch_size, seed, num_steps, sampler, eval_batch_size)
+                 eval_batch_size: int | None = 10, on_device: bool | str = "auto") -> None:
+        super().__init__(data_dir, batch_size, seed, num_steps, sampler, eval_batch_size,
+                         on_device)
 
     def prepare_data(self) -> None:
         """Locate (or download) the three files; one clear error offline."""

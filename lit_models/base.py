@@ -18,15 +18,35 @@ SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
 
 
 def build_optimizer(params: Any, name: str, lr: float, weight_decay: float = 0.0,
-                    momentum: float = 0.0) -> torch.optim.Optimizer:
-    """``sgd`` (with optional momentum), ``adam`` or ``adamw``."""
+                    momentum: float = 0.0, fused: bool | None = None) -> torch.optim.Optimizer:
+    """``sgd`` (with optional momentum), ``adam`` or ``adamw``.
+
+    ``fused=True`` runs torch's fused kernel (one kernel per step for all parameters, CUDA and,
+    since torch 2.4, CPU); ``None`` is torch's default (a for-loop on CPU, ``foreach`` on CUDA).
+    """
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               fused=fused)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"unknown optimizer '{name}'; choose from: {', '.join(OPTIMIZERS)}")
+
+
+#: devices with fused SGD / Adam / AdamW kernels that we use (torch also has MPS, XPU...)
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def can_fuse(groups: list[dict[str, Any]]) -> bool:
+    """Whether every parameter of ``groups`` can take a fused optimizer step.
+
+    Fused kernels need floating-point parameters on one of :data:`FUSED_DEVICES`; on our
+    2-vCPU VM they were 1.5-13x faster per step than torch's CPU default (README).
+    """
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES
+                                for p in params)
 
 
 class TaskModule(L.LightningModule):
@@ -173,7 +193,7 @@ class TaskModule(L.LightningModule):
         hp = self.optim_args
         groups = param_groups(self.model, hp["lr"], hp["lr_mult"])
         opt = build_optimizer(groups, hp["optimizer"], hp["lr"], hp["weight_decay"],
-                              hp["momentum"])
+                              hp["momentum"], fused=can_fuse(groups) or None)
         name = hp["scheduler"]
         if name == "none":
             return opt

@@ -107,6 +107,7 @@ PROBES = {
     "--max-len": (["--model", "bert_tiny", "--data", "wikitext2", "--max-len", "24"],
                   lambda b: b.module.hparams.max_len == 24),
     "--data-arg": ([*LM, "--data-arg", "max_tokens=300"], lambda b: b.dm.max_tokens == 300),
+    "--on-device": ([*LM, "--on-device", "true"], lambda b: b.dm.on_device is True),
     "--resize": (["--model", "mlp", "--resize", "20"],
                  lambda b: b.module.hparams.resize == 20 and 400 in {
                      m.in_features for m in b.module.model.modules()

@@ -256,6 +256,7 @@ VALUE_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("data", "num_steps"): (_at_least(1), "at least 1"),
     ("data", "max_examples"): (_at_least(1), "at least 1"),
     ("data", "max_len"): (_at_least(1), "at least 1"),
+    ("data", "on_device"): (lambda v: v == "auto", "auto, true or false"),  # bools pass
     ("model", "num_hiddens"): (_at_least(1), "at least 1"),
     ("model", "num_layers"): (_at_least(1), "at least 1"),
     ("model", "dropout"): (_fraction, "in [0, 1)"),
@@ -285,6 +286,9 @@ VALUE_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("run", "diverged_after"): (_at_least(0), "0 or more"),
 }
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+#: models that ``--compile`` cannot train, with the reason (refused before any run folder);
+#: ``tests/test_compile.py`` compiles one model of every task family
+NO_COMPILE: dict[str, str] = {}
 
 
 def check_values(cfg: dict[str, dict[str, Any]], sources: dict[tuple[str, str], Any]) -> None:
@@ -318,6 +322,10 @@ def check_values(cfg: dict[str, dict[str, Any]], sources: dict[tuple[str, str], 
                           "setting validates on the test set; val_size "
                           f"{data['val_size']} does not apply to it")
     tr = cfg.get("trainer", {})
+    model = cfg.get("model", {}).get("name")
+    if tr.get("compile") and model in NO_COMPILE:
+        raise ConfigError(f"{sources.get(('trainer', 'compile'), 'default')}: model '{model}' "
+                          f"cannot be compiled: {NO_COMPILE[model]}; train it without --compile")
     if tr.get("max_epochs") == -1 and tr.get("max_steps", -1) == -1:
         raise ConfigError(f"{sources.get(('trainer', 'max_epochs'), 'default')}: "
                           "trainer.max_epochs -1 (no limit) needs --max-steps N")

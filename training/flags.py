@@ -48,6 +48,14 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+def _on_device(value: str) -> bool | str:
+    """``--on-device``: ``auto``, ``true`` or ``false``."""
+    choice = {"auto": "auto", "true": True, "false": False}.get(value.lower())
+    if choice is None:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got '{value}'")
+    return choice
+
+
 def _prefix_factor(text: str) -> tuple[str, float]:
     """``PREFIX=FACTOR`` of ``--lr-mult`` (``backbone=0.1``)."""
     prefix, sep, value = text.partition("=")
@@ -142,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
       "set, pixels in [0, 1] unnormalised)")
     d("--max-examples", type=int, help="use only the first N examples (fra-eng, BERT)")
     d("--max-len", type=int, help="longest input sequence (BERT)")
+    d("--on-device", type=_on_device, metavar="auto|true|false",
+      help="hold the splits (uint8 images, int64 tokens) on the training device and build "
+      "batches there; auto: on for a CUDA device when they take at most a quarter of its free "
+      "memory, off on the CPU (default: auto)")
     d("--data-arg", key="*", type=_key_value, action="append", metavar="KEY=VALUE",
       help="any other DataModule argument")
 

@@ -1,0 +1,70 @@
+"""torch.compile for every task family (issue 16): a few compiled training steps each.
+
+``train.py --compile`` compiles the model in place (inductor; on the CPU it needs a C++
+compiler). Models it cannot train are refused before any run folder is made
+(``training.checks.NO_COMPILE``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import train
+from conftest import make_idx_dataset, read_results
+from training import checks
+
+#: one small model per family (and per kind of sequence model)
+FAMILIES = {
+    "cnn": ["--model", "lenet"],
+    "attention_classifier": ["--model", "vit", "--data", "fashion_mnist",
+                             "--model-arg", "num_blks=1"],
+    "rnn_lm": ["--model", "lstm", "--num-steps", "8"],
+    "gpt": ["--model", "gpt", "--num-steps", "8"],
+    "mamba": ["--model", "mamba", "--num-steps", "8"],
+    "seq2seq_rnn": ["--model", "seq2seq_gru", "--data", "fra_eng", "--max-examples", "200"],
+    "seq2seq_transformer": ["--model", "transformer_mt", "--data", "fra_eng",
+                            "--max-examples", "200"],
+    "masked_lm": ["--model", "bert_tiny", "--max-len", "16"],
+    "regression": ["--model", "linear_regression"],
+}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    from test_language_modeling import BOOK, write_wikitext
+    from test_seq2seq import write_fra_txt
+
+    root = tmp_path_factory.mktemp("compile")
+    make_idx_dataset(root / "fashion-mnist", n_train=120, n_test=20)
+    (root / "timemachine").mkdir()
+    (root / "timemachine" / "timemachine.txt").write_text(BOOK * 6, encoding="utf-8")
+    write_wikitext(root / "wikitext-2")
+    write_fra_txt(root)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_trains_compiled(family, root, tmp_path) -> None:
+    argv = FAMILIES[family]
+    data = [] if "linear_regression" in argv else ["--data-dir", str(root)]
+    run = tmp_path / "run"
+    assert train.main([*argv, *data, "--compile", "--batch-size", "8", "--max-steps", "3",
+                       "--max-epochs", "1", "--limit-val-batches", "1", "--no-test",
+                       "--no-progress-bar", "--run-dir", str(run)]) == 0
+    assert read_results(run)["global_step"] == 3
+
+
+def test_a_model_that_cannot_compile_is_refused_before_anything_is_written(
+        monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(checks.NO_COMPILE, "lenet", "its reason")
+    run = tmp_path / "run"
+    assert train.main(["--model", "lenet", "--compile", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("train.py: error: --compile: model 'lenet' cannot be compiled: its reason; "
+                   "train it without --compile")
+    assert not run.exists() and not any(tmp_path.iterdir())
+    assert train.main(["--model", "lenet", "--print-config", "--run-dir", str(run)]) == 0
