@@ -7,6 +7,9 @@ Softmax regression at batch 16 (µs per step, median over rounds, one process):
     bare+log     as bare, plus one ``self.log(on_step, on_epoch)`` per step (what we avoid)
     bare+lines   as bare, plus the plain progress lines train.py prints without a terminal
                  (``callbacks.progress.LineProgress``, a line every 30 s)
+    bare+rich    as bare, plus the bar train.py shows in a terminal (rich; ``bare+tqdm``: tqdm);
+                 run under a terminal (e.g. ``script -qc "python bench/..." /dev/null``), or the
+                 bars draw nothing
     train.py     the full path: CSV logger, checkpoints, export, monitor
 
     python bench/lightning_overhead.py --data-dir ../shared/data [--steps 2000 --rounds 3]
@@ -30,11 +33,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from bench import step_paths  # noqa: E402
 from callbacks import TrainingMonitor  # noqa: E402
 from callbacks.dispatch import skip_idle_batch_hooks  # noqa: E402
-from callbacks.progress import LineProgress  # noqa: E402
+from callbacks.progress import (  # noqa: E402
+    LineProgress,
+    RichTerminalProgress,
+    TQDMTerminalProgress,
+)
 from datamodules.registry import build_datamodule  # noqa: E402
 from lit_models import ImageClassificationTask  # noqa: E402
 
@@ -51,7 +59,7 @@ class LoggingEveryStep(ImageClassificationTask):
 
 
 def bare(dm, steps: int, cls=ImageClassificationTask, lines: bool = False,
-         extra: tuple = (), skip_idle: bool = False) -> float:
+         extra: tuple = (), skip_idle: bool = False, bar: Callback | None = None) -> float:
     """µs/step of our task module and monitor (plus ``extra`` callbacks) in a bare Trainer.
 
     ``skip_idle``: as ``train.py``, do not dispatch the per-batch hooks callbacks leave as no-ops.
@@ -59,9 +67,11 @@ def bare(dm, steps: int, cls=ImageClassificationTask, lines: bool = False,
     module = cls(MODEL, **dm.data_info())
     monitor = TrainingMonitor()
     if lines:
-        extra = (*extra, LineProgress(stream=open(os.devnull, "w")))  # noqa: SIM115
+        bar = LineProgress(stream=open(os.devnull, "w"))  # noqa: SIM115
+    if bar is not None:
+        extra = (*extra, bar)
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=lines, enable_model_summary=False,
+                        enable_progress_bar=bar is not None, enable_model_summary=False,
                         limit_val_batches=0, callbacks=[monitor, *extra])
     if skip_idle:
         skip_idle_batch_hooks(trainer.callbacks)
@@ -86,6 +96,8 @@ def main() -> None:
                "bare": lambda r: bare(dm, a.steps),
                "bare+log": lambda r: bare(dm, a.steps, LoggingEveryStep),
                "bare+lines": lambda r: bare(dm, a.steps, lines=True),
+               "bare+rich": lambda r: bare(dm, a.steps, bar=RichTerminalProgress()),
+               "bare+tqdm": lambda r: bare(dm, a.steps, bar=TQDMTerminalProgress()),
                "train.py": lambda r: step_paths.ours(a.data_dir, a.steps, tmp / f"run{r}", MODEL,
                                                      BATCH, 0.1)}
     if a.only:
@@ -94,14 +106,15 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in us.items()}
     print(f"{MODEL}, batch {BATCH}, {a.steps} steps x {a.rounds} rounds, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads")
+          f"{torch.__version__}, {torch.get_num_threads()} threads, stderr a terminal: "
+          f"{sys.stderr.isatty()}, load average {step_paths.load_average()}")
     print("| path | us/step (median) | over plain |\n|---|---|---|")
     for k, v in med.items():
         over = f"{v - med['plain']:+.0f}" if "plain" in med else "n/a"
         print(f"| {k} | {v:.0f} | {over} |")
-    if {"bare", "bare+lines"} <= us.keys():  # paired: the same round, one after the other
-        diffs = [y - x for x, y in zip(us["bare"], us["bare+lines"])]
-        print(f"bare+lines - bare, per round: {', '.join(f'{d:+.0f}' for d in diffs)} us; "
+    for k in [k for k in us if k.startswith("bare+") and "bare" in us]:  # paired per round
+        diffs = step_paths.paired(us, "bare", k)["diffs_us"]
+        print(f"{k} - bare, per round: {', '.join(f'{d:+.0f}' for d in diffs)} us; "
               f"median {statistics.median(diffs):+.0f}")
 
 
