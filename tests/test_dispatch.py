@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.profilers import PassThroughProfiler
@@ -10,6 +13,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 import train
 from callbacks import TrainingMonitor
 from callbacks.dispatch import BATCH_HOOKS, skip_idle_batch_hooks
+from conftest import run_cli
 
 
 class Recorder(PassThroughProfiler):
@@ -85,3 +89,18 @@ def test_train_py_trainer_dispatches_only_the_batch_hooks_its_callbacks_use(data
     # a checkpoint every N steps is not
     assert live_hooks("--ckpt-every-n-steps", "5") == sorted(
         [*used, ("ModelCheckpoint", "on_train_batch_end")])
+
+
+def test_lenet_throughput_bench_prints_the_three_way_split(data_root, tmp_path) -> None:
+    out = tmp_path / "split.json"
+    proc = run_cli("bench/lenet_throughput.py", "--data-dir", str(data_root), "--model",
+                   "softmax_regression", "--batch-size", "16", "--steps", "3", "--rounds", "2",
+                   "--clock", "cpu", "--json", str(out), check=True)
+    result = json.loads(out.read_text())
+    assert set(result["us_per_step"]) == {"plain", "bare", "ours"}
+    assert all(len(v) == 2 and min(v) > 0 for v in result["us_per_step"].values())
+    us = result["us_per_step"]
+    diffs = [o - b for b, o in zip(us["bare"], us["ours"])]
+    assert result["paired"]["ours - bare"]["diffs_us"] == pytest.approx(diffs)
+    assert "ours - bare: median of per-round differences" in proc.stdout
+    assert "| bare |" in proc.stdout and len(result["load_average"]) == 3  # start + 2 rounds
