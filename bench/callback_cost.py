@@ -3,7 +3,9 @@
 The plain progress lines (``callbacks/progress.py``, ``LineProgress``) do one integer compare and
 one clock read per step between lines; what they cost is mostly Lightning dispatching every
 step hook to one more callback. Measured here with ``N`` callbacks doing what ``LineProgress``
-does per step, against none, in the same round (µs per step, softmax regression at batch 16):
+does per step, against none, in the same round (µs per step, softmax regression at batch 16),
+with every per-batch hook dispatched (Lightning's default) and, as ``train.py`` does, only the
+one each callback overrides (``callbacks/dispatch.py``):
 
     python bench/callback_cost.py --data-dir ../shared/data [--rounds 8 --steps 1000 --n 20]
 """
@@ -20,13 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
-from callbacks import TrainingMonitor  # noqa: E402
+from bench.lightning_overhead import bare  # noqa: E402
 from datamodules.registry import build_datamodule  # noqa: E402
-from lit_models import ImageClassificationTask  # noqa: E402
 
 
 class Probe(Callback):
@@ -42,16 +42,6 @@ class Probe(Callback):
             return
 
 
-def bare(dm, steps: int, n: int) -> float:
-    module = ImageClassificationTask("softmax_regression", **dm.data_info())
-    monitor = TrainingMonitor()
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=[monitor, *(Probe() for _ in range(n))])
-    trainer.fit(module, datamodule=dm)
-    return monitor.elapsed / steps * 1e6
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.environ.get("D2L_DATA_DIR", "data"))
@@ -62,15 +52,21 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" lines
     dm = build_datamodule("fashion_mnist", data_dir=a.data_dir, batch_size=16)
     dm.setup()
-    per = []
+    per: dict[str, list[float]] = {"all hooks": [], "overridden hooks": []}
     print(f"softmax_regression, batch 16, {a.steps} steps, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print(f"| round | no callback (us/step) | {a.n} callbacks | per callback |\n|---|---|---|---|")
+    print(f"| round | no callback (us/step) | {a.n} callbacks, all hooks | per callback | "
+          f"{a.n} callbacks, overridden hooks only | per callback |\n|---|---|---|---|---|---|")
     for r in range(a.rounds):
-        base, more = bare(dm, a.steps, 0), bare(dm, a.steps, a.n)
-        per.append((more - base) / a.n)
-        print(f"| {r} | {base:.0f} | {more:.0f} | {per[-1]:+.1f} |", flush=True)
-    print(f"median per callback: {statistics.median(per):+.1f} us/step")
+        base = bare(dm, a.steps)
+        more = bare(dm, a.steps, extra=tuple(Probe() for _ in range(a.n)))
+        fewer = bare(dm, a.steps, extra=tuple(Probe() for _ in range(a.n)), skip_idle=True)
+        per["all hooks"].append((more - base) / a.n)
+        per["overridden hooks"].append((fewer - base) / a.n)
+        print(f"| {r} | {base:.0f} | {more:.0f} | {per['all hooks'][-1]:+.1f} | {fewer:.0f} | "
+              f"{per['overridden hooks'][-1]:+.1f} |", flush=True)
+    for k, v in per.items():
+        print(f"median per callback, {k} dispatched: {statistics.median(v):+.1f} us/step")
 
 
 if __name__ == "__main__":

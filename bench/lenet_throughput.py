@@ -1,27 +1,29 @@
-"""LeNet training throughput: our Lightning path vs a plain loop vs a d2l-style DataLoader.
+"""LeNet training throughput: plain loop, bare Lightning loop and ours, side by side.
 
-All three train the same model (default LeNet with d2l's recipe: SGD lr 0.1, batch 128) on
-Fashion-MNIST for the same number of steps, in one process, over several rounds whose order
-rotates. Each round gives a ratio of neighbours in time, so slow drifts of the machine cancel;
-the median ratio (and quartiles) is reported against the foundation issue's targets (ours >=
-0.95x plain, >= 2x d2l-style). A model with almost no compute (``--model softmax_regression
---batch-size 16``) measures the fixed per-step cost of the Lightning path instead.
+The same model (default LeNet with d2l's recipe: SGD lr 0.1, batch 128) trains on
+Fashion-MNIST for the same number of steps on each path, in one process, over rounds whose
+order rotates; each round compares neighbours in time, so slow drifts of the machine cancel.
+Reported: µs/step per path (median), the median of the per-round differences ours - bare
+(what our hooks, callbacks and logging add; issue 16 holds it to <= +50 µs) and bare - plain
+(Lightning's own loop), and the ratios against the foundation targets (ours >= 0.95x plain,
+>= 2x d2l-style). A model with almost no compute (``--model softmax_regression --batch-size
+16``) isolates the fixed per-step costs.
 
-    python bench/lenet_throughput.py --data-dir ../shared/data [--steps 300 --rounds 10]
+    python bench/lenet_throughput.py --data-dir ../shared/data --steps 300 --rounds 6
+        [--d2l-style] [--json OUT]
 
-(a) plain: a hand-written PyTorch loop over the same in-memory uint8 tensors, batches by tensor
-    indexing, the same on-batch normalisation.
-(b) d2l-style: torchvision ``FashionMNIST`` with per-sample ``Resize`` + ``ToTensor`` transforms
-    and a ``DataLoader`` with 4 workers, as d2l's ``FashionMNIST.get_dataloader``.
-(ours) ``train.py``'s own Trainer, DataModule, ImageClassificationTask, callbacks and CSV
-    logger; the rate is the ``TrainingMonitor``'s (training steps only; validation disabled).
+(a) plain, (b) bare, (c) ours: see ``bench/step_paths.py``.
+(d) d2l-style (``--d2l-style``): torchvision ``FashionMNIST`` with per-sample ``Resize`` +
+    ``ToTensor`` transforms and a ``DataLoader`` with 4 workers, as d2l's
+    ``FashionMNIST.get_dataloader``.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import gzip
+import json
+import logging
 import os
 import shutil
 import statistics
@@ -36,32 +38,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import step_paths  # noqa: E402
 from datamodules.idx import FASHION_MNIST, load_split  # noqa: E402
-from models import build_model, preprocess_images  # noqa: E402
-
-
-def plain_loop(images: torch.Tensor, labels: torch.Tensor, steps: int, model_name: str,
-               batch: int, lr: float) -> float:
-    """(a) images/s of a hand-written loop over in-memory tensors."""
-    torch.manual_seed(0)
-    model = build_model(model_name)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    perm = torch.randperm(len(images))
-    mean, std = (FASHION_MNIST.mean,), (FASHION_MNIST.std,)
-    start = time.perf_counter()
-    for step in range(steps):
-        idx = perm[(step * batch) % (len(perm) - batch):][:batch]
-        x = preprocess_images(images.index_select(0, idx), mean, std)
-        loss = F.cross_entropy(model(x), labels.index_select(0, idx))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return steps * batch / (time.perf_counter() - start)
+from models import build_model  # noqa: E402
 
 
 def d2l_style(root: Path, steps: int, workers: int, model_name: str, batch: int,
               lr: float) -> float:
-    """(b) images/s with torchvision's Dataset and per-sample PIL transforms."""
+    """(d) µs per step with torchvision's Dataset and per-sample PIL transforms."""
     from torchvision import datasets, transforms
 
     torch.manual_seed(0)
@@ -83,22 +67,9 @@ def d2l_style(root: Path, steps: int, workers: int, model_name: str, batch: int,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    rate = steps * batch / (time.perf_counter() - start)
+    us = (time.perf_counter() - start) / steps * 1e6
     it._shutdown_workers()  # workers must be gone before the next measurement starts
-    return rate
-
-
-def ours(data_dir: str, steps: int, run_root: Path, rnd: int, model_name: str, batch: int,
-         lr: float) -> float:
-    """(ours) images/s of train.py's own Trainer over ``steps`` training steps."""
-    import train
-
-    cfg = train.config_from_argv([
-        "--model", model_name, "--data", "fashion_mnist", "--data-dir", data_dir,
-        "--batch-size", str(batch), "--lr", str(lr), "--optimizer", "sgd",
-        "--max-epochs", "100", "--max-steps", str(steps), "--limit-val-batches", "0",
-        "--no-test", "--no-progress-bar", "--run-dir", str(run_root / f"ours-{rnd}")])
-    return train.run(cfg)["train_samples_per_sec"]
+    return us
 
 
 def torchvision_root(data_dir: str) -> Path:
@@ -124,47 +95,71 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128, help="d2l's LeNet batch size")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--d2l-style", action="store_true", help="also time the d2l-style loader")
     p.add_argument("--workers", type=int, default=4, help="d2l-style DataLoader workers")
+    p.add_argument("--clock", choices=step_paths.CLOCKS, default="wall",
+                   help="cpu: the main thread's CPU time, steadier on a shared machine")
+    p.add_argument("--json", type=Path, help="write the per-round numbers and summary here")
     a = p.parse_args()
-    warnings.filterwarnings("ignore")
-    import logging
-
+    if a.clock == "cpu" and a.d2l_style:
+        p.error("--clock cpu cannot time the d2l-style loader's worker processes")
+    step_paths.use_clock(a.clock)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     images, labels = load_split(FASHION_MNIST, a.data_dir, "train")
-    tv_root = torchvision_root(a.data_dir)
+    data = step_paths.Batches(images, labels, a.batch_size, a.steps)
+    norm = ((FASHION_MNIST.mean,), (FASHION_MNIST.std,))
     run_root = Path(tempfile.mkdtemp(prefix="bench-runs-"))
-    rates: dict[str, list[float]] = {"ours": [], "plain": [], "d2l-style": []}
     spec = (a.model, a.batch_size, a.lr)
-    runners = {"ours": lambda rnd: ours(a.data_dir, a.steps, run_root, rnd, *spec),
-               "plain": lambda rnd: plain_loop(images, labels, a.steps, *spec),
-               "d2l-style": lambda rnd: d2l_style(tv_root, a.steps, a.workers, *spec)}
-    order = list(runners)
+    runners = {"plain": lambda rnd: step_paths.plain(data, a.model, a.lr, *norm),
+               "bare": lambda rnd: step_paths.bare(data, a.model, a.lr, *norm),
+               "ours": lambda rnd: step_paths.ours(a.data_dir, a.steps, run_root / f"ours-{rnd}",
+                                                   *spec)}
+    tv_root = None
+    if a.d2l_style:
+        tv_root = torchvision_root(a.data_dir)
+        runners["d2l-style"] = lambda rnd: d2l_style(tv_root, a.steps, a.workers, *spec)
+    loads = [step_paths.load_average()]
+
+    def show(rnd: int, us: dict[str, list[float]]) -> None:
+        loads.append(step_paths.load_average())
+        print(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in us.items())
+              + f" us/step; ours - bare {us['ours'][-1] - us['bare'][-1]:+,.0f}; "
+              f"load {loads[-1]}", flush=True)
+
     try:
-        for rnd in range(a.rounds):
-            for name in order[rnd % 3:] + order[: rnd % 3]:  # rotate who goes first
-                gc.collect()
-                time.sleep(0.5)
-                rates[name].append(runners[name](rnd))
-            print(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items())
-                  + f"; ours/plain {rates['ours'][-1] / rates['plain'][-1]:.3f}", flush=True)
+        us = step_paths.interleaved(runners, a.rounds, show)
     finally:
-        shutil.rmtree(tv_root, ignore_errors=True)
+        if tv_root:
+            shutil.rmtree(tv_root, ignore_errors=True)
         shutil.rmtree(run_root, ignore_errors=True)
-    med = {k: statistics.median(v) for k, v in rates.items()}
+    med = {k: statistics.median(v) for k, v in us.items()}
     print(f"\n{a.model}, batch {a.batch_size}, {a.steps} steps x {a.rounds} rounds, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    print("| path | images/s (median) |\n|---|---|")
+          f"{a.clock} clock, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"load average {loads[0]} at the start, {loads[-1]} at the end")
+    print("| path | us/step (median) | images/s |\n|---|---|---|")
     for k, v in med.items():
-        print(f"| {k} | {v:,.0f} |")
-    for other, target in (("plain", 0.95), ("d2l-style", 2.0)):
-        pairs = [o / x for o, x in zip(rates["ours"], rates[other])]
-        q1, q2, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
-        print(f"ours / {other}: median of per-round ratios {q2:.3f} (quartiles {q1:.3f}-"
-              f"{q3:.3f}); ratio of medians {med['ours'] / med[other]:.3f}; target >= {target}")
-    per_step = {k: a.batch_size / v * 1e6 for k, v in med.items()}
-    print(f"per step (from medians): ours {per_step['ours']:.0f} us, plain "
-          f"{per_step['plain']:.0f} us, difference {per_step['ours'] - per_step['plain']:.0f} us")
+        print(f"| {k} | {v:,.0f} | {a.batch_size / v * 1e6:,.0f} |")
+    pairs = {"ours - bare": ("bare", "ours"), "bare - plain": ("plain", "bare")}
+    summary = {k: step_paths.paired(us, *ab) for k, ab in pairs.items()}
+    for k, s in summary.items():
+        print(f"{k}: median of per-round differences {s['diff_median_us']:+,.0f} us/step "
+              f"(quartiles {s['diff_q1_us']:+,.0f} to {s['diff_q3_us']:+,.0f})"
+              + ("; target <= +50" if k == "ours - bare" else ""))
+    targets = {"plain": 0.95, "bare": None, "d2l-style": 2.0}
+    for other in [k for k in targets if k in us]:
+        s = summary[f"ours / {other}"] = step_paths.paired(us, other, "ours")
+        print(f"ours / {other} (throughput): median of per-round ratios {s['ratio_median']:.3f} "
+              f"(quartiles {s['ratio_q1']:.3f}-{s['ratio_q3']:.3f})"
+              + (f"; target >= {targets[other]}" if targets[other] else ""))
+    if a.json:
+        a.json.write_text(json.dumps({
+            "command": " ".join(sys.argv), "model": a.model, "batch_size": a.batch_size,
+            "steps": a.steps, "rounds": a.rounds, "clock": a.clock, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "load_average": loads, "us_per_step": us,
+            "median_us_per_step": med, "paired": summary}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

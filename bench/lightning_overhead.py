@@ -3,9 +3,13 @@
 Softmax regression at batch 16 (µs per step, median over rounds, one process):
     plain        a hand-written loop (index_select, normalise, forward, backward, SGD step)
     bare         Trainer + our ImageClassificationTask, no logger or checkpoint, our monitor
+                 (not the minimal module of ``bench/lenet_throughput.py``'s "bare" path)
     bare+log     as bare, plus one ``self.log(on_step, on_epoch)`` per step (what we avoid)
     bare+lines   as bare, plus the plain progress lines train.py prints without a terminal
                  (``callbacks.progress.LineProgress``, a line every 30 s)
+    bare+rich    as bare, plus the bar train.py shows in a terminal (rich; ``bare+tqdm``: tqdm);
+                 run under a terminal (e.g. ``script -qc "python bench/..." /dev/null``), or the
+                 bars draw nothing
     train.py     the full path: CSV logger, checkpoints, export, monitor
 
     python bench/lightning_overhead.py --data-dir ../shared/data [--steps 2000 --rounds 3]
@@ -21,23 +25,26 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
 
-import train  # noqa: E402
+from bench import step_paths  # noqa: E402
 from callbacks import TrainingMonitor  # noqa: E402
-from callbacks.progress import LineProgress  # noqa: E402
+from callbacks.dispatch import skip_idle_batch_hooks  # noqa: E402
+from callbacks.progress import (  # noqa: E402
+    LineProgress,
+    RichTerminalProgress,
+    TQDMTerminalProgress,
+)
 from datamodules.registry import build_datamodule  # noqa: E402
 from lit_models import ImageClassificationTask  # noqa: E402
-from models import build_model, preprocess_images  # noqa: E402
 
 MODEL, BATCH = "softmax_regression", 16
 
@@ -51,40 +58,25 @@ class LoggingEveryStep(ImageClassificationTask):
         return loss
 
 
-def plain(dm, steps: int) -> float:
-    x_all, y_all = dm.train_set
-    model = build_model(MODEL)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    perm = torch.randperm(len(x_all))
-    start = time.perf_counter()
-    for s in range(steps):
-        idx = perm[(s * BATCH) % (len(perm) - BATCH):][:BATCH]
-        x = preprocess_images(x_all.index_select(0, idx), dm.mean, dm.std)
-        loss = F.cross_entropy(model(x), y_all.index_select(0, idx))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return (time.perf_counter() - start) / steps * 1e6
+def bare(dm, steps: int, cls=ImageClassificationTask, lines: bool = False,
+         extra: tuple = (), skip_idle: bool = False, bar: Callback | None = None) -> float:
+    """µs/step of our task module and monitor (plus ``extra`` callbacks) in a bare Trainer.
 
-
-def bare(dm, steps: int, cls=ImageClassificationTask, lines: bool = False) -> float:
+    ``skip_idle``: as ``train.py``, do not dispatch the per-batch hooks callbacks leave as no-ops.
+    """
     module = cls(MODEL, **dm.data_info())
     monitor = TrainingMonitor()
-    extra = [LineProgress(stream=open(os.devnull, "w"))] if lines else []  # noqa: SIM115
+    if lines:
+        bar = LineProgress(stream=open(os.devnull, "w"))  # noqa: SIM115
+    if bar is not None:
+        extra = (*extra, bar)
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=lines, enable_model_summary=False,
+                        enable_progress_bar=bar is not None, enable_model_summary=False,
                         limit_val_batches=0, callbacks=[monitor, *extra])
+    if skip_idle:
+        skip_idle_batch_hooks(trainer.callbacks)
     trainer.fit(module, datamodule=dm)
     return monitor.elapsed / steps * 1e6
-
-
-def full(data_dir: str, steps: int, run_dir: Path) -> float:
-    shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = train.config_from_argv([
-        "--model", MODEL, "--data-dir", data_dir, "--batch-size", str(BATCH), "--max-steps",
-        str(steps), "--limit-val-batches", "0", "--no-test", "--no-progress-bar",
-        "--run-dir", str(run_dir)])
-    return train.run(cfg)["train_time_sec"] / steps * 1e6
 
 
 def main() -> None:
@@ -99,27 +91,30 @@ def main() -> None:
     dm = build_datamodule("fashion_mnist", data_dir=a.data_dir, batch_size=BATCH)
     dm.setup()
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
-    runners = {"plain": lambda: plain(dm, a.steps), "bare": lambda: bare(dm, a.steps),
-               "bare+log": lambda: bare(dm, a.steps, LoggingEveryStep),
-               "bare+lines": lambda: bare(dm, a.steps, lines=True),
-               "train.py": lambda: full(a.data_dir, a.steps, tmp / "run")}
+    batches = step_paths.Batches(*dm.train_set, BATCH, a.steps)
+    runners = {"plain": lambda r: step_paths.plain(batches, MODEL, 0.1, dm.mean, dm.std),
+               "bare": lambda r: bare(dm, a.steps),
+               "bare+log": lambda r: bare(dm, a.steps, LoggingEveryStep),
+               "bare+lines": lambda r: bare(dm, a.steps, lines=True),
+               "bare+rich": lambda r: bare(dm, a.steps, bar=RichTerminalProgress()),
+               "bare+tqdm": lambda r: bare(dm, a.steps, bar=TQDMTerminalProgress()),
+               "train.py": lambda r: step_paths.ours(a.data_dir, a.steps, tmp / f"run{r}", MODEL,
+                                                     BATCH, 0.1)}
     if a.only:
         runners = {k: v for k, v in runners.items() if k in a.only}
-    us: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(a.rounds):
-        for name, fn in runners.items():
-            us[name].append(fn())
+    us = step_paths.interleaved(runners, a.rounds)
     shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in us.items()}
     print(f"{MODEL}, batch {BATCH}, {a.steps} steps x {a.rounds} rounds, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads")
+          f"{torch.__version__}, {torch.get_num_threads()} threads, stderr a terminal: "
+          f"{sys.stderr.isatty()}, load average {step_paths.load_average()}")
     print("| path | us/step (median) | over plain |\n|---|---|---|")
     for k, v in med.items():
         over = f"{v - med['plain']:+.0f}" if "plain" in med else "n/a"
         print(f"| {k} | {v:.0f} | {over} |")
-    if {"bare", "bare+lines"} <= us.keys():  # paired: the same round, one after the other
-        diffs = [y - x for x, y in zip(us["bare"], us["bare+lines"])]
-        print(f"bare+lines - bare, per round: {', '.join(f'{d:+.0f}' for d in diffs)} us; "
+    for k in [k for k in us if k.startswith("bare+") and "bare" in us]:  # paired per round
+        diffs = step_paths.paired(us, "bare", k)["diffs_us"]
+        print(f"{k} - bare, per round: {', '.join(f'{d:+.0f}' for d in diffs)} us; "
               f"median {statistics.median(diffs):+.0f}")
 
 

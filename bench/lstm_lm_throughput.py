@@ -8,11 +8,14 @@ alternates; the median per-round ratio ours/plain is reported against the issue'
     python bench/lstm_lm_throughput.py --data-dir ../shared/data [--steps 100 --rounds 6]
     python bench/lstm_lm_throughput.py --recipe wikitext --data wikitext2 --steps 30
     python bench/lstm_lm_throughput.py --scratch-vs-concise --steps 20 --rounds 3
+    python bench/lstm_lm_throughput.py --precisions 32-true bf16-mixed --steps 60 --rounds 6
 
 (plain) a hand-written loop: forward with the carried, detached state (sequential sampler),
     cross-entropy, ``zero_grad``, backward, gradient-norm clipping, SGD step.
 (--scratch-vs-concise) instead: the plain loop's tokens/s of ``rnn_scratch`` vs ``rnn``,
     ``gru_scratch`` vs ``gru`` and ``lstm_scratch`` vs ``lstm`` with their d2l recipes, interleaved.
+(--precisions) instead: our path at each ``--precision``, interleaved, and each one's tokens/s
+    over the first's (bf16-mixed on a CPU runs autocast to bfloat16; fast with AVX512-BF16/AMX).
 (ours) ``train.py``'s own Trainer, DataModule, LanguageModelingTask, callbacks and CSV logger;
     the rate is the ``TrainingMonitor``'s target tokens/s over training steps (validation disabled).
 """
@@ -41,12 +44,12 @@ from lit_models.language_modeling import detach_state  # noqa: E402
 from models import build_model  # noqa: E402
 
 
-def config(a: argparse.Namespace, steps: int, run_dir: Path) -> dict:
+def config(a: argparse.Namespace, steps: int, run_dir: Path, precision: str = "32-true") -> dict:
     """``train.py`` configuration of the benchmark (also used by the plain loop)."""
     return train.config_from_argv([
         "--model", a.model, "--recipe", a.recipe, "--data", a.data, "--data-dir", a.data_dir,
         "--max-epochs", "100000", "--max-steps", str(steps), "--limit-val-batches", "0",
-        "--no-test", "--no-progress-bar", "--run-dir", str(run_dir)])
+        "--no-test", "--no-progress-bar", "--run-dir", str(run_dir), "--precision", precision])
 
 
 def plain_loop(cfg: dict, steps: int) -> float:
@@ -84,9 +87,30 @@ def plain_loop(cfg: dict, steps: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
-def ours(a: argparse.Namespace, steps: int, run_dir: Path) -> float:
+def ours(a: argparse.Namespace, steps: int, run_dir: Path, precision: str = "32-true") -> float:
     """Target tokens/s of ``train.py``'s Trainer over ``steps`` training steps."""
-    return train.run(config(a, steps, run_dir))["train_samples_per_sec"]
+    return train.run(config(a, steps, run_dir, precision))["train_samples_per_sec"]
+
+
+def precisions(a: argparse.Namespace, run_root: Path) -> None:
+    """Our path's tokens/s at each of ``a.precisions``, interleaved; ratios to the first."""
+    rates: dict[str, list[float]] = {p: [] for p in a.precisions}
+    for rnd in range(a.rounds):
+        k = rnd % len(a.precisions)
+        for prec in a.precisions[k:] + a.precisions[:k]:
+            gc.collect()
+            time.sleep(0.5)
+            rates[prec].append(ours(a, a.steps, run_root / f"{prec}-{rnd}", prec))
+        print(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items())
+              + f" tokens/s; load average {os.getloadavg()[0]:.2f}", flush=True)
+    first = a.precisions[0]
+    print(f"\n{a.model} ({a.recipe} recipe) on {a.data}, ours, {a.steps} steps x {a.rounds} "
+          f"rounds, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"| precision | tokens/s (median) | / {first} (median of per-round ratios) |\n"
+          "|---|---|---|")
+    for prec, v in rates.items():
+        ratio = statistics.median(x / y for x, y in zip(v, rates[first]))
+        print(f"| {prec} | {statistics.median(v):,.0f} | {ratio:.3f} |")
 
 
 def scratch_vs_concise(a: argparse.Namespace, run_root: Path) -> None:
@@ -120,12 +144,20 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--scratch-vs-concise", action="store_true",
                    help="compare scratch and concise RNN/GRU/LSTM (plain loop) instead")
+    p.add_argument("--precisions", nargs="+", metavar="P",
+                   help="compare our path at these --precision values instead")
     a = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     run_root = Path(tempfile.mkdtemp(prefix="bench-lm-"))
     if a.scratch_vs_concise:
         scratch_vs_concise(a, run_root)
+        return
+    if a.precisions:
+        try:
+            precisions(a, run_root)
+        finally:
+            shutil.rmtree(run_root, ignore_errors=True)
         return
     cfg = config(a, a.steps, run_root / "cfg")
     if cfg["optim"]["optimizer"] != "sgd":

@@ -131,3 +131,33 @@ def test_terminal_bar_shows_train_loss_and_throughput(data_root, tmp_path) -> No
     shown = bar.get_metrics(trainer, module)  # what the bar showed last during training
     assert isinstance(shown["train/loss"], float) and shown["samples/s"] > 0
     assert "val/acc" in shown
+
+
+@pytest.mark.parametrize("bar_cls", ["tqdm", "rich"])
+def test_terminal_bar_redraws_at_most_every_draw_seconds_and_at_the_last_step(
+        bar_cls, data_root, tmp_path, monkeypatch) -> None:
+    import lightning as L
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    from callbacks.progress import RichTerminalProgress, TQDMTerminalProgress
+
+    parent, cls = ((TQDMProgressBar, TQDMTerminalProgress) if bar_cls == "tqdm"
+                   else (RichProgressBar, RichTerminalProgress))
+    drawn: list[int] = []
+    monkeypatch.setattr(parent, "on_train_batch_end",
+                        lambda self, trainer, *a: drawn.append(trainer.global_step))
+    cfg = train.config_from_argv(["--model", "softmax_regression", "--data", "mnist",
+                                  "--data-dir", str(data_root), "--batch-size", "16",
+                                  "--max-epochs", "2", "--limit-val-batches", "0"])
+    dm = train.build_data(cfg)
+    module = train.build_module(cfg, dm.data_info())
+    for draw_seconds, expected in ((3600.0, [1, 14, 28]), (0.0, list(range(1, 29)))):
+        bar = cls()
+        bar.draw_seconds = draw_seconds
+        drawn.clear()
+        L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, callbacks=[bar],
+                  enable_model_summary=False, limit_val_batches=0,
+                  default_root_dir=tmp_path).fit(module, datamodule=dm)
+        # 240 images - 10 % validation = 216 at batch 16: 14 steps an epoch
+        assert drawn == expected, (draw_seconds, drawn)
+    assert cls().refresh_rate == (10 if bar_cls == "rich" else 1)

@@ -20,7 +20,10 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPER
 
 
 def check_hardware(cfg: Config) -> None:
-    """Refuse an accelerator this machine lacks; warn about more CPU processes than cores.
+    """Refuse an accelerator this machine lacks; warn about set-ups that slow a run down.
+
+    The warnings: more CPU processes than cores; bfloat16 on a CPU without AVX512-BF16 or AMX,
+    where torch emulates it (usually much slower than float32: pytorch/pytorch#118499, #146508).
 
     Raises:
         ConfigError: ``--accelerator gpu`` (or ``mps``) where there is none.
@@ -42,6 +45,21 @@ def check_hardware(cfg: Config) -> None:
             and RUN_DIR_ENV not in os.environ:
         print(f"warning: --devices {tr['devices']} starts {tr['devices']} training processes "
               f"on {cores} CPU cores; they will compete for the cores", file=sys.stderr)
+    if on_cpu and tr["precision"] in ("bf16-mixed", "bf16-true", "16-mixed") \
+            and not _cpu_has_bf16() and RUN_DIR_ENV not in os.environ:
+        print(f"warning: --precision {tr['precision']} runs bfloat16 on the CPU, and this CPU "
+              "has neither AVX512-BF16 nor AMX, so torch emulates it (usually slower than "
+              "--precision 32-true)", file=sys.stderr)
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); True if unknown."""
+    import torch
+
+    probes = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [p for p in probes if p is not None]
+    return not probes or any(p() for p in probes)
 
 
 def remove_empty_folders(folder: Path) -> None:
