@@ -116,6 +116,7 @@ def build_trainer(cfg: Config, run_dir: Path, module):
     Lightning has no flag for: the model is compiled in place, so state-dict keys stay the same.
     """
     import lightning as L
+    import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     _info_to_stdout()
@@ -153,6 +154,7 @@ def build_trainer(cfg: Config, run_dir: Path, module):
         callbacks.append(LearningRateMonitor("step"))
     if tr["compile"]:
         module.model.compile()
+    torch.set_float32_matmul_precision(tr["matmul_precision"])  # process-wide: set every run
     limits = {f"limit_{k}_batches": tr[f"limit_{k}_batches"] for k in ("train", "val", "test")
               if tr[f"limit_{k}_batches"] is not None}
     trainer = L.Trainer(

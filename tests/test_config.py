@@ -157,6 +157,9 @@ PROBES = {
     "--dist-timeout": (["--model", "mlp", "--accelerator", "cpu", "--devices", "2", "--strategy",
                         "ddp", "--dist-timeout", "42"],
                        lambda b: b.trainer.strategy._timeout.total_seconds() == 42),
+    "--matmul-precision": (["--model", "mlp", "--matmul-precision", "high"],  # then reset
+                           lambda b: (torch.get_float32_matmul_precision() == "high",
+                                      torch.set_float32_matmul_precision("highest"))[0]),
     "--precision": (["--model", "mlp", "--precision", "bf16-mixed"],
                     lambda b: b.trainer.precision == "bf16-mixed"),
     "--compile": (["--model", "mlp", "--compile"],

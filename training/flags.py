@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
        help="seconds a process waits for the others (the process group's timeout): a dead or "
        "frozen node makes the rest exit with an error after it instead of hanging")
     tr("--precision", choices=PRECISIONS, default="32-true", help="numeric precision")
+    tr("--matmul-precision", choices=("highest", "high", "medium"), default="highest",
+       help="float32 matrix products: highest (exact float32), high (TF32 tensor cores on "
+       "NVIDIA GPUs), medium (bfloat16); torch.set_float32_matmul_precision (default: highest)")
     tr("--compile", action="store_true", default=False,
        help="torch.compile the model (default: off)")
     tr("--deterministic", action="store_true", default=False,
