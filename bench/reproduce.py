@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import hashlib
 import json
 import os
@@ -63,9 +64,17 @@ def select(profile: str, only: str | None) -> list[Row]:
 
 
 def row_argv(row: Row, run_dir: Path, data_dir: str | None) -> list[str]:
-    """``train.py`` arguments of ``row``."""
+    """``train.py`` arguments of ``row`` (``--data-dir`` only for data read from files)."""
     argv = ["--config", row.config, "--run-dir", str(run_dir)]
-    return argv + (["--data-dir", data_dir] if data_dir else [])
+    return argv + (["--data-dir", data_dir] if data_dir and _reads_files(row.config) else [])
+
+
+@functools.cache
+def _reads_files(config: str) -> bool:
+    """Whether the config's data takes a data root (synthetic data does not)."""
+    from training.config import load_config_file, resolve
+
+    return "data_dir" in resolve([load_config_file(ROOT / config)])["data"]
 
 
 def fingerprint(row: Row, extra: list[str] = ()) -> str:

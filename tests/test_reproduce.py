@@ -92,6 +92,14 @@ def test_the_prediction_extrapolates_the_warm_up(one_row, tmp_path, data_root):
         pred.startup_s + pred.step_s * (4 + reproduce.EVAL_FRACTION * 2 * 1), rel=1e-6)
 
 
+def test_data_dir_is_passed_only_to_rows_that_read_files():
+    rows_by_name = {r.name: r for r in rows.ROWS}
+    synthetic = reproduce.row_argv(rows_by_name["synthetic_regression/linear_regression"],
+                                   Path("run"), "/data")
+    files = reproduce.row_argv(rows_by_name["fashion_mnist/lenet"], Path("run"), "/data")
+    assert "--data-dir" not in synthetic and files[-2:] == ["--data-dir", "/data"]
+
+
 def test_every_row_has_a_config_a_document_and_a_unique_name():
     names = [r.name for r in rows.ROWS]
     assert len(names) == len(set(names))
