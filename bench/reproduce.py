@@ -295,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             update_docs(a.device_profile, records, Path(a.docs_root))
     print(f"\n{'row':48} status")
     for name, rec in outcome.items():
-        print(f"{name:48} {rec['status']}" + (f": {rec['reason']}" if "reason" in rec else ""))
+        why = rec.get("reason", "")
+        print(f"{name:48} {why if why.startswith(rec['status']) else rec['status']}"
+              + (f": {why}" if why and not why.startswith(rec["status"]) else ""))
     return 1 if any(r["status"] == "failed" for r in outcome.values()) else 0
 
 
