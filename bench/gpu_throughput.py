@@ -249,7 +249,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")  # ours: no workers
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     root = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     results: dict[str, Any] = {}

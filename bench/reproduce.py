@@ -69,23 +69,34 @@ def row_argv(row: Row, run_dir: Path, data_dir: str | None) -> list[str]:
     return argv + (["--data-dir", data_dir] if data_dir and _reads_files(row.config) else [])
 
 
+def resolved(row: Row) -> dict[str, Any]:
+    """``row``'s config file resolved as ``train.py`` resolves it (a fresh copy)."""
+    return json.loads(_resolved(row.config))
+
+
+def _resolved(config: str) -> str:
+    """The resolved config as JSON, cached by the file's text (an edited file resolves anew)."""
+    return _resolve_text(config, (ROOT / config).read_text(encoding="utf-8"))
+
+
 @functools.cache
-def _reads_files(config: str) -> bool:
-    """Whether the config's data takes a data root (synthetic data does not)."""
+def _resolve_text(config: str, text: str) -> str:
     from training.config import load_config_file, resolve
 
-    return "data_dir" in resolve([load_config_file(ROOT / config)])["data"]
+    return json.dumps(resolve([load_config_file(ROOT / config)]), sort_keys=True, default=str)
 
 
-def fingerprint(row: Row, extra: list[str] = ()) -> str:
+def _reads_files(config: str) -> bool:
+    """Whether the config's data takes a data root (synthetic data does not)."""
+    return "data_dir" in json.loads(_resolved(config))["data"]
+
+
+def fingerprint(row: Row) -> str:
     """Hash of the row's resolved config (data and run folders left out)."""
-    from training.config import load_config_file, parse_command_line, resolve
-
-    request = parse_command_line([*row_argv(row, Path("x"), None), *extra])
-    cfg = resolve([*map(load_config_file, request.configs), request.cli])
+    cfg = resolved(row)
     cfg["data"].pop("data_dir", None)
     cfg["run"].pop("run_dir", None)
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _env() -> dict[str, str]:
@@ -115,7 +126,7 @@ def predict(row: Row, data_dir: str | None, steps: int, log: Path) -> Prediction
     scratch = Path(tempfile.mkdtemp(prefix="reproduce-warmup-"))
     try:
         argv = [*row_argv(row, scratch / "run", data_dir), "--max-steps", str(steps),
-                "--no-test", "--max-epochs", "1", "--limit-train-batches", "1.0"]
+                "--no-test", "--max-epochs", "1"]
         code, wall = _train(argv, log)
         results = scratch / "run" / "results.json"
         if code != 0 or not results.is_file():
@@ -123,31 +134,17 @@ def predict(row: Row, data_dir: str | None, steps: int, log: Path) -> Prediction
         res = json.loads(results.read_text())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    step_s = res["train_time_sec"] / max(res["global_step"], 1)
-    tr = _trainer_section(row)
-    per_epoch = _limited(res.get("train_batches_per_epoch", steps), tr["limit_train_batches"])
+    tr = resolved(row)["trainer"]
+    step_s = res["train_time_sec"] / max(res["global_step"] * tr["accumulate_grad_batches"], 1)
+    per_epoch = res.get("train_batches_per_epoch", steps)  # after the row's own limit
     batches = per_epoch * max(tr["max_epochs"], 1)
     if tr["max_steps"] and tr["max_steps"] > 0:
         batches = min(batches, tr["max_steps"] * tr["accumulate_grad_batches"])
     epochs = -(-batches // max(per_epoch, 1))
-    val = res.get("val_batches_per_epoch", 0)
-    eval_batches = val * (epochs + 1)
+    eval_batches = res.get("val_batches_per_epoch", 0) * (epochs + 1)
     startup = max(wall - res["train_time_sec"], 0.0)
     seconds = startup + step_s * (batches + EVAL_FRACTION * eval_batches)
     return Prediction(seconds, step_s, startup, batches, wall)
-
-
-def _trainer_section(row: Row) -> dict[str, Any]:
-    from training.config import load_config_file, resolve
-
-    return resolve([load_config_file(ROOT / row.config)])["trainer"]
-
-
-def _limited(full: int, limit: int | float | None) -> int:
-    """Batches per epoch under ``--limit-train-batches`` (the warm-up ran without it)."""
-    if limit is None:
-        return full
-    return min(full, int(limit)) if isinstance(limit, int) and limit > 1 else int(full * limit)
 
 
 def run_row(row: Row, a: argparse.Namespace, left_s: float | None) -> dict[str, Any]:

@@ -91,7 +91,9 @@ def test_bad_data_settings_are_refused_with_exit_2_and_nothing_written(argv, mes
     argv = argv if "--model" in argv else ["--model", "lenet", *argv]
     run = tmp_path / "run"
     assert _exit_code([*argv, "--data-dir", str(tiny), "--run-dir", str(run)]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err, err  # one sentence
     assert not run.exists()
 
 
@@ -225,7 +227,9 @@ def test_bad_plateau_values_are_refused(flag, value, tmp_path, capsys):
     run = tmp_path / "run"
     assert _exit_code(["--model", "lenet", "--scheduler", "plateau", f"{flag}={value}",
                        "--run-dir", str(run)]) == 2
-    assert flag[2:] in capsys.readouterr().err and not run.exists()
+    err = capsys.readouterr().err
+    assert flag[2:] in err and not run.exists()
+    assert err.count("\n") == 1 and "Traceback" not in err, err
 
 
 def test_list_shows_the_wikitext_anneal():
