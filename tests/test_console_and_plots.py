@@ -136,6 +136,8 @@ def test_terminal_bar_shows_train_loss_and_throughput(data_root, tmp_path) -> No
 @pytest.mark.parametrize("bar_cls", ["tqdm", "rich"])
 def test_terminal_bar_redraws_at_most_every_draw_seconds_and_at_the_last_step(
         bar_cls, data_root, tmp_path, monkeypatch) -> None:
+    if bar_cls == "rich":
+        pytest.importorskip("rich")  # Lightning's rich bar is optional; `.[dev]` installs rich
     import lightning as L
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 

@@ -285,8 +285,12 @@ def test_a_resumed_run_continues_its_logger_run(logger, tmp_path, monkeypatch) -
     assert train.main(["--resume", "last", "--run-dir", str(run), "--max-epochs", "2"]) == 0
     if logger == "wandb":
         run_id = (run / "wandb" / "run_id").read_text().strip()
-        folders = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
-        assert len(folders) == 2 and all(f.endswith(f"-{run_id}") for f in folders)
+        # Two offline folders holding the one run id; W&B names the second `...-ID-1` when both
+        # runs start within the same second.
+        folders = sorted((run / "wandb").glob("offline-run-*"))
+        assert len(folders) == 2
+        assert all((f / f"run-{run_id}.wandb").is_file() for f in folders), [
+            sorted(p.name for p in f.iterdir()) for f in folders]
     else:
         assert [p.name for p in run.iterdir() if p.name.startswith("tensorboard")] == [
             "tensorboard"]
