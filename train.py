@@ -19,7 +19,6 @@ weights; see predict.py).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
@@ -42,6 +41,7 @@ from training.config import (
     parse_command_line,
     resolve,
 )
+from training.console import info_to_stdout, quiet_warnings
 from training.faults import (
     WRITE_ERRNOS,
     TerminatedError,
@@ -119,7 +119,7 @@ def build_trainer(cfg: Config, run_dir: Path, module):
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    _info_to_stdout()
+    info_to_stdout()
 
     from callbacks import ExportCallback, TrainingMonitor
     from callbacks.dispatch import skip_idle_batch_hooks
@@ -298,49 +298,9 @@ def _run(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     return results
 
 
-def _quiet_warnings() -> None:
-    """Drop Lightning messages that do not apply here.
-
-    Our loaders need no workers; a resumed run's checkpoints/ folder is expected to hold its
-    checkpoints (new runs never reuse a folder with checkpoints, see ``prepare_run_dir``).
-    """
-    import warnings
-
-    for msg in ("Checkpoint directory .* exists and is not empty.*",
-                ".*overridden `on_after_batch_transfer`.*",
-                ".*does not have many workers.*", ".*LeafSpec.*",
-                ".*smaller than the logging interval.*"):
-        warnings.filterwarnings("ignore", message=msg)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage())
-
-
-def _info_to_stdout() -> None:
-    """Lightning's information lines to stdout, so stderr holds only problems.
-
-    Called once Lightning is imported (it adds its stream handlers on import; ``--help`` and
-    refusals never import it).
-    """
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            if type(handler) is logging.StreamHandler:
-                logger.removeHandler(handler)
-                logger.addHandler(_InfoToStdout())
-
-
-class _InfoToStdout(logging.StreamHandler):
-    """Lightning's log lines: information to stdout, warnings and errors to stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Write ``record`` to the stream of its level (looked up now: tests swap them)."""
-        self.stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
-        super().emit(record)
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
-    _quiet_warnings()
+    quiet_warnings()
     cfg: Config | None = None
     try:
         request = parse_command_line(argv)

@@ -16,6 +16,7 @@ import train
 from callbacks.progress import TerminalProgress
 from conftest import read_results, run_cli
 from models import load_exported
+from training.console import quiet_warnings
 from training.plot import main as plot_main
 from training.plot import plot_run
 
@@ -117,7 +118,7 @@ def test_plot_command_refusals(logged_run, tmp_path, capsys) -> None:
 
 
 def test_terminal_bar_shows_train_loss_and_throughput(data_root, tmp_path) -> None:
-    train._quiet_warnings()  # as train.main does
+    quiet_warnings()  # as train.main does
     cfg = train.config_from_argv(["--model", "mlp", "--data", "mnist", "--data-dir",
                                   str(data_root), "--run-dir", str(tmp_path / "run"),
                                   "--progress-bar", "--max-epochs", "1", "--limit-train-batches",
