@@ -25,7 +25,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -45,6 +44,7 @@ from callbacks.progress import (  # noqa: E402
 )
 from datamodules.registry import build_datamodule  # noqa: E402
 from lit_models import ImageClassificationTask  # noqa: E402
+from training.console import quiet_warnings  # noqa: E402
 
 MODEL, BATCH = "softmax_regression", 16
 
@@ -86,7 +86,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", nargs="*", help="run only these paths (e.g. plain bare bare+lines)")
     a = p.parse_args()
-    warnings.filterwarnings("ignore")
+    quiet_warnings()  # the ones train.py drops; any other warning shows
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     dm = build_datamodule("fashion_mnist", data_dir=a.data_dir, batch_size=BATCH)
     dm.setup()

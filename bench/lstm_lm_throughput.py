@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from lit_models.language_modeling import detach_state  # noqa: E402
 from models import build_model  # noqa: E402
+from training.console import quiet_warnings  # noqa: E402
 
 
 def config(a: argparse.Namespace, steps: int, run_dir: Path, precision: str = "32-true") -> dict:
@@ -147,7 +147,7 @@ def main() -> None:
     p.add_argument("--precisions", nargs="+", metavar="P",
                    help="compare our path at these --precision values instead")
     a = p.parse_args()
-    warnings.filterwarnings("ignore")
+    quiet_warnings()  # the ones train.py drops; any other warning shows
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     run_root = Path(tempfile.mkdtemp(prefix="bench-lm-"))
     if a.scratch_vs_concise:

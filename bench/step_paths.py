@@ -115,8 +115,12 @@ def bare(data: Batches, model_name: str, lr: float, mean: tuple, std: tuple) -> 
 def ours(data_dir: str, steps: int, run_dir: Path, model_name: str, batch: int, lr: float,
          extra: tuple[str, ...] = ()) -> float:
     """(c) µs per step of ``train.py``'s own run (``extra``: more ``train.py`` flags)."""
+    import warnings
+
     import train
 
+    # Validation is off in these timings, so the best checkpoint has no val/acc to follow.
+    warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
     cfg = train.config_from_argv([
         "--model", model_name, "--data", "fashion_mnist", "--data-dir", data_dir,
         "--batch-size", str(batch), "--lr", str(lr), "--optimizer", "sgd",

@@ -16,7 +16,6 @@ import os
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from datamodules.registry import build_datamodule  # noqa: E402
 from lit_models import ImageClassificationTask  # noqa: E402
 from models import get_spec, model_names  # noqa: E402
+from training.console import quiet_warnings  # noqa: E402
 
 
 class LossRecorder(Callback):
@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batch-large", type=int, default=16, help="batch at 224 px")
     a = p.parse_args()
-    warnings.filterwarnings("ignore")
+    quiet_warnings()  # the ones train.py drops; any other warning shows
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     names = a.models.split(",") if a.models else model_names("image_classification")
     print("| model | data | resolution | batch | steps | first-window loss | last-window loss "
