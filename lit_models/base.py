@@ -141,13 +141,24 @@ class TaskModule(L.LightningModule):
     # tensor, the step loss goes to the loggers every `log_every_n_steps` (and at step 0), and
     # epoch means are synced across ranks once per epoch.
     def _init_train_sums(self, size: int) -> None:
-        self.register_buffer("_train_sums", torch.zeros(size), persistent=False)
+        # A plain attribute, not a buffer: DDP copies rank 0's buffers into every rank before
+        # each forward, which made every rank's sums rank 0's (train/loss_epoch and train/acc
+        # then described only rank 0's shard).
+        self._train_sums = torch.zeros(size, dtype=torch.float64)
+        self._train_sum_views = self._train_sums.unbind()
 
-    def _accumulate_train(self, loss: torch.Tensor, *sums: torch.Tensor, n: int) -> None:
-        with torch.no_grad():  # [loss_sum, count, *sums] in one in-place add
-            loss = loss.detach()
-            self._train_sums.add_(torch.stack([loss * n, torch.ones_like(loss) * n,
-                                               *(s.to(loss.dtype) for s in sums)]))
+    def _accumulate_train(self, loss: torch.Tensor, *sums: torch.Tensor,
+                          n: int | torch.Tensor) -> None:
+        """Add ``[loss * n, n, *sums]`` to the epoch's sums (in place, no host sync)."""
+        total, count, *rest = self._train_sum_views
+        with torch.no_grad():  # the adds record nothing for autograd (no detach op needed)
+            if isinstance(n, torch.Tensor):
+                total.add_(loss * n)
+            else:
+                total.add_(loss, alpha=n)
+            count.add_(n)
+            for view, value in zip(rest, sums):
+                view.add_(value)
         step = self.trainer.global_step
         if (step + 1) % self.trainer.log_every_n_steps == 0 or step == 0:
             value = {"train/loss": float(loss.detach())}
@@ -155,8 +166,10 @@ class TaskModule(L.LightningModule):
                 logger.log_metrics(value, step=step)
 
     def on_train_epoch_start(self) -> None:
-        """Reset the training sums."""
-        self._train_sums.zero_()
+        """New training sums on this module's device (float64; float32 where MPS lacks it)."""
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self._train_sums = torch.zeros(len(self._train_sums), dtype=dtype, device=self.device)
+        self._train_sum_views = self._train_sums.unbind()  # views: adds to them fill the sums
 
     def on_train_epoch_end(self) -> None:
         """Epoch means over all ranks: ``train/loss_epoch``, and ``train/acc`` if counted.

@@ -150,3 +150,7 @@ def test_no_host_sync_on_steps_that_do_not_log(family, root, tmp_path) -> None:
     assert calls.get(trainer.log_every_n_steps - 1), "the counting saw no logging step"
     offenders = {s: c for s, c in calls.items() if s not in logging}
     assert not offenders, f"{family}: host syncs on non-logging steps: {offenders}"
+    # DDP copies rank 0's buffers into every rank before each forward: per-rank sums in one
+    # would all become rank 0's (tests/test_cli.py checks that on two real ranks, slow).
+    buffers = [name for name, _ in trainer.lightning_module.named_buffers()]
+    assert not [b for b in buffers if "train_sums" in b], buffers
