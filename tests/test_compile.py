@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import train
-from conftest import make_idx_dataset, read_results
+from conftest import read_results
 from training import checks
 
 #: one small model per family (and per kind of sequence model)
@@ -33,16 +33,10 @@ FAMILIES = {
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    from test_language_modeling import BOOK, write_wikitext
-    from test_seq2seq import write_fra_txt
+    from test_host_sync import write_family_data
 
-    root = tmp_path_factory.mktemp("compile")
-    make_idx_dataset(root / "fashion-mnist", n_train=120, n_test=20)
-    (root / "timemachine").mkdir()
-    (root / "timemachine" / "timemachine.txt").write_text(BOOK * 6, encoding="utf-8")
-    write_wikitext(root / "wikitext-2")
-    write_fra_txt(root)
-    return root
+    return write_family_data(tmp_path_factory.mktemp("compile"), n_images=120, book_copies=6,
+                             fra_pairs=400)
 
 
 @pytest.mark.slow

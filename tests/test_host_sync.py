@@ -37,23 +37,28 @@ from conftest import make_idx_dataset
 PATCHED = ("item", "tolist", "cpu", "__bool__", "__float__", "__int__")
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    """Tiny data of every family in its real format."""
+def write_family_data(root: Path, n_images: int = 600, book_copies: int = 20,
+                      fra_pairs: int = 800, bert_paragraphs: bool = True) -> Path:
+    """Tiny data of every family in its real format under ``root`` (also tests/test_compile)."""
     from test_language_modeling import BOOK, write_wikitext
     from test_seq2seq import write_fra_txt
 
-    root = tmp_path_factory.mktemp("sync")
-    make_idx_dataset(root / "fashion-mnist", n_train=600, n_test=20)
+    make_idx_dataset(root / "fashion-mnist", n_train=n_images, n_test=20)
     (root / "timemachine").mkdir()
-    (root / "timemachine" / "timemachine.txt").write_text(BOOK * 20, encoding="utf-8")
+    (root / "timemachine" / "timemachine.txt").write_text(BOOK * book_copies, encoding="utf-8")
     write_wikitext(root / "wikitext-2")
-    words = BOOK.lower().split()  # paragraphs of three sentences for BERT's pairs
-    lines = [" . ".join(" ".join(words[(i + k) % len(words):(i + k) % len(words) + 5])
-                        for k in (0, 5, 10)) + " ." for i in range(0, 600, 3)]
-    (root / "wikitext-2" / "wiki.train.tokens").write_text("\n".join(lines) + "\n")
-    write_fra_txt(root, n=800)
+    if bert_paragraphs:  # paragraphs of three sentences for BERT's sentence pairs
+        words = BOOK.lower().split()
+        lines = [" . ".join(" ".join(words[(i + k) % len(words):(i + k) % len(words) + 5])
+                            for k in (0, 5, 10)) + " ." for i in range(0, 600, 3)]
+        (root / "wikitext-2" / "wiki.train.tokens").write_text("\n".join(lines) + "\n")
+    write_fra_txt(root, n=fra_pairs)
     return root
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return write_family_data(tmp_path_factory.mktemp("sync"))
 
 
 FAMILIES = {
