@@ -33,7 +33,7 @@ lint: install
 # (the gpu profile when CUDA is there) and regenerates the tables of docs/ from their results;
 # ARGS: --only PATTERN, --budget-s N (skip rows that do not fit), --smoke, --plan.
 reproduce: install  ## reproduce the results tables (docs/records/, docs/*.md)
-	$(PY) bench/reproduce.py $(ARGS)
+	$(PY) -m bench.reproduce $(ARGS)
 
 # Not in CI: minutes per target. ARGS picks targets (bleu decoding generate metrics samplers
 # splits); survivors are written to build/mutation/TARGET/survivors.md, see docs/testing.md.

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import ROOT, make_idx_dataset, read_results, run_cli
-from models import load_exported
+from d2l_lightning.models import load_exported
+from d2l_lightning.training.config import config_from_argv
 
 
 def test_help_and_list() -> None:
@@ -50,9 +51,8 @@ def test_flags_a_model_or_dataset_cannot_take_exit_2(args, needle) -> None:
 
 
 def test_model_and_data_args_reach_their_sections(tmp_path) -> None:
-    import train
 
-    cfg = train.config_from_argv(["--model", "lenet", "--model-arg", "activation=relu",
+    cfg = config_from_argv(["--model", "lenet", "--model-arg", "activation=relu",
                                   "--data-arg", "val_size=100"])
     assert cfg["model"] == {"name": "lenet", "recipe": "d2l", "activation": "relu",
                             "pool": "avg"}
@@ -106,7 +106,7 @@ def test_predict_rejects_bad_exports(tmp_path) -> None:
             check=True)
     cfg = (run / "export" / "config.json")
     cfg.write_text(cfg.read_text().replace('"num_inputs": 2', '"num_inputs": 3'))
-    proc = run_cli("-c", "import sys; from models import load_exported\n"
+    proc = run_cli("-c", "import sys; from d2l_lightning.models import load_exported\n"
                          "try:\n    load_exported(sys.argv[1])\nexcept Exception as e:\n"
                          "    print(type(e).__name__, e)", str(run / "export"))
     assert proc.stdout.startswith("ExportError") and "do not match" in proc.stdout
@@ -215,12 +215,12 @@ def test_ddp_on_cpu_trains_and_syncs_metrics(data_root, tmp_path) -> None:
 _RANK_SUMS_SCRIPT = """
 import json, sys
 import lightning as L
-sys.path[:0] = [{root!r}]
-import train
-cfg = train.config_from_argv(["--model", "mlp", "--data", "mnist", "--data-dir", {data!r},
-                              "--batch-size", "16", "--max-epochs", "1"])
-dm = train.build_data(cfg)
-module = train.build_module(cfg, dm.data_info())
+from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.run import build_data, build_module
+cfg = config_from_argv(["--model", "mlp", "--data", "mnist", "--data-dir", {data!r},
+                        "--batch-size", "16", "--max-epochs", "1"])
+dm = build_data(cfg)
+module = build_module(cfg, dm.data_info())
 
 class Recount(L.Callback):  # this rank's [loss * n, n, correct], from the step outputs
     seen = [0.0, 0, 0]
@@ -246,7 +246,7 @@ def test_ddp_training_sums_are_each_ranks_own(data_root, tmp_path) -> None:
     """Each rank sums the losses of its own shard: DDP copies rank 0's *buffers* into every rank
     before each forward, which made both ranks' sums rank 0's when they were a buffer."""
     script = tmp_path / "rank_sums.py"
-    script.write_text(_RANK_SUMS_SCRIPT.format(root=str(ROOT), data=str(data_root)))
+    script.write_text(_RANK_SUMS_SCRIPT.format(data=str(data_root)))
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "sums")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -272,7 +272,7 @@ def test_wandb_offline_without_key_logs_metrics_and_table(data_root, tmp_path) -
     files = glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1
     logged = read_run(Path(files[0]))
-    assert logged["config"]["arch"] == "mlp"
+    assert logged["config"]["model"]["name"] == "mlp"
     keys = set().union(*logged["history"])
     assert {"train/loss", "val/acc", "test/acc"} <= keys
     assert abs(logged["summary"]["test/acc"] - read_results(run)["test/acc"]) < 1e-6

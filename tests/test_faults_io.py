@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from faults_helpers import TINY, assert_unchanged, one_error_line, snapshot
 
-import train
 from conftest import make_idx_dataset, run_cli
+from d2l_lightning.cli import train
+from faults_helpers import TINY, assert_unchanged, one_error_line, snapshot
 
 # ---------------------------------------------------------------------------------------------
 # Data: rows already handled well, kept that way
@@ -64,7 +64,7 @@ def silent_mirrors():
 
 
 def _four_files(mirrors: list[str]):
-    from datamodules.download import RemoteFile
+    from d2l_lightning.datamodules.download import RemoteFile
 
     return [RemoteFile(f"f{i}.gz", "md5:" + "0" * 32, mirrors) for i in range(4)]
 
@@ -72,7 +72,7 @@ def _four_files(mirrors: list[str]):
 def test_hanging_download_waits_one_budget_for_the_whole_dataset(silent_mirrors, tmp_path,
                                                                   monkeypatch, capsys) -> None:
     """4 files x 2 silent mirrors wait 2 s in all (the budget), not 8 x the timeout."""
-    from datamodules.download import DataError, ensure_files
+    from d2l_lightning.datamodules.download import DataError, ensure_files
 
     monkeypatch.setenv("D2L_DOWNLOAD_TIMEOUT", "2")
     folder = tmp_path / "typo" / "mnist"
@@ -93,7 +93,7 @@ def test_a_mirror_that_does_not_answer_is_skipped_for_the_other_files(silent_mir
                                                                       monkeypatch,
                                                                       capsys) -> None:
     """The first mirror is silent, the second (a local folder) serves every file."""
-    from datamodules.download import RemoteFile, ensure_files
+    from d2l_lightning.datamodules.download import RemoteFile, ensure_files
 
     monkeypatch.setenv("D2L_DOWNLOAD_TIMEOUT", "2")
     good = tmp_path / "mirror"
@@ -117,8 +117,8 @@ def test_hanging_download_with_the_default_budget(silent_mirrors, tmp_path) -> N
     """The default budget (20 s) through the real MNIST file list: 240 s before issue 12."""
     import dataclasses
 
-    from datamodules.download import DEFAULT_TIMEOUT, DataError, ensure_files
-    from datamodules.idx import MNIST
+    from d2l_lightning.datamodules.download import DEFAULT_TIMEOUT, DataError, ensure_files
+    from d2l_lightning.datamodules.idx import MNIST
 
     ds = dataclasses.replace(MNIST, mirrors=tuple(silent_mirrors))
     t0 = time.monotonic()
@@ -290,7 +290,7 @@ def test_generate_names_the_characters_it_drops(text_exports) -> None:
 def test_wandb_online_without_a_key_says_it_goes_offline(tmp_path, monkeypatch, caplog) -> None:
     import logging
 
-    from callbacks.wandb_logging import make_wandb_logger
+    from d2l_lightning.callbacks.wandb_logging import make_wandb_logger
 
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

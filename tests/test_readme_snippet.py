@@ -9,9 +9,9 @@ import pytest
 import torch
 from torchvision.io import encode_jpeg, write_file, write_png
 
-import train
 from conftest import ROOT, run_cli
-from models import fit_image, prepare_images
+from d2l_lightning.cli import train
+from d2l_lightning.models import fit_image, prepare_images
 
 WITHOUT_LIGHTNING = str(ROOT / "tests" / "without_lightning.py")
 
@@ -62,7 +62,7 @@ def test_fit_image_layouts_channels_and_sizes() -> None:
 
 
 def test_prepare_images_matches_training_preprocessing() -> None:
-    from models import preprocess_images
+    from d2l_lightning.models import preprocess_images
 
     pre = {"image_size": 28, "in_channels": 1, "mean": [0.5], "std": [0.25], "resize": 32}
     batch = torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import train
 from conftest import ROOT, make_idx_dataset, read_results
-from training.config import load_config_file, parse_command_line, resolve
+from d2l_lightning.cli import train
+from d2l_lightning.training.config import CONFIGS, load_config_file, parse_command_line, resolve
 
 GRID = """method: grid
 parameters:
@@ -115,7 +115,7 @@ def test_random_search_is_seeded_and_print_config_writes_nothing(tmp_path, monke
 
 
 @pytest.mark.parametrize("text, args, needle", [
-    (None, [], "does not exist"),
+    (None, [], "is neither a file nor a shipped config"),
     ("method: grid\nparameters: {optim.lr: {values: [0.1]\n", [], "does not parse as YAML"),
     ("method: bayes\nparameters: {optim.lr: {values: [0.1]}}\n", [], "method must be one of"),
     ("method: grid\nearly_terminate: {type: hyperband}\nparameters: {optim.lr: {values: [1]}}\n",
@@ -144,20 +144,21 @@ def test_bad_sweeps_are_one_sentence(text, args, needle, tmp_path, monkeypatch, 
     assert sorted(tmp_path.iterdir()) == before
 
 
-def test_shipped_sweep_files_resolve_locally_and_under_wandb(monkeypatch, capsys) -> None:
-    monkeypatch.chdir(ROOT)
-    for name in ("lenet-lr-grid.yaml", "wandb-lenet_bn-random.yaml"):
-        assert train.main(["--sweep", f"configs/sweeps/{name}", "--config",
-                           "configs/fashion_mnist/lenet_bn-modern.yaml", "--print-config"]) == 0
+def test_shipped_sweep_files_resolve_locally_and_under_wandb(monkeypatch, capsys,
+                                                            tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)  # shipped names work from any folder
+    for name in ("lenet-lr-grid", "wandb-lenet_bn-random"):
+        assert train.main(["--sweep", f"sweeps/{name}", "--config",
+                           "fashion_mnist/lenet_bn-modern", "--print-config"]) == 0
     assert capsys.readouterr().out.count("# trial ") == 6 + 8
-    spec = yaml.safe_load((ROOT / "configs/sweeps/wandb-lenet_bn-random.yaml").read_text())
+    spec = yaml.safe_load((CONFIGS / "sweeps/wandb-lenet_bn-random.yaml").read_text())
     assert spec["program"] == "train.py" and spec["command"][-1] == "${args}"
     # what a W&B agent runs: the command's own flags, then ${args} as --SECTION.KEY=VALUE
     fixed = [a for a in spec["command"] if not a.startswith("${") and a != "python"]
     args = [f"--{key}={_example(p)}" for key, p in spec["parameters"].items()]
     request = parse_command_line([*fixed, *args])
     cfg = resolve([*map(load_config_file, request.configs), request.cli])
-    assert cfg["run"]["logger"] == "wandb" and cfg["optim"]["lr"] == 0.001
+    assert "wandb" in cfg["trainer"]["logger"] and cfg["optim"]["lr"] == 0.001
     assert cfg["optim"]["weight_decay"] == 0.05 and cfg["data"]["batch_size"] == 256
     assert cfg["model"] == {**cfg["model"], "name": "lenet_bn", "recipe": "modern"}
 

@@ -9,11 +9,12 @@ import lightning as L
 import pytest
 import torch
 
-import train
 from conftest import ROOT, read_results, run_cli
-from datamodules.loader import TensorBatchLoader
-from lit_models import ImageClassificationTask, load_checkpoint
-from models import get_spec, load_exported, model_names
+from d2l_lightning.cli import train
+from d2l_lightning.datamodules.loader import TensorBatchLoader
+from d2l_lightning.lit_models import ImageClassificationTask, load_checkpoint
+from d2l_lightning.models import get_spec, load_exported, model_names
+from d2l_lightning.training.config import config_from_argv
 
 IMAGE_MODELS = model_names("image_classification")
 # Models beyond the foundation's are covered by their own issue's tests at a reduced size.
@@ -117,7 +118,7 @@ def test_export_round_trip_without_lightning(data_root, tmp_path, model) -> None
     script.write_text(
         "import sys\n"
         "import torch\n"
-        "from models import load_exported, preprocess_images\n"
+        "from d2l_lightning.models import load_exported, preprocess_images\n"
         f"model, cfg = load_exported({str(run / 'export')!r})\n"
         f"x = torch.load({str(tmp_path / 'images.pt')!r})\n"
         "with torch.no_grad():\n"
@@ -168,18 +169,18 @@ def test_non_finite_loss_stops_with_a_message(tmp_path) -> None:
 
 
 def test_recipe_fills_unset_flags_and_flags_override() -> None:
-    cfg = train.config_from_argv(["--model", "lenet"])
+    cfg = config_from_argv(["--model", "lenet"])
     d2l = get_spec("lenet").recipe("d2l")
     assert (cfg["optim"]["lr"], cfg["data"]["batch_size"], cfg["optim"]["optimizer"]) == (
         d2l.lr, d2l.batch_size, "sgd")
-    cfg = train.config_from_argv(["--model", "lenet", "--recipe", "modern", "--lr", "0.5"])
+    cfg = config_from_argv(["--model", "lenet", "--recipe", "modern", "--lr", "0.5"])
     assert cfg["optim"]["lr"] == 0.5 and cfg["optim"]["optimizer"] == "adamw"
     assert (cfg["model"]["activation"], cfg["model"]["pool"]) == ("relu", "max")
 
 
 def test_checkpoints_of_the_flat_config_era_still_load(tmp_path) -> None:
-    """Hyper-parameters renamed by the sectioned config (src_len, max_seq_len, compile)."""
-    from lit_models import TranslationTask
+    """Hyper-parameters renamed or dropped since (src_len, compile, gradient_clip_val)."""
+    from d2l_lightning.lit_models import TranslationTask
 
     vocab = ["<unk>", "<pad>", "<bos>", "<eos>", "a", "b"]
     module = TranslationTask("seq2seq_gru", src_vocab=vocab, tgt_vocab=vocab, num_steps=7,
@@ -187,26 +188,27 @@ def test_checkpoints_of_the_flat_config_era_still_load(tmp_path) -> None:
     hparams = dict(module.hparams)
     hparams["src_len"] = hparams.pop("num_steps")
     hparams["compile"] = False
+    hparams["gradient_clip_val"] = 1.0  # a Trainer argument since 2026-12
     torch.save({"hyper_parameters": hparams, "state_dict": module.state_dict()},
                tmp_path / "old.ckpt")
     loaded = load_checkpoint(tmp_path / "old.ckpt")
     assert loaded.hparams.num_steps == 7 and "compile" not in loaded.hparams
+    assert "gradient_clip_val" not in loaded.hparams
     for k, v in module.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
 
 
-@pytest.mark.parametrize("clip, where", [(1e-3, "optim"), (1e-3, "trainer"), (None, None)])
-def test_gradient_norm_is_clipped_by_the_optim_section(clip, where) -> None:
+@pytest.mark.parametrize("clip", [1e-3, None])
+def test_gradient_norm_is_clipped_by_the_trainer_argument(clip) -> None:
     """One SGD step with lr 1 moves the weights by exactly the clipped gradient norm."""
     torch.manual_seed(0)
     x = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (32,))
-    module = ImageClassificationTask("mlp", lr=1.0,
-                                     gradient_clip_val=clip if where == "optim" else None)
+    module = ImageClassificationTask("mlp", lr=1.0)
     before = [p.detach().clone() for p in module.parameters()]
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        gradient_clip_val=clip if where == "trainer" else None)
+                        gradient_clip_val=clip)
     trainer.fit(module, train_dataloaders=TensorBatchLoader((x, y), 32))
     moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum()
                            for p, b in zip(module.parameters(), before)))

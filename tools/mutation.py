@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "mutation"
 JUSTIFIED = ROOT / "tools" / "mutation-justified.txt"
+#: the package whose modules are mutated; targets name modules relative to it
+PACKAGE = "d2l_lightning"
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,13 @@ class Target:
     """Modules to mutate, the tests that guard them, and which functions count.
 
     Attributes:
-        modules: files to mutate.
+        modules: files to mutate, relative to the package (``models/bleu.py``).
         tests: test files run against every mutant (only the tests that reach the mutated
             function run, fastest first).
         select: pytest ``-k`` expression within those files.
         functions: ``fnmatch`` patterns of the functions (``module.function`` or
-            ``module.Class.method``) whose mutants are run; default all.
+            ``module.Class.method``, modules relative to the package) whose mutants are run;
+            default all.
         exclude: patterns of functions left alone among those (a LightningModule's
             ``__init__``: ``save_hyperparameters`` reads its caller's frame, which mutmut's
             trampoline replaces).
@@ -182,18 +185,16 @@ def skip_unselected(path: Path, module: str, patterns: list[str], exclude: list[
 
 def mutmut_config(target: Target) -> str:
     """The ``[tool.mutmut]`` section of a target."""
-    dirs = sorted({m.split("/")[0] + "/" for m in target.modules})
-    others = ["models/", "lit_models/", "datamodules/", "callbacks/", "training/", "train.py",
-              "predict.py", "configs/"]
+    others = ["train.py", "predict.py", "export.py", "bench/"]
     pytest_args = ["-p", "no:cacheprovider", "-W", "ignore"]
     if target.select:
         pytest_args += ["-k", target.select]
     quoted = ", ".join(f'"{a}"' for a in pytest_args)
     return "\n".join([
         "", "[tool.mutmut]",
-        f"source_paths = {dirs!r}".replace("'", '"'),
-        f"only_mutate = {target.modules!r}".replace("'", '"'),
-        f"also_copy = {[o for o in others if o not in dirs]!r}".replace("'", '"'),
+        f'source_paths = ["{PACKAGE}/"]',
+        f"only_mutate = {[f'{PACKAGE}/{m}' for m in target.modules]!r}".replace("'", '"'),
+        f"also_copy = {others!r}".replace("'", '"'),
         f"pytest_add_cli_args_test_selection = {target.tests!r}".replace("'", '"'),
         f"pytest_add_cli_args = [{quoted}]",
         'process_isolation = "forkserver"',  # torch is not fork-safe after it has run
@@ -206,16 +207,16 @@ def mutant_patterns(target: Target, functions: list[str] | None = None) -> list[
     out = []
     for pattern in target.functions if functions is None else functions:
         if pattern == "*":
-            out += [m[:-3].replace("/", ".") + ".*" for m in target.modules]
+            out += [f"{PACKAGE}." + m[:-3].replace("/", ".") + ".*" for m in target.modules]
             continue
         if pattern.endswith(".*") and not pattern.split(".")[-2][:1].isupper():
-            out.append(pattern)  # a whole module: functions and methods
+            out.append(f"{PACKAGE}.{pattern}")  # a whole module: functions and methods
             continue
         parts = pattern.split(".")
         owner = [p for p in parts[:-1] if p[:1].isupper()]
         module = ".".join(parts[:-1 - len(owner)])
         name = "x" + "".join(f"ǁ{c}ǁ" for c in owner) + ("" if owner else "_") + parts[-1]
-        out.append(f"{module}.{name}__mutmut_*")
+        out.append(f"{PACKAGE}.{module}.{name}__mutmut_*")
     return out
 
 
@@ -244,11 +245,12 @@ def run_target(name: str, target: Target, max_children: int | None) -> dict[str,
     """Mutate one target; return mutant names by status (killed mutants not listed)."""
     work = BUILD / name
     copy_checkout(work)
-    shimmed = sum(undecorate_no_grad(work / m) for m in target.modules)
+    shimmed = sum(undecorate_no_grad(work / PACKAGE / m) for m in target.modules)
     patterns = mutant_patterns(target)
     exclude = mutant_patterns(target, target.exclude)
     for m in target.modules:
-        skip_unselected(work / m, m[:-3].replace("/", "."), patterns, exclude)
+        skip_unselected(work / PACKAGE / m, f"{PACKAGE}." + m[:-3].replace("/", "."), patterns,
+                        exclude)
     with open(work / "pyproject.toml", "a", encoding="utf-8") as f:
         f.write(mutmut_config(target))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "D2L_DATA_DIR": "", "WANDB_MODE": "disabled",
