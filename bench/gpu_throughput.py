@@ -48,7 +48,7 @@ from lightning.pytorch.callbacks import Callback
 from d2l_lightning.lit_models.base import build_optimizer, can_fuse
 from d2l_lightning.lit_models.language_modeling import detach_state
 from d2l_lightning.models import build_model, preprocess_images
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 from d2l_lightning.training.run import build_data, build_module, build_trainer
 
 BOOK_LENET = 55_297  #: img/s the book prints for LeNet on a GPU

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from d2l_lightning.lit_models.language_modeling import detach_state
 from d2l_lightning.models import build_model
 from d2l_lightning.training import fit
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 from d2l_lightning.training.console import quiet_warnings
 from d2l_lightning.training.run import build_data
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from d2l_lightning.models import build_model, preprocess_images
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 clock = time.perf_counter

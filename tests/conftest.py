@@ -82,5 +82,15 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path
     return proc
 
 
+def call(main, *args, capsys) -> tuple[int, str, str]:
+    """A CLI's ``main`` run in-process: ``(exit code, stdout, stderr)`` (argparse exits too)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 2
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())

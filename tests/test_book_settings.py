@@ -13,7 +13,7 @@ from d2l_lightning.cli import train
 from d2l_lightning.datamodules import DataError
 from d2l_lightning.datamodules.idx import FASHION_MNIST, MNIST, load_idx_split, load_split
 from d2l_lightning.datamodules.registry import build_datamodule
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 from d2l_lightning.training.run import build_data, build_module
 
 

@@ -19,12 +19,12 @@ from conftest import ROOT, make_idx_dataset, read_results
 from d2l_lightning.callbacks.progress import TerminalProgress
 from d2l_lightning.cli import train
 from d2l_lightning.models import Recipe, get_spec, model_names
+from d2l_lightning.training.command_line import config_from_argv
 from d2l_lightning.training.config import (
     CONFIGS,
     RECIPE_SECTIONS,
     SECTIONS,
     Layer,
-    config_from_argv,
     dump_config,
     load_config_file,
     resolve,

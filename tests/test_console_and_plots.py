@@ -16,7 +16,7 @@ from conftest import read_results, run_cli
 from d2l_lightning.callbacks.progress import TerminalProgress
 from d2l_lightning.cli import train
 from d2l_lightning.models import load_exported
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 from d2l_lightning.training.console import quiet_warnings
 from d2l_lightning.training.plot import main as plot_main
 from d2l_lightning.training.plot import plot_run

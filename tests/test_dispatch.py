@@ -13,7 +13,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from conftest import run_cli
 from d2l_lightning.callbacks import TrainingMonitor
 from d2l_lightning.callbacks.dispatch import BATCH_HOOKS, skip_idle_batch_hooks
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 from d2l_lightning.training.run import build_data, build_module, build_trainer
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, read_results, run_cli
+from conftest import ROOT, call, read_results, run_cli
 from d2l_lightning.cli import train
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 from d2l_lightning.training.faults import check_hardware
 from faults_helpers import TINY, assert_unchanged, one_error_line, snapshot, weights_finite
 
@@ -91,14 +91,14 @@ def test_parse_refusal_as_a_user_runs_it(data_root, tmp_path) -> None:
 
 
 def test_non_finite_loss_stops_before_its_step_and_keeps_no_poisoned_checkpoint(
-        data_root, tmp_path) -> None:
+        data_root, tmp_path, capsys) -> None:
     """A huge lr: the loss becomes NaN; the stop names the step and the last good checkpoint."""
     run = tmp_path / "run"
     before = snapshot(data_root)
-    proc = run_cli("train.py", *TINY, "--data-dir", str(data_root), "--run-dir", str(run),
-                   "--lr", "1e10", "--ckpt-every-n-steps", "1")
-    line = one_error_line(proc.stderr)
-    assert proc.returncode == 1, line
+    code, _, err = call(train.main, *TINY, "--data-dir", data_root, "--run-dir", run,
+                        "--lr", "1e10", "--ckpt-every-n-steps", "1", capsys=capsys)
+    line = one_error_line(err)
+    assert code == 1, line
     m = re.search(r"became (nan|inf|-inf) in step (\d+) .*which was not applied; the last good "
                   r"checkpoint is (\S+) \(step (\d+)\)", line)
     assert m, line
@@ -164,12 +164,13 @@ def test_export_of_non_finite_weights_is_refused(tmp_path) -> None:
     assert not (tmp_path / "export").exists()
 
 
-def test_diverged_run_warns(data_root, tmp_path) -> None:
+def test_diverged_run_warns(data_root, tmp_path, capsys) -> None:
     run = tmp_path / "run"
-    proc = run_cli("train.py", *TINY, "--data-dir", str(data_root), "--run-dir", str(run),
-                   "--lr", "30", "--diverged-after", "3", "--limit-train-batches", "8")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    line = one_error_line(proc.stderr)
+    code, _, err = call(train.main, *TINY, "--data-dir", data_root, "--run-dir", run,
+                        "--lr", "30", "--diverged-after", "3", "--limit-train-batches", "8",
+                        capsys=capsys)
+    assert code == 0, err[-2000:]
+    line = one_error_line(err)
     assert line.startswith("warning: the training loss") and "diverged" in line, line
 
 
@@ -212,34 +213,34 @@ def test_sigterm_writes_last_checkpoint_and_exits_non_zero(data_root, tmp_path) 
     assert read_results(run)["global_step"] == step + 3
 
 
-def test_failed_run_folder_is_reused(data_root, tmp_path) -> None:
+def test_failed_run_folder_is_reused(data_root, tmp_path, capsys) -> None:
     """A data error after the folder was made: --resume says to start again; a rerun works."""
     run = tmp_path / "run"
-    bad = run_cli("train.py", *TINY, "--data-dir", str(data_root), "--run-dir", str(run),
-                  "--val-size", "100000")
-    assert bad.returncode == 1 and "validation size" in one_error_line(bad.stderr)
+    code, _, err = call(train.main, *TINY, "--data-dir", data_root, "--run-dir", run,
+                        "--val-size", "100000", capsys=capsys)
+    assert code == 1 and "validation size" in one_error_line(err)
     before = snapshot(run)
-    resume = run_cli("train.py", "--resume", "last", "--run-dir", str(run))
-    assert resume.returncode == 2
-    assert "start it again with the same command" in one_error_line(resume.stderr)
+    code, _, err = call(train.main, "--resume", "last", "--run-dir", run, capsys=capsys)
+    assert code == 2
+    assert "start it again with the same command" in one_error_line(err)
     assert_unchanged(before, run)
-    ok = run_cli("train.py", *TINY, "--data-dir", str(data_root), "--run-dir", str(run),
-                 "--limit-train-batches", "2")
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    code, _, err = call(train.main, *TINY, "--data-dir", data_root, "--run-dir", run,
+                        "--limit-train-batches", "2", capsys=capsys)
+    assert code == 0, err[-2000:]
     assert (run / "results.json").is_file()
     kept = {str(p).replace(str(run), str(run / "attempt-1")): h for p, h in before.items()}
     assert_unchanged(kept, run)  # the failed attempt's files, moved aside, byte-identical
 
 
-def test_existing_run_is_still_refused(data_root, tmp_path) -> None:
+def test_existing_run_is_still_refused(data_root, tmp_path, capsys) -> None:
     """Row already handled: a folder with a checkpoint is never reused by a new run."""
     run = tmp_path / "run"
     args = [*TINY, "--data-dir", str(data_root), "--run-dir", str(run),
             "--limit-train-batches", "2"]
     assert train.main(args) == 0
     before = snapshot(run)
-    proc = run_cli("train.py", *args, "--lr", "0.3")
-    assert proc.returncode == 2 and "already holds a run" in one_error_line(proc.stderr)
+    code, _, err = call(train.main, *args, "--lr", "0.3", capsys=capsys)
+    assert code == 2 and "already holds a run" in one_error_line(err)
     assert_unchanged(before, run)
 
 
@@ -287,18 +288,19 @@ def test_checkpoint_write_failure_keeps_the_earlier_file(tmp_path, monkeypatch) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]
 
 
-def test_read_only_run_folder_is_one_sentence(data_root, tmp_path) -> None:
+def test_read_only_run_folder_is_one_sentence(data_root, tmp_path, capsys) -> None:
     """A folder that cannot be written; root writes anywhere, so as root: under /sys (EPERM)."""
     parent = tmp_path / "ro"
     parent.mkdir()
     parent.chmod(0o555)
     run = Path("/sys/d2l-faults-test/run") if os.geteuid() == 0 else parent / "run"
     try:
-        proc = run_cli("train.py", *TINY, "--data-dir", str(data_root), "--run-dir", str(run))
+        code, _, err = call(train.main, *TINY, "--data-dir", data_root, "--run-dir", run,
+                            capsys=capsys)
     finally:
         parent.chmod(0o755)
-    line = one_error_line(proc.stderr)
-    assert proc.returncode == 1 and line.startswith("error: cannot write"), line
+    line = one_error_line(err)
+    assert code == 1 and line.startswith("error: cannot write"), line
     assert not run.exists()
 
 

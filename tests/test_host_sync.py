@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from conftest import make_idx_dataset
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 from d2l_lightning.training.run import build_data, build_module, build_trainer
 
 PATCHED = ("item", "tolist", "cpu", "__bool__", "__float__", "__int__")

@@ -24,7 +24,8 @@ from conftest import ROOT, make_idx_dataset
 from d2l_lightning.cli import train
 from d2l_lightning.training import cluster
 from d2l_lightning.training import run as run_api
-from d2l_lightning.training.config import ConfigError, config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.config import ConfigError
 from d2l_lightning.training.run import build_data, build_module, build_trainer
 from d2l_lightning.training.runs import choose_run_dir, make_run_dir
 

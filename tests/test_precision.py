@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 from d2l_lightning.training.faults import check_hardware
 
 

@@ -17,7 +17,8 @@ import yaml
 
 from conftest import ROOT, make_idx_dataset, read_results
 from d2l_lightning.cli import train
-from d2l_lightning.training.config import CONFIGS, load_config_file, parse_command_line, resolve
+from d2l_lightning.training.command_line import parse_command_line
+from d2l_lightning.training.config import CONFIGS, load_config_file, resolve
 
 GRID = """method: grid
 parameters:

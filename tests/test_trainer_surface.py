@@ -14,7 +14,7 @@ import yaml
 
 from conftest import make_idx_dataset, read_results
 from d2l_lightning.cli import train
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 
 TINY = ["--model", "mlp", "--data", "mnist", "--batch-size", "20", "--num-hiddens", "16",
         "--no-progress-bar"]

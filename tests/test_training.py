@@ -14,7 +14,7 @@ from d2l_lightning.cli import train
 from d2l_lightning.datamodules.loader import TensorBatchLoader
 from d2l_lightning.lit_models import ImageClassificationTask, load_checkpoint
 from d2l_lightning.models import get_spec, load_exported, model_names
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 
 IMAGE_MODELS = model_names("image_classification")
 # Models beyond the foundation's are covered by their own issue's tests at a reduced size.
@@ -104,37 +104,44 @@ def test_run_folder_contents_and_results(data_root, tmp_path) -> None:
 WITHOUT_LIGHTNING = str(ROOT / "tests" / "without_lightning.py")
 
 
-@pytest.mark.parametrize("model", FOUNDATION)
-def test_export_round_trip_without_lightning(data_root, tmp_path, model) -> None:
-    run = tmp_path / "run"
-    assert train_in_process(data_root, run, "--model", model, "--data", "fashion_mnist",
-                            "--max-epochs", "1", "--limit-train-batches", "3", "--no-test") == 0
-    module = load_checkpoint(run / "checkpoints" / "last.ckpt").eval()
+def test_export_round_trip_without_lightning(data_root, tmp_path) -> None:
+    """Each foundation model's export, read in one process that cannot import Lightning."""
     images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
     torch.save(images, tmp_path / "images.pt")
-    with torch.no_grad():
-        expected = module(module.on_after_batch_transfer((images, None), 0)[0])
+    expected = {}
+    for model in FOUNDATION:
+        run = tmp_path / model
+        assert train_in_process(data_root, run, "--model", model, "--data", "fashion_mnist",
+                                "--max-epochs", "1", "--limit-train-batches", "3",
+                                "--no-test") == 0
+        module = load_checkpoint(run / "checkpoints" / "last.ckpt").eval()
+        with torch.no_grad():
+            expected[model] = module(module.on_after_batch_transfer((images, None), 0)[0])
     script = tmp_path / "check.py"
     script.write_text(
         "import sys\n"
         "import torch\n"
         "from d2l_lightning.models import load_exported, preprocess_images\n"
-        f"model, cfg = load_exported({str(run / 'export')!r})\n"
         f"x = torch.load({str(tmp_path / 'images.pt')!r})\n"
-        "with torch.no_grad():\n"
-        "    logits = model(preprocess_images(x, **{k: cfg['preprocess'][k] for k in "
+        f"for model in {FOUNDATION!r}:\n"
+        f"    export = {str(tmp_path)!r} + '/' + model + '/export'\n"
+        "    net, cfg = load_exported(export)\n"
+        "    with torch.no_grad():\n"
+        "        logits = net(preprocess_images(x, **{k: cfg['preprocess'][k] for k in "
         "('mean', 'std', 'resize')}))\n"
-        f"torch.save(logits, {str(tmp_path / 'logits.pt')!r})\n"
+        f"    torch.save(logits, {str(tmp_path)!r} + '/' + model + '.pt')\n"
         "assert 'lightning' not in sys.modules or sys.modules['lightning'] is None\n"
     )
     run_cli(WITHOUT_LIGHTNING, str(script), check=True)
-    got = torch.load(tmp_path / "logits.pt")
-    assert torch.allclose(got, expected, atol=1e-6)
-    cfg = json.loads((run / "export" / "config.json").read_text())
-    assert cfg["arch"] == model and len(cfg["class_names"]) == 10
-    assert cfg["preprocess"]["mean"] == [0.286]
-    state = load_exported(run / "export")[0].state_dict()
-    assert not any(k.startswith(("model.", "_orig_mod")) for k in state)  # no Lightning prefix
+    for model in FOUNDATION:
+        run = tmp_path / model
+        got = torch.load(tmp_path / f"{model}.pt")
+        assert torch.allclose(got, expected[model], atol=1e-6), model
+        cfg = json.loads((run / "export" / "config.json").read_text())
+        assert cfg["arch"] == model and len(cfg["class_names"]) == 10
+        assert cfg["preprocess"]["mean"] == [0.286]
+        state = load_exported(run / "export")[0].state_dict()
+        assert not any(k.startswith(("model.", "_orig_mod")) for k in state)  # no prefix
 
 
 def test_predict_cli_matches_test_accuracy_and_labels_files(data_root, tmp_path) -> None:

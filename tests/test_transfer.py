@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_idx_dataset, read_results, run_cli
+from conftest import call, make_idx_dataset, read_results, run_cli
 from d2l_lightning.cli import train
 from d2l_lightning.datamodules.download import DataError
 from d2l_lightning.datamodules.folder import CACHE_DIR, load_folder
@@ -27,7 +27,7 @@ from d2l_lightning.models.transfer import (
     param_groups,
     read_source,
 )
-from d2l_lightning.training.config import config_from_argv
+from d2l_lightning.training.command_line import config_from_argv
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -279,7 +279,7 @@ def test_fine_tune_on_a_folder_then_export_and_predict_without_lightning(
     (["--lr-mult", "backbone"], "expected PREFIX=FACTOR"),
 ])
 def test_bad_transfer_flags_exit_2_with_one_sentence_and_write_nothing(
-        tmp_path, source_export, extra, needle) -> None:
+        tmp_path, source_export, extra, needle, capsys) -> None:
     from d2l_lightning.models import save_export
 
     if "LM" in extra:
@@ -295,11 +295,11 @@ def test_bad_transfer_flags_exit_2_with_one_sentence_and_write_nothing(
     for p in (root / "train").rglob("*.jpg"):
         p.unlink()
     before = sorted(tmp_path.rglob("*"))  # the folder's cache included
-    proc = run_cli("train.py", "--model", "lenet_bn", "--data", "image_folder", "--data-dir",
-                   str(root), "--init-from", str(source_export), "--run-dir",
-                   str(tmp_path / "run"), *extra)
-    assert proc.returncode == 2, proc.stderr
-    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    code, _, err = call(train.main, "--model", "lenet_bn", "--data", "image_folder",
+                        "--data-dir", root, "--init-from", source_export, "--run-dir",
+                        tmp_path / "run", *extra, capsys=capsys)
+    assert code == 2, err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
     assert sorted(tmp_path.rglob("*")) == before
 
 

@@ -38,12 +38,8 @@ EVALUATIONS = ("validate", "test")
 def _run_command(argv: list[str]) -> dict[str, Any] | int | None:
     """The default command: train (or list, sweep, print the config); results or exit code."""
     from d2l_lightning.training.cluster import check_run_dir_given
-    from d2l_lightning.training.config import (
-        dump_config,
-        load_config_file,
-        parse_command_line,
-        resolve,
-    )
+    from d2l_lightning.training.command_line import parse_command_line
+    from d2l_lightning.training.config import dump_config, load_config_file, resolve
     from d2l_lightning.training.runs import plan_resume
 
     request = parse_command_line(argv)
@@ -107,7 +103,7 @@ def _evaluation_parser(stage: str) -> argparse.ArgumentParser:
 
 def _evaluate(stage: str, argv: list[str]) -> int:
     """``train.py validate|test``: print the metrics beside the run's ``results.json``."""
-    from d2l_lightning.training.run import evaluate
+    from d2l_lightning.training.evaluate import evaluate
 
     args = _evaluation_parser(stage).parse_args(argv)
     overrides: dict[str, dict[str, Any]] = {}

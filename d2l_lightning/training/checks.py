@@ -8,17 +8,14 @@ may be written as ``1e-3`` (PyYAML reads that as a string) or as an int.
 
 from __future__ import annotations
 
-import collections.abc
 import inspect
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .schema import COUNT, COUNT0, FRACTION, Check, Key, at_least, type_name
+from .schema import COUNT, COUNT0, FRACTION, Check, Key, at_least
+from .types import conform, hints_of, type_name
 
 #: a source label per ``(section, key)`` (``--lr``, ``config runs/a/config.yaml``...)
 Sources = dict[tuple[str, str], str]
@@ -44,79 +41,6 @@ class Consumer:
     excluded: tuple[str, ...] = ("self",)
     from_data: tuple[str, ...] = ()
     extra: bool = True
-
-
-def hints_of(fn: Callable[..., Any]) -> dict[str, Any]:
-    """``fn``'s evaluated type hints (none for annotations that cannot be evaluated)."""
-    try:
-        return typing.get_type_hints(fn)
-    except Exception:
-        return {}
-
-
-def conform(value: Any, hint: Any) -> Any:
-    """``value`` as type ``hint`` (int -> float and numeric strings -> float allowed).
-
-    A value from YAML or a flag is never an instance of a class such as ``Accelerator``, so a
-    class hint accepts nothing here (the run's own objects are built from names).
-
-    Raises:
-        TypeError: the value does not fit the hint.
-    """
-    if hint is Any or hint is inspect.Parameter.empty:
-        return value
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(hint):
-            try:
-                return conform(value, arm)
-            except TypeError:
-                continue
-        raise TypeError
-    if origin is typing.Literal:
-        for choice in typing.get_args(hint):
-            if value == choice and type(value) is type(choice):
-                return value
-        raise TypeError
-    if hint is type(None):
-        if value is None:
-            return None
-        raise TypeError
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise TypeError
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise TypeError
-    if hint is str or hint is Path:
-        if isinstance(value, str):
-            return value
-        raise TypeError
-    if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable) \
-            or hint in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise TypeError
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return [conform(v, args[0]) for v in value] if args else list(value)
-    if origin in (dict, collections.abc.Mapping) or hint is dict:
-        if not isinstance(value, dict):
-            raise TypeError
-        args = typing.get_args(hint)
-        return {k: conform(v, args[1]) for k, v in value.items()} if args else value
-    if isinstance(hint, type):
-        raise TypeError  # an object: no config value is one
-    return value  # an annotation this checker does not know: accept
 
 
 def _fail(sources: Sources, section: str, key: str, why: str) -> None:
@@ -249,5 +173,4 @@ def check_values(cfg: dict[str, dict[str, Any]], sources: Sources) -> None:
 
 
 __all__ = ["COUNT", "COUNT0", "CONSTRUCTOR_RULES", "Check", "ConfigError", "Consumer",
-           "at_least", "check_constructor_section", "check_fixed_section", "check_values",
-           "conform", "hints_of"]
+           "at_least", "check_constructor_section", "check_fixed_section", "check_values"]

@@ -30,10 +30,11 @@ def quiet_warnings() -> None:
 def info_to_stdout() -> None:
     """Lightning's information lines to stdout, so stderr holds only problems.
 
-    Called once Lightning is imported (it adds its stream handlers on import; ``--help`` and
-    refusals never import it).
+    Called once Lightning is imported (it adds its stream handlers on import, to
+    ``lightning.pytorch`` and ``lightning.fabric``, or to ``lightning`` when the root logger
+    has none; ``--help`` and refusals never import it).
     """
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler:

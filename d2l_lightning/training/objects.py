@@ -32,9 +32,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .checks import Sources, conform, hints_of
+from .checks import Sources
 from .errors import ConfigError
-from .schema import type_name
+from .types import conform, hints_of, type_name
 
 #: the trainer keys whose values name objects
 OBJECT_KEYS = ("logger", "callbacks", "plugins", "profiler")

@@ -21,13 +21,13 @@ The ``model``, ``data`` and ``task`` sections are read from the constructors the
 from __future__ import annotations
 
 import math
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 
 from .trainer_args import TRAINER_ARGS
+from .types import conform, type_name
 
 #: seconds a process waits for the others in a collective (torch's NCCL default; Lightning's
 #: is 1800): a dead or frozen node then stops the run instead of hanging the rest
@@ -144,8 +144,6 @@ def validate(obj: Any) -> None:
     Raises:
         ValueError: ``KEY must be ..., got VALUE`` for the first value that does not fit.
     """
-    from .checks import conform
-
     for name, key in keys_of(type(obj)).items():
         value = getattr(obj, name)
         try:
@@ -156,21 +154,6 @@ def validate(obj: Any) -> None:
         said = key.check.problem(value) if key.check else None
         if said:
             raise ValueError(f"{name} {said}")
-
-
-def type_name(hint: Any) -> str:
-    """A type hint as short text: ``int or None``, ``list[int]``, ``'sgd', 'adam'``."""
-    if isinstance(hint, str):
-        return hint
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(type_name(a) for a in args)
-    if typing.get_origin(hint) is Literal:
-        return " or ".join(map(repr, args))
-    if isinstance(hint, type) and not args:
-        return "None" if hint is type(None) else hint.__name__
-    text = str(hint).replace("typing.", "").replace("collections.abc.", "")
-    return text.replace("<class '", "").replace("'>", "").replace("NoneType", "None")
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .command_line import Request
 from .config import (
     SECTIONS,
     Config,
     ConfigError,
     Layer,
-    Request,
     config_path,
     dump_config,
     load_config_file,
