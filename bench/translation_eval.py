@@ -18,9 +18,8 @@ import torch
 from torchmetrics.text import SacreBLEUScore
 
 from d2l_lightning.datamodules.fra_eng import EngFraDataModule
-from d2l_lightning.datamodules.fra_eng_text import detokenize
+from d2l_lightning.datamodules.fra_eng_text import UNK_REF, detokenize
 from d2l_lightning.datamodules.text import UNK, Vocab
-from d2l_lightning.lit_models.translation import UNK_REF
 from d2l_lightning.models import load_exported
 from d2l_lightning.models.decoding import search
 from d2l_lightning.training.config import load_config_file, resolve

@@ -179,7 +179,7 @@ class _Unpickler(pickle.Unpickler):
 #: a ``pickle_module`` for ``torch.load`` that reads pickles of our classes saved under the old
 #: names, e.g. ``torch.load(path, pickle_module=legacy_pickle, weights_only=False)`` for a
 #: ``torch.save(model)`` of a LeNet made before the package existed (``models.lenet.LeNet``)
-legacy_pickle = types.SimpleNamespace(**{k: getattr(pickle, k) for k in dir(pickle)
-                                         if not k.startswith("__")})
+legacy_pickle = types.ModuleType(f"{__name__}.legacy_pickle")
+legacy_pickle.__dict__.update({k: v for k, v in vars(pickle).items() if not k.startswith("__")})
 legacy_pickle.Unpickler = _Unpickler
 legacy_pickle.load = lambda f, **kw: _Unpickler(f, **kw).load()

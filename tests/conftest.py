@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+if "PYTEST_XDIST_WORKER" in os.environ:  # workers share the cores: one thread each, set
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before any test module imports torch
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = os.environ.get("D2L_DATA_DIR", "").strip()
 

@@ -18,7 +18,7 @@ from d2l_lightning.cli import train
 from d2l_lightning.cli.predict import main as predict_main
 from d2l_lightning.datamodules import corpora
 from d2l_lightning.datamodules.download import DataError
-from d2l_lightning.datamodules.language_model import RandomWindowLoader, SequentialLoader
+from d2l_lightning.datamodules.lm_text import RandomWindowLoader, SequentialLoader
 from d2l_lightning.datamodules.registry import build_datamodule
 from d2l_lightning.datamodules.text import Vocab, preprocess_time_machine
 from d2l_lightning.lit_models import LanguageModelingTask, load_checkpoint

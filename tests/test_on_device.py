@@ -15,7 +15,7 @@ import torch
 import d2l_lightning.datamodules.loader as loader_mod
 from d2l_lightning.datamodules import DataError
 from d2l_lightning.datamodules.bert import EpochLoader
-from d2l_lightning.datamodules.language_model import RandomWindowLoader, SequentialLoader
+from d2l_lightning.datamodules.lm_text import RandomWindowLoader, SequentialLoader
 from d2l_lightning.datamodules.loader import TensorBatchLoader, resident_device
 from d2l_lightning.datamodules.registry import build_datamodule
 

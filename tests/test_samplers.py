@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from d2l_lightning.datamodules import DataError
-from d2l_lightning.datamodules.language_model import RandomWindowLoader, SequentialLoader
+from d2l_lightning.datamodules.lm_text import RandomWindowLoader, SequentialLoader
 from d2l_lightning.datamodules.loader import IndexSampler, TensorBatchLoader
 from d2l_lightning.datamodules.registry import build_datamodule
 

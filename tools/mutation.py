@@ -82,7 +82,7 @@ TARGETS: dict[str, Target] = {
     # epoch sums and the learning-rate schedules
     "metrics": Target(
         ["lit_models/base.py", "lit_models/translation.py", "lit_models/language_modeling.py",
-         "lit_models/masked_lm.py"],
+         "lit_models/masked_lm.py", "models/bert.py"],
         ["tests/test_reported_numbers.py", "tests/test_seq2seq.py",
          "tests/test_language_modeling.py", "tests/test_bert.py", "tests/test_metrics.py"],
         "val_acc or schedule or loss_ignores or perplexity or uniform or carried or padded "
@@ -94,7 +94,7 @@ TARGETS: dict[str, Target] = {
          "lit_models.language_modeling.LanguageModelingTask._*",
          "lit_models.language_modeling.LanguageModelingTask.*_step",
          "lit_models.language_modeling.LanguageModelingTask.on_*_epoch_*",
-         "lit_models.masked_lm.bert_losses", "lit_models.masked_lm.MaskedLMTask.*"],
+         "lit_models.masked_lm.MaskedLMTask.*", "models.bert.bert_losses"],
         ["lit_models.translation.TranslationTask.__init__",
          "lit_models.language_modeling.LanguageModelingTask.__init__",
          "lit_models.masked_lm.MaskedLMTask.__init__",
@@ -103,18 +103,19 @@ TARGETS: dict[str, Target] = {
          "lit_models.masked_lm.MaskedLMTask.export_config",
          "lit_models.masked_lm.MaskedLMTask.extra_exports"]),
     "samplers": Target(
-        ["datamodules/loader.py", "datamodules/language_model.py", "datamodules/time_machine.py"],
+        ["datamodules/loader.py", "datamodules/lm_text.py", "datamodules/language_model.py",
+         "datamodules/time_machine.py"],
         ["tests/test_samplers.py", "tests/test_data.py", "tests/test_language_modeling.py"],
         "sampler or loader or sequential or random or resume or held_out or max_tokens "
         "or windows",
-        ["datamodules.loader.*", "datamodules.language_model._offset",
-         "datamodules.language_model.RandomWindowLoader.*",
-         "datamodules.language_model.SequentialLoader.*",
+        ["datamodules.loader.*", "datamodules.lm_text._offset",
+         "datamodules.lm_text.RandomWindowLoader.*",
+         "datamodules.lm_text.SequentialLoader.*",
          "datamodules.language_model.LanguageModelDataModule.*_dataloader",
          "datamodules.time_machine.TimeMachineDataModule.load"]),
     "splits": Target(
         ["datamodules/idx.py", "datamodules/vision.py", "datamodules/fra_eng.py",
-         "datamodules/fra_eng_text.py", "datamodules/bert.py"],
+         "datamodules/fra_eng_text.py", "datamodules/bert.py", "datamodules/bert_text.py"],
         ["tests/test_data.py", "tests/test_seq2seq.py", "tests/test_bert.py",
          "tests/test_reported_numbers.py", "tests/test_metrics.py"],
         "split or raw_idx or vocabularies or segments or batches_follow or masking or nsp "
@@ -122,7 +123,7 @@ TARGETS: dict[str, Target] = {
         ["datamodules.idx.split_indices", "datamodules.idx.default_val_size",
          "datamodules.idx.load_split", "datamodules.vision.IDXDataModule.setup",
          "datamodules.fra_eng.EngFraDataModule.setup", "datamodules.fra_eng_text.*",
-         "datamodules.bert.make_examples", "datamodules.bert.PretrainCorpus.*"]),
+         "datamodules.bert_text.make_examples", "datamodules.bert_text.PretrainCorpus.*"]),
 }
 
 

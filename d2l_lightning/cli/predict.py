@@ -8,6 +8,7 @@ Examples:
     python predict.py fill-mask --export runs/RUN/export "the time <mask> was invented ."
     python predict.py embed --export runs/RUN/export/encoder "a sentence ." "a second one ."
     python predict.py generate --export runs/RUN/export --prefix "time traveller" --num-tokens 100
+    python predict.py eval --export runs/RUN/export --split test   # any task: beside results.json
 """
 
 from __future__ import annotations
@@ -360,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     g.set_defaults(func=cmd_generate)
+    from d2l_lightning.cli.predict_eval import add_eval_parser  # no torch: --help stays light
+
+    add_eval_parser(sub)
     return p
 
 

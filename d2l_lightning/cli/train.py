@@ -103,6 +103,7 @@ def _evaluation_parser(stage: str) -> argparse.ArgumentParser:
 
 def _evaluate(stage: str, argv: list[str]) -> int:
     """``train.py validate|test``: print the metrics beside the run's ``results.json``."""
+    from d2l_lightning.cli.report import print_beside_results
     from d2l_lightning.training.evaluate import evaluate
 
     args = _evaluation_parser(stage).parse_args(argv)
@@ -118,15 +119,8 @@ def _evaluate(stage: str, argv: list[str]) -> int:
             overrides.setdefault(section, {})[key] = value
     metrics = evaluate(stage, args.run_dir, args.ckpt, overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path(args.ckpt).parent.parent
-    path = run_dir / "results.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {}
-    width = max(map(len, metrics), default=0)
-    print(f"\n{stage} of {run_dir}" + (f" ({args.ckpt})" if args.ckpt else ""))
-    for key, value in metrics.items():
-        before = saved.get(key)
-        same = ("" if not isinstance(before, float) else
-                "  (= results.json)" if before == value else f"  (results.json: {before!r})")
-        print(f"{key.ljust(width)}  {value!r}{same}")
+    print_beside_results(metrics, run_dir / "results.json", f"{stage} of {run_dir}"
+                         + (f" ({args.ckpt})" if args.ckpt else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
     return 0

@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from .loader import TensorBatchLoader, check_on_device, resident_device
+from .loader import TensorBatchLoader, check_on_device, eval_loader, resident_device
 
 
 class DataModule(L.LightningDataModule):
@@ -96,8 +96,10 @@ class TensorDataModule(DataModule):
             if resident.get(split, (None,))[0] is not tensors[0]:
                 resident[split] = (tensors[0], tuple(t.to(device) for t in tensors))
             tensors = resident[split][1]
-        return TensorBatchLoader(tensors, self.batch_size, shuffle=train, seed=self.seed,
-                                 rank=rank, world_size=world, even=train, device=device)
+        if not train:
+            return eval_loader(tensors, self.batch_size, rank, world, device)
+        return TensorBatchLoader(tensors, self.batch_size, shuffle=True, seed=self.seed,
+                                 rank=rank, world_size=world, even=True, device=device)
 
     def _split_tensors(self) -> list[torch.Tensor]:
         return [t for s in (self.train_set, self.val_set, self.test_set) if s for t in s]

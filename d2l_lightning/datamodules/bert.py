@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from .base import TensorDataModule
-from .bert_text import SPECIAL_TOKENS, PretrainCorpus, make_examples, read_paragraphs
-from .corpora import WIKITEXT2, read_wikitext
+from .bert_text import EVAL_DRAWS, SPLIT_FILES, PretrainCorpus, draw_examples, pretrain_corpora
+from .corpora import WIKITEXT2
 from .download import DataError, resolve_data_dir
 from .loader import TensorBatchLoader
 from .text import Vocab
@@ -89,24 +89,15 @@ class BERTPretrainDataModule(TensorDataModule):
         """Read the splits, build the vocabulary, draw validation and test examples once."""
         if self.vocab is not None:
             return
-        splits = {s: read_paragraphs(read_wikitext("wikitext2", s, self.data_dir))
-                  for s in ("train", "valid", "test")}
-        self.vocab = Vocab([s for p in splits["train"] for s in p], min_freq=self.min_freq,
-                           reserved_tokens=SPECIAL_TOKENS)
-        for split, paragraphs in splits.items():
-            self.corpora[split] = PretrainCorpus(paragraphs, self.vocab, self.max_len)
-        train = self.corpora["train"]
-        if self.max_examples:
-            train.first = train.first[: self.max_examples]
-        if len(train) == 0:
-            raise DataError(f"no training sentence pair fits max_len={self.max_len}")
+        self.vocab, corpora = pretrain_corpora(self.data_dir, self.max_len, self.min_freq,
+                                               self.max_examples)
+        self.corpora = {SPLIT_FILES[s]: c for s, c in corpora.items()}  # train, valid, test
         self.train_set = self._draw("train", 0)
-        self.val_set = self._draw("valid", 1_000_000)
-        self.test_set = self._draw("test", 2_000_000)
+        self.val_set = self._draw("valid", EVAL_DRAWS["val"])
+        self.test_set = self._draw("test", EVAL_DRAWS["test"])
 
     def _draw(self, split: str, epoch: int) -> tuple[torch.Tensor, ...]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return make_examples(self.corpora[split], self.vocab, g)
+        return draw_examples(self.corpora[split], self.vocab, self.seed, epoch)
 
     def train_dataloader(self) -> EpochLoader:
         """Training batches; NSP pairs and masks re-drawn each epoch from ``(seed, epoch)``."""

@@ -1,11 +1,14 @@
 """BERT pretraining examples from paragraphs (d2l §15.9), Lightning-free.
 
-The special tokens of the vocabulary, the paragraph reader, the sentence-pair corpus and the
-per-epoch draw of next-sentence pairs and masked positions; :mod:`datamodules.bert` serves them
-as a DataModule.
+The special tokens of the vocabulary, the paragraph reader, the sentence-pair corpus of each
+WikiText-2 split (:func:`pretrain_corpora`) and the per-epoch draw of next-sentence pairs and
+masked positions; :mod:`datamodules.bert` serves them as a DataModule, ``predict.py eval``
+reads the same validation and test draws.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -15,6 +18,10 @@ from .text import Vocab, tokenize
 #: reserved tokens of the BERT vocabulary, in index order after ``<unk>``
 SPECIAL_TOKENS = ("<pad>", "<mask>", "<cls>", "<sep>")
 MASK_RATE, MASK_TOKEN_RATE, RANDOM_TOKEN_RATE = 0.15, 0.8, 0.1
+#: WikiText file of each split, and the draw (an "epoch" of the generator) of its examples:
+#: training examples are drawn again each epoch, validation and test ones once
+SPLIT_FILES = {"train": "train", "val": "valid", "test": "test"}
+EVAL_DRAWS = {"val": 1_000_000, "test": 2_000_000}
 
 
 def read_paragraphs(lines: list[str]) -> list[list[list[str]]]:
@@ -120,3 +127,33 @@ def unigram_baseline(mlm_weights: torch.Tensor, mlm_labels: torch.Tensor,
     return token, float((labels == token).float().mean())
 
 
+def pretrain_corpora(data_dir: str | Path, max_len: int, min_freq: int,
+                     max_examples: int | None = None) -> tuple[Vocab, dict[str, PretrainCorpus]]:
+    """The vocabulary and the sentence-pair corpus of each WikiText-2 split (d2l §15.9).
+
+    The one definition of :class:`datamodules.bert.BERTPretrainDataModule`'s data, which
+    ``predict.py eval`` reads too: the vocabulary of the training sentences (``min_freq``,
+    reserved :data:`SPECIAL_TOKENS`), the first ``max_examples`` training pairs.
+
+    Raises:
+        DataError: no training pair fits ``max_len``, or missing files.
+    """
+    from .corpora import read_wikitext
+
+    paragraphs = {split: read_paragraphs(read_wikitext("wikitext2", name, data_dir))
+                  for split, name in SPLIT_FILES.items()}
+    vocab = Vocab([s for p in paragraphs["train"] for s in p], min_freq=min_freq,
+                  reserved_tokens=SPECIAL_TOKENS)
+    corpora = {split: PretrainCorpus(p, vocab, max_len) for split, p in paragraphs.items()}
+    train = corpora["train"]
+    if max_examples:
+        train.first = train.first[:max_examples]
+    if len(train) == 0:
+        raise DataError(f"no training sentence pair fits max_len={max_len}")
+    return vocab, corpora
+
+
+def draw_examples(corpus: PretrainCorpus, vocab: Vocab, seed: int,
+                  epoch: int) -> tuple[torch.Tensor, ...]:
+    """One draw of a split's examples from ``(seed, epoch)`` (see :data:`EVAL_DRAWS`)."""
+    return make_examples(corpus, vocab, torch.Generator().manual_seed(seed * 100_003 + epoch))

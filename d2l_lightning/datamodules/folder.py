@@ -24,10 +24,14 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .download import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "val", "test")
@@ -266,3 +270,42 @@ def _open(folder: Path, built: bool) -> FolderCache:
     labels = np.load(folder / "labels.npy")
     return FolderCache(images, labels, {k: tuple(v) for k, v in index["splits"].items()},
                        index["classes"], folder, built)
+
+
+def folder_splits(cache: FolderCache, seed: int = 0, val_size: int | None = None,
+                  train_fraction: float = 1.0,
+                  ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], bool]:
+    """The train/val/test tensors of a folder cache, and whether test is the validation split.
+
+    The one definition of the splits of :class:`datamodules.image_folder.ImageFolderDataModule`
+    and ``predict.py eval``: ``val/`` if the folder has one, else a seeded ``val_size`` share of
+    ``train/`` (default 1/12); a seeded ``train_fraction`` of the rest trains; ``test/`` if
+    present, else the validation split.
+
+    Raises:
+        DataError: too few training images to hold out a validation split, a bad fraction.
+    """
+    import torch
+
+    from .idx import default_val_size, split_indices, subsample
+
+    def tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = cache.split(split)
+        return torch.from_numpy(images), torch.from_numpy(labels)
+
+    images, labels = tensors("train")
+    if "val" in cache.splits:
+        train_idx = torch.arange(len(labels))
+        val = tensors("val")
+    else:
+        if len(labels) < 2:
+            raise DataError(f"{cache.path.parent.parent / 'train'} needs at least 2 images to "
+                            "hold out a validation split (or add val/)")
+        train_idx, val_idx = split_indices(
+            len(labels), val_size or default_val_size(len(labels)), seed)
+        val = (images[val_idx], labels[val_idx])
+    train_idx = train_idx[subsample(len(train_idx), train_fraction, seed)]
+    test_is_val = "test" not in cache.splits
+    splits = {"train": (images[train_idx], labels[train_idx]), "val": val,
+              "test": val if test_is_val else tensors("test")}
+    return splits, test_is_val

@@ -11,16 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .base import TensorDataModule
-from .corpora import FRA_ENG, extracted_fra_txt, read_fra_eng
-from .download import DataError, resolve_data_dir
-from .fra_eng_text import (
-    build_vocab,
-    encode_source,
-    encode_target,
-    parse_pairs,
-    split_by_source,
-    tokenize_sentence,
-)
+from .corpora import FRA_ENG, extracted_fra_txt
+from .download import resolve_data_dir
+from .fra_eng_text import fra_eng_splits
 
 
 class EngFraDataModule(TensorDataModule):
@@ -69,42 +62,12 @@ class EngFraDataModule(TensorDataModule):
         """Preprocess, split, build the vocabularies on the training split, encode (once)."""
         if self.train_set is not None:
             return
-        pairs = parse_pairs(read_fra_eng(self.data_dir), self.max_examples)
-        if not pairs:
-            raise DataError(f"fra-eng: the corpus under {self.data_dir / 'fra-eng'} holds no "
-                            "'English<TAB>French' line; delete it so it is downloaded again, "
-                            "or point --data-dir at a complete copy")
-        if self.max_examples:
-            val = self.val_size if self.val_size is not None else len(pairs) // 5
-            if not 0 <= val < len(pairs):
-                raise DataError(f"fra-eng: val_size {val} does not fit {len(pairs)} pairs")
-            idx = {"train": list(range(len(pairs) - val)),
-                   "val": list(range(len(pairs) - val, len(pairs))) if val else
-                   list(range(len(pairs)))}  # 0: d2l 0.17, everything trains (in-sample val)
-            idx["test"] = idx["val"]
-        else:
-            val = self.val_size if self.val_size is not None else 5000
-            tr, va, te = split_by_source([p[0] for p in pairs], val, self.test_size, self.seed)
-            if not tr or not va or not te:
-                raise DataError(f"fra-eng: {len(pairs)} pairs are too few for val_size {val} "
-                                f"and test_size {self.test_size}")
-            idx = {"train": tr, "val": va, "test": te}
-        tokens = {k: ([tokenize_sentence(pairs[i][0]) for i in v],
-                      [tokenize_sentence(pairs[i][1]) for i in v]) for k, v in idx.items()}
-        self.split_pairs = {k: [pairs[i] for i in v] for k, v in idx.items()}
-        # Full corpus: vocabularies of the training split only. Book setting: of all N pairs,
-        # as d2l builds them before splitting (so "he's" of "he's calm ." is known).
-        if self.max_examples:
-            src_tok = [tokenize_sentence(p[0]) for p in pairs]
-            tgt_tok = [tokenize_sentence(p[1]) for p in pairs]
-        else:
-            src_tok, tgt_tok = tokens["train"]
-        self.src_vocab = build_vocab(src_tok, self.min_freq)
-        self.tgt_vocab = build_vocab(tgt_tok, self.min_freq)
-        for split, (src_tok, tgt_tok) in tokens.items():
-            src, src_valid_len = encode_source(src_tok, self.src_vocab, self.num_steps)
-            tgt_in, tgt_out = encode_target(tgt_tok, self.tgt_vocab, self.num_steps)
-            setattr(self, f"{split}_set", (src, tgt_in, src_valid_len, tgt_out))
+        data = fra_eng_splits(self.data_dir, self.seed, self.num_steps, self.max_examples,
+                              self.val_size, self.test_size, self.min_freq)
+        self.split_pairs = data.pairs
+        self.src_vocab, self.tgt_vocab = data.src_vocab, data.tgt_vocab
+        self.train_set, self.val_set, self.test_set = (data.tensors[s] for s in
+                                                       ("train", "val", "test"))
 
     def data_info(self) -> dict[str, Any]:
         """Vocabularies and ``num_steps`` for the ``TranslationTask`` task module."""

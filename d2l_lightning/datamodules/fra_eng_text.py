@@ -1,22 +1,32 @@
 """English-French text pipeline of d2l §10.5, Lightning-free (``predict.py`` uses it).
 
 Preprocessing, word tokenization, truncation/padding to ``num_steps`` with valid lengths, the
-source-grouped train/val/test split of the whole corpus, and :func:`translate` (text to text).
+source-grouped train/val/test split of the whole corpus, the encoded splits of both settings
+(:func:`fra_eng_splits`, which the DataModule and ``predict.py eval`` share), the texts BLEU
+reads (:func:`bleu_texts`) and :func:`translate` (text to text).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .text import Vocab
+from .download import DataError
+from .text import UNK, Vocab
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = (PAD, BOS, EOS)
 PREPROCESS = "d2l_fra_eng"  # name stored in exports
+#: d2l §10.7.6's four sentences and their references (all in the book's training data).
+BOOK_PAIRS = (("go .", "va !"), ("i lost .", "j'ai perdu ."), ("he's calm .", "il est calme ."),
+              ("i'm home .", "je suis chez moi ."))
+#: references keep their unknown words as this token, which no hypothesis can produce
+UNK_REF = "<unk:ref>"
 
 
 def preprocess_fra_eng(text: str) -> str:
@@ -109,6 +119,90 @@ def detokenize(indices: Sequence[int], vocab: Vocab) -> str:
         if i not in (pad, bos):
             out.append(vocab.idx_to_token[i])
     return " ".join(out)
+
+
+@dataclass
+class FraEngSplits:
+    """The encoded splits of the corpus and their vocabularies.
+
+    Attributes:
+        pairs: the preprocessed ``(english, french)`` pairs of each split.
+        src_vocab: source vocabulary.
+        tgt_vocab: target vocabulary.
+        tensors: ``(src, tgt_in, src_valid_len, tgt_out)`` of each split (see
+            :mod:`datamodules.fra_eng`).
+    """
+
+    pairs: dict[str, list[tuple[str, str]]]
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+    tensors: dict[str, tuple[torch.Tensor, ...]]
+
+
+def fra_eng_splits(data_dir: str | Path, seed: int, num_steps: int,
+                   max_examples: int | None = None, val_size: int | None = None,
+                   test_size: int = 5000, min_freq: int = 2) -> FraEngSplits:
+    """Preprocess, split, build the vocabularies, encode: the one definition of the splits.
+
+    :class:`datamodules.fra_eng.EngFraDataModule` (whose docstring describes the two settings)
+    and ``predict.py eval`` read the corpus through this function.
+
+    Raises:
+        DataError: an empty corpus, or split sizes that do not fit it.
+    """
+    from .corpora import read_fra_eng
+
+    pairs = parse_pairs(read_fra_eng(data_dir), max_examples)
+    if not pairs:
+        raise DataError(f"fra-eng: the corpus under {Path(data_dir) / 'fra-eng'} holds no "
+                        "'English<TAB>French' line; delete it so it is downloaded again, "
+                        "or point --data-dir at a complete copy")
+    if max_examples:
+        val = val_size if val_size is not None else len(pairs) // 5
+        if not 0 <= val < len(pairs):
+            raise DataError(f"fra-eng: val_size {val} does not fit {len(pairs)} pairs")
+        idx = {"train": list(range(len(pairs) - val)),
+               "val": list(range(len(pairs) - val, len(pairs))) if val else
+               list(range(len(pairs)))}  # 0: d2l 0.17, everything trains (in-sample val)
+        idx["test"] = idx["val"]
+    else:
+        val = val_size if val_size is not None else 5000
+        tr, va, te = split_by_source([p[0] for p in pairs], val, test_size, seed)
+        if not tr or not va or not te:
+            raise DataError(f"fra-eng: {len(pairs)} pairs are too few for val_size {val} "
+                            f"and test_size {test_size}")
+        idx = {"train": tr, "val": va, "test": te}
+    tokens = {k: ([tokenize_sentence(pairs[i][0]) for i in v],
+                  [tokenize_sentence(pairs[i][1]) for i in v]) for k, v in idx.items()}
+    # Full corpus: vocabularies of the training split only. Book setting: of all N pairs,
+    # as d2l builds them before splitting (so "he's" of "he's calm ." is known).
+    if max_examples:
+        src_tok = [tokenize_sentence(p[0]) for p in pairs]
+        tgt_tok = [tokenize_sentence(p[1]) for p in pairs]
+    else:
+        src_tok, tgt_tok = tokens["train"]
+    src_vocab, tgt_vocab = build_vocab(src_tok, min_freq), build_vocab(tgt_tok, min_freq)
+    tensors = {}
+    for split, (src_tok, tgt_tok) in tokens.items():
+        src, src_valid_len = encode_source(src_tok, src_vocab, num_steps)
+        tgt_in, tgt_out = encode_target(tgt_tok, tgt_vocab, num_steps)
+        tensors[split] = (src, tgt_in, src_valid_len, tgt_out)
+    return FraEngSplits({k: [pairs[i] for i in v] for k, v in idx.items()}, src_vocab,
+                        tgt_vocab, tensors)
+
+
+def bleu_texts(src: torch.Tensor, tgt_out: torch.Tensor, hyps: Sequence[Sequence[int]],
+               src_vocab: Vocab, tgt_vocab: Vocab) -> list[tuple[str, str, str]]:
+    """``(source, reference, hypothesis)`` texts of a batch, as BLEU reads them.
+
+    References are the target rows up to ``<eos>``; their ``<unk>`` becomes :data:`UNK_REF`, so
+    it never matches a hypothesis.
+    """
+    rows = []
+    for s, t, h in zip(src.tolist(), tgt_out.tolist(), hyps):
+        ref = detokenize(t, tgt_vocab).replace(UNK, UNK_REF)
+        rows.append((detokenize(s, src_vocab), ref, detokenize(h, tgt_vocab)))
+    return rows
 
 
 def translate(model: nn.Module, sentences: Sequence[str], src_vocab: Vocab, tgt_vocab: Vocab,

@@ -198,26 +198,57 @@ def check_setting(setting: str, val_size: int | None) -> None:
                         f"{val_size} does not apply to it")
 
 
+#: the splits of a dataset, in the order the DataModules hold them
+SPLITS = ("train", "val", "test")
+
+
+def idx_splits(
+    ds: IDXDataset, data_dir: str | Path | None, seed: int = 0, val_size: int | None = None,
+    setting: str = "split", train_fraction: float = 1.0, splits: tuple[str, ...] = SPLITS,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Images and labels of the requested ``splits`` (``train``, ``val``, ``test``), seeded.
+
+    The one definition of the splits: the DataModules (:mod:`datamodules.vision`),
+    ``predict.py classify --eval`` and ``predict.py eval`` read them here. ``val`` is a seeded
+    ``val_size`` share of the official training set (default 1/12) and ``train`` the rest, of
+    which a seeded ``train_fraction`` is kept; ``test`` is the official test set. With
+    ``setting="book"``, ``train`` is the whole official training set (its ``train_fraction``)
+    and ``val`` the official test set (see :data:`DATA_SETTINGS`).
+
+    Raises:
+        DataError: an unknown split or setting, a bad ``val_size`` or ``train_fraction``, or
+            missing / corrupt files.
+    """
+    check_setting(setting, val_size)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise DataError(f"unknown split '{unknown[0]}'; choose from: {', '.join(SPLITS)}")
+    book = setting == "book"
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if "test" in splits or (book and "val" in splits):
+        out["test"] = out["val"] = load_idx_split(ds, data_dir, train=False)  # book: val
+    if "train" in splits or (not book and "val" in splits):
+        images, labels = load_idx_split(ds, data_dir, train=True)
+        if book:
+            tr = subsample(len(images), train_fraction, seed)
+        else:
+            tr, va = split_indices(len(images), val_size or default_val_size(len(images)), seed)
+            tr = tr[subsample(len(tr), train_fraction, seed)]
+            out["val"] = (images[va], labels[va])
+        out["train"] = (images[tr], labels[tr])
+    return {s: out[s] for s in splits}
+
+
 def load_split(
     ds: IDXDataset, data_dir: str | Path | None, split: str, seed: int = 0,
     val_size: int | None = None, setting: str = "split",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels of ``split`` in ``{"train", "val", "test"}`` (train/val seeded).
+    """Images and labels of ``split`` in ``{"train", "val", "test"}`` (see :func:`idx_splits`).
 
     With ``setting="book"``, ``train`` is the whole official training set and ``val`` the
     official test set (see :data:`DATA_SETTINGS`).
     """
-    check_setting(setting, val_size)
-    if split not in ("train", "val", "test"):
-        raise DataError(f"unknown split '{split}'; choose from: train, val, test")
-    if split == "test" or (setting == "book" and split == "val"):
-        return load_idx_split(ds, data_dir, train=False)
-    images, labels = load_idx_split(ds, data_dir, train=True)
-    if setting == "book":
-        return images, labels
-    tr, va = split_indices(len(images), val_size or default_val_size(len(images)), seed)
-    idx = tr if split == "train" else va
-    return images[idx], labels[idx]
+    return idx_splits(ds, data_dir, seed, val_size, setting, splits=(split,))[split]
 
 
 def subsample(n: int, fraction: float, seed: int) -> torch.Tensor:

@@ -9,8 +9,8 @@ import torch
 
 from .base import TensorDataModule
 from .download import DataError
-from .folder import FolderCache, load_folder
-from .idx import default_val_size, split_indices, subsample
+from .folder import FolderCache, folder_splits, load_folder
+from .idx import subsample
 
 
 class ImageFolderDataModule(TensorDataModule):
@@ -73,29 +73,10 @@ class ImageFolderDataModule(TensorDataModule):
         if self.train_set is not None:
             return
         cache = self.cache = self._load().persist()  # after train.py's checks: now it is kept
-
-        def tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-            images, labels = cache.split(split)
-            return torch.from_numpy(images), torch.from_numpy(labels)
-
-        images, labels = tensors("train")
-        if "val" in cache.splits:
-            train_idx = torch.arange(len(labels))
-            self.val_set = tensors("val")
-        else:
-            if len(labels) < 2:
-                raise DataError(f"{self.root / 'train'} needs at least 2 images to hold out a "
-                                "validation split (or add val/)")
-            train_idx, val_idx = split_indices(
-                len(labels), self.val_size or default_val_size(len(labels)), self.seed)
-            self.val_set = (images[val_idx], labels[val_idx])
-        train_idx = train_idx[subsample(len(train_idx), self.train_fraction, self.seed)]
-        self.train_set = (images[train_idx], labels[train_idx])
-        if "test" in cache.splits:
-            self.test_set = tensors("test")
-        else:
-            self.test_is_val = True
-            self.test_set = self.val_set
+        splits, self.test_is_val = folder_splits(cache, self.seed, self.val_size,
+                                                 self.train_fraction)
+        self.train_set, self.val_set, self.test_set = (splits[s] for s in ("train", "val", "test"))
+        if self.test_is_val:
             print(f"note: {self.root} has no test/ folder: test metrics are on the validation "
                   "split", flush=True)
 

@@ -181,3 +181,14 @@ class TensorBatchLoader(ResumableLoader):
         for b in range(start, len(self)):
             rows = idx[b * self.batch_size : (b + 1) * self.batch_size]
             yield tuple(t.index_select(0, rows) for t in self.tensors)
+
+
+def eval_loader(tensors: tuple[torch.Tensor, ...], batch_size: int, rank: int = 0,
+                world_size: int = 1, device: torch.device | None = None) -> TensorBatchLoader:
+    """Evaluation batches of in-memory tensors: in order, unpadded (each rank a disjoint share).
+
+    The validation and test loaders of :class:`datamodules.base.TensorDataModule`, and what
+    ``predict.py eval`` iterates, so metrics cover every example exactly once, in one order.
+    """
+    return TensorBatchLoader(tensors, batch_size, shuffle=False, rank=rank,
+                             world_size=world_size, even=False, device=device)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .base import TensorDataModule
+from .splits import synthetic_regression
 
 
 class SyntheticRegressionDataModule(TensorDataModule):
@@ -36,15 +37,9 @@ class SyntheticRegressionDataModule(TensorDataModule):
         """Draw the three splits from one seeded generator."""
         if self.train_set is not None:
             return
-        g = torch.Generator().manual_seed(self.seed)
-        n = self.num_train + 2 * self.num_val
-        X = torch.randn(n, len(self.w), generator=g)
-        y = X @ self.w + self.b + self.noise * torch.randn(n, generator=g)
-        y = y.unsqueeze(1)  # (N,) -> (N, 1), the model's output shape
-        a, c = self.num_train, self.num_train + self.num_val
-        self.train_set = (X[:a], y[:a])
-        self.val_set = (X[a:c], y[a:c])
-        self.test_set = (X[c:], y[c:])
+        splits = synthetic_regression(self.w.tolist(), self.b, self.noise, self.num_train,
+                                      self.num_val, self.seed)
+        self.train_set, self.val_set, self.test_set = (splits[s] for s in ("train", "val", "test"))
 
     @property
     def num_inputs(self) -> int:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .corpora import TIME_MACHINE, read_time_machine
+from .corpora import TIME_MACHINE
 from .download import DataError
 from .language_model import LanguageModelDataModule
-from .text import Vocab, preprocess_time_machine, tokenize
+from .lm_text import time_machine_splits
+from .text import Vocab
 
 
 class TimeMachineDataModule(LanguageModelDataModule):
@@ -54,12 +55,4 @@ class TimeMachineDataModule(LanguageModelDataModule):
 
     def load(self) -> tuple[dict[str, list[str]], Vocab]:
         """The book's tokens, split into training text and a held-out tail."""
-        tokens = tokenize(preprocess_time_machine(read_time_machine(self.data_dir)), self.level)
-        n_val = max(1, int(len(tokens) * self.val_fraction))
-        if len(tokens) - n_val < 2:
-            raise DataError(
-                f"The Time Machine ({TIME_MACHINE.path('timemachine.txt', self.data_dir)}) holds "
-                f"only {len(tokens)} {self.level} tokens: the file is empty or cut short; delete "
-                "it so it is downloaded again, or point --data-dir at a complete copy")
-        train, tail = tokens[:-n_val], tokens[-n_val:]
-        return {"train": train[:self.max_tokens], "val": tail, "test": tail}, Vocab(train)
+        return time_machine_splits(self.data_dir, self.level, self.val_fraction, self.max_tokens)

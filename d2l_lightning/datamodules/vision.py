@@ -17,10 +17,8 @@ from .idx import (
     MNIST,
     IDXDataset,
     check_setting,
-    default_val_size,
-    load_idx_split,
+    idx_splits,
     prepare_idx,
-    split_indices,
     subsample,
 )
 
@@ -65,17 +63,9 @@ class IDXDataModule(TensorDataModule):
         """Decode the IDX files (once per process) and split train/val (book: val is test)."""
         if self.train_set is not None:
             return
-        images, labels = load_idx_split(self.dataset, self.data_dir, train=True)
-        self.test_set = load_idx_split(self.dataset, self.data_dir, train=False)
-        if self.setting == "book":
-            tr = subsample(len(images), self.train_fraction, self.seed)
-            self.train_set, self.val_set = (images[tr], labels[tr]), self.test_set
-            return
-        tr, va = split_indices(len(images), self.val_size or default_val_size(len(images)),
-                               self.seed)
-        tr = tr[subsample(len(tr), self.train_fraction, self.seed)]
-        self.train_set = (images[tr], labels[tr])
-        self.val_set = (images[va], labels[va])
+        self.train_set, self.val_set, self.test_set = idx_splits(
+            self.dataset, self.data_dir, self.seed, self.val_size, self.setting,
+            self.train_fraction).values()
 
     @property
     def num_classes(self) -> int:

@@ -11,20 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .corpora import WIKITEXT, read_wikitext
+from .corpora import WIKITEXT
 from .language_model import LanguageModelDataModule
+from .lm_text import wikitext_splits
 from .text import Vocab
-
-EOS = "<eos>"
-
-
-def wikitext_tokens(lines: list[str]) -> list[str]:
-    """Words of every line followed by ``<eos>`` (pytorch/examples ``Corpus.tokenize``)."""
-    out: list[str] = []
-    for line in lines:
-        out += line.split()
-        out.append(EOS)
-    return out
 
 
 class WikiTextDataModule(LanguageModelDataModule):
@@ -55,9 +45,7 @@ class WikiTextDataModule(LanguageModelDataModule):
 
     def load(self) -> tuple[dict[str, list[str]], Vocab]:
         """Tokens of the official splits; the vocabulary of the training split."""
-        tokens = {split: wikitext_tokens(read_wikitext(self.name, name, self.data_dir))
-                  for split, name in (("train", "train"), ("val", "valid"), ("test", "test"))}
-        return tokens, Vocab(tokens["train"], reserved_tokens=[EOS])
+        return wikitext_splits(self.name, self.data_dir)
 
 
 class WikiText2DataModule(WikiTextDataModule):

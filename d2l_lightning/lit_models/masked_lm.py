@@ -7,30 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from d2l_lightning.datamodules.bert_text import SPECIAL_TOKENS
+from d2l_lightning.models.bert import bert_losses
 
 from .base import TaskModule
-
-
-def bert_losses(mlm_logits: torch.Tensor, nsp_logits: torch.Tensor, mlm_weights: torch.Tensor,
-                mlm_labels: torch.Tensor, nsp_labels: torch.Tensor,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(mlm_loss, nsp_loss, n_real)``: MLM cross-entropy averaged over real slots only.
-
-    The book divides by ``mlm_weights.sum() + 1e-8`` but adds the unweighted padded slots to the
-    numerator's mean elsewhere (d2l-en issue 2582); here padded slots (weight 0) contribute
-    exactly nothing, whatever their labels.
-    """
-    nll = F.cross_entropy(mlm_logits.flatten(0, 1), mlm_labels.flatten(), reduction="none")
-    w = mlm_weights.flatten().to(nll.dtype)
-    n_real = w.sum()
-    mlm_loss = (nll * w).sum() / n_real.clamp(min=1.0)
-    return mlm_loss, F.cross_entropy(nsp_logits, nsp_labels), n_real
 
 
 class MaskedLMTask(TaskModule):

@@ -10,18 +10,20 @@ from lightning.pytorch.callbacks import Callback
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import SacreBLEUScore
 
-from d2l_lightning.datamodules.fra_eng_text import BOS, EOS, PAD, PREPROCESS, detokenize, translate
+from d2l_lightning.datamodules.fra_eng_text import (
+    BOOK_PAIRS,
+    BOS,
+    EOS,
+    PAD,
+    PREPROCESS,
+    bleu_texts,
+    translate,
+)
 from d2l_lightning.datamodules.text import UNK, Vocab
 from d2l_lightning.models.bleu import bleu
 from d2l_lightning.models.decoding import greedy_decode, search
 
 from .base import TaskModule
-
-#: d2l §10.7.6's four sentences and their references (all in the book's training data).
-BOOK_PAIRS = (("go .", "va !"), ("i lost .", "j'ai perdu ."), ("he's calm .", "il est calme ."),
-              ("i'm home .", "je suis chez moi ."))
-#: references keep their unknown words as this token, which no hypothesis can produce
-UNK_REF = "<unk:ref>"
 
 
 class TranslationTask(TaskModule):
@@ -101,11 +103,7 @@ class TranslationTask(TaskModule):
 
     def _texts(self, src: torch.Tensor, tgt_out: torch.Tensor,
                hyps: list[list[int]]) -> list[tuple[str, str, str]]:
-        rows = []
-        for s, t, h in zip(src.tolist(), tgt_out.tolist(), hyps):
-            ref = detokenize(t, self.tgt_vocab).replace(UNK, UNK_REF)
-            rows.append((detokenize(s, self.src_vocab), ref, detokenize(h, self.tgt_vocab)))
-        return rows
+        return bleu_texts(src, tgt_out, hyps, self.src_vocab, self.tgt_vocab)
 
     def _eval_step(self, batch, split: str) -> None:
         logits, loss, mask = self._loss(batch)

@@ -1,7 +1,8 @@
 """BERT (d2l §15.8): encoder, masked-LM and next-sentence heads, plus plain-torch input helpers.
 
-The model returns logits only; the masked-LM loss (averaged over real prediction slots) lives in
-``lit_models.masked_lm``. :func:`encode_bert_input` and :func:`fill_mask` are shared by training
+The model returns logits only; :func:`bert_losses` (the masked-LM loss averaged over real
+prediction slots, and the next-sentence loss) is shared by ``lit_models.masked_lm`` and
+``predict.py eval``. :func:`encode_bert_input` and :func:`fill_mask` are shared by training
 code, tests and ``predict.py`` (torch only, no Lightning).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import TransformerEncoderBlock
@@ -99,6 +101,22 @@ class BERTModel(nn.Module):
         mlm_logits = self.mlm(encoded, pred_positions) if pred_positions is not None else None
         nsp_logits = self.nsp(self.hidden(encoded[:, 0]))  # from <cls>
         return encoded, mlm_logits, nsp_logits
+
+
+def bert_losses(mlm_logits: torch.Tensor, nsp_logits: torch.Tensor, mlm_weights: torch.Tensor,
+                mlm_labels: torch.Tensor, nsp_labels: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mlm_loss, nsp_loss, n_real)``: MLM cross-entropy averaged over real slots only.
+
+    The book divides by ``mlm_weights.sum() + 1e-8`` but adds the unweighted padded slots to the
+    numerator's mean elsewhere (d2l-en issue 2582); here padded slots (weight 0) contribute
+    exactly nothing, whatever their labels.
+    """
+    nll = F.cross_entropy(mlm_logits.flatten(0, 1), mlm_labels.flatten(), reduction="none")
+    w = mlm_weights.flatten().to(nll.dtype)
+    n_real = w.sum()
+    mlm_loss = (nll * w).sum() / n_real.clamp(min=1.0)
+    return mlm_loss, F.cross_entropy(nsp_logits, nsp_labels), n_real
 
 
 def get_tokens_and_segments(tokens_a: Sequence[str], tokens_b: Sequence[str] | None = None,
