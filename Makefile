@@ -19,9 +19,10 @@ install: $(VENV)/.installed
 train: install  ## LeNet on Fashion-MNIST with the d2l recipe
 	$(PY) train.py --model lenet --data fashion_mnist $(ARGS)
 
+# Two test processes (pytest-xdist), each file on one of them: the 2-core CI machine's cores.
 test: install  ## lint, then the default (fast, offline) test suite
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 test-all: install  ## including slow tests (real data, DDP, W&B)
 	$(PY) -m pytest -q -m "" $(ARGS)
