@@ -176,3 +176,17 @@ def test_any_lightning_callback_and_a_users_own_by_dotted_path(tmp_path, monkeyp
     assert callbacks["LearningRateFinder"]["num_training_steps"] == 100
     assert callbacks["Timer"]["duration"] == "00:01:00:00"
     json.dumps(cfg)  # config.yaml can hold it
+
+
+def test_the_learning_rate_finder_sets_the_rate_the_optimizer_uses(root, tmp_path) -> None:
+    """Lightning's LearningRateFinder, named in the config, sets the rate the task module's
+    optimizer trains with (not the recipe's), and the checkpoint's hyper-parameters record it."""
+    import torch
+
+    run = tmp_path / "run"
+    assert train.main([*TINY, "--data-dir", str(root), "--run-dir", str(run), "--max-epochs",
+                       "1", "--batch-size", "4", "--callback", "LearningRateFinder",
+                       "num_training_steps=20"]) == 0
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    used = ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert used != 0.1 and used == ckpt["hyper_parameters"]["lr"]  # not the recipe's 0.1

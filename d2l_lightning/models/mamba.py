@@ -50,6 +50,7 @@ class MambaMixer(nn.Module):
                  dt_rank: int = 1, scan: str = "chunked", dt_min: float = 1e-3,
                  dt_max: float = 1e-1) -> None:
         super().__init__()
+        _scan_runs_eagerly()
         if scan not in SCANS:
             raise ValueError(f"unknown scan '{scan}'; choose from: {', '.join(SCANS)}")
         E = expand * d_model
@@ -103,8 +104,9 @@ class MambaMixer(nn.Module):
 
     # torch.compile runs the scan eagerly (a graph break): its loops over time and chunks,
     # unrolled, took inductor 6 minutes for one training step on our 2-vCPU VM, against 86 s
-    # for the rest of the model with the scan left out (issue 16).
-    @torch.compiler.disable
+    # for the rest of the model with the scan left out (issue 16). The mark is set when the
+    # first mixer is built (`_scan_runs_eagerly`): torch.compiler.disable imports torch._dynamo,
+    # 1.3-1.8 s that every process importing the models would otherwise pay.
     def ssm(self, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
             h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The selective SSM in float32 (autocast off): ``Δ = softplus(W_Δ dt + b_Δ)``."""
@@ -117,6 +119,13 @@ class MambaMixer(nn.Module):
                 y, h = scan_step(x[:, 0], delta[:, 0], A, B[:, 0], C[:, 0], self.D, h)
                 return y[:, None], h
             return SCANS[self.scan](x, delta, A, B, C, self.D, h)
+
+
+def _scan_runs_eagerly() -> None:
+    """Mark ``MambaMixer.ssm`` for torch.compile to run eagerly (once per process)."""
+    if not getattr(MambaMixer.ssm, "_runs_eagerly", False):
+        MambaMixer.ssm = torch.compiler.disable(MambaMixer.ssm)
+        MambaMixer.ssm._runs_eagerly = True
 
 
 class MambaBlock(nn.Module):
