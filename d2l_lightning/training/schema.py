@@ -67,8 +67,8 @@ COUNT0 = at_least(0, "0 or more")
 
 
 def setting(default: Any = MISSING, help: str = "", *, flag: str | None = None,
-            check: Check | None = None, factory: Callable[[], Any] | None = None,
-            from_recipe: bool = False, **flag_options: Any) -> Any:
+            check: Check | None = None, from_recipe: bool = False,
+            **flag_options: Any) -> Any:
     """A config key: a dataclass field whose metadata holds everything else about it.
 
     Args:
@@ -76,14 +76,11 @@ def setting(default: Any = MISSING, help: str = "", *, flag: str | None = None,
         help: the ``--help`` line (the default is appended once).
         flag: the command-line flag, e.g. ``--lr`` (``None``: ``--SECTION.KEY=VALUE`` only).
         check: the value rule beyond the type.
-        factory: a default factory (mutable defaults).
         from_recipe: the model's recipe sets it (the help says so instead of the default).
         **flag_options: argparse options of the flag (``type``, ``nargs``, ``metavar``...).
     """
     meta = {"help": help, "flag": flag, "check": check, "from_recipe": from_recipe,
             "flag_options": flag_options}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -131,8 +128,7 @@ def keys_of(section: type) -> dict[str, Key]:
     out = {}
     for f in fields(section):
         meta = f.metadata
-        default = f.default if f.default_factory is MISSING else f.default_factory()
-        out[f.name] = Key(f.name, hints[f.name], default, meta.get("help", ""),
+        out[f.name] = Key(f.name, hints[f.name], f.default, meta.get("help", ""),
                           meta.get("flag"), meta.get("check"), meta.get("from_recipe", False),
                           dict(meta.get("flag_options", {})))
     return out
