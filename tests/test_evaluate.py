@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from test_host_sync import write_family_data
 
 from d2l_lightning import training
@@ -72,10 +75,19 @@ def test_the_command_prints_each_metric_beside_results_json(runs, capsys, tmp_pa
         (run / "results.json").read_text())["test/acc"]
 
 
-def test_another_checkpoint_is_evaluated_with_the_run_config(runs) -> None:
-    run = runs["image_classification"]
+def test_the_default_checkpoint_is_last_and_another_is_evaluated_with_the_run_config(
+        runs, tmp_path) -> None:
+    # a copy of the run whose best checkpoint holds other weights (a short run's best is its last)
+    run = shutil.copytree(runs["image_classification"], tmp_path / "run")
     best = next((run / "checkpoints").glob("best-*.ckpt"))
-    assert training.test(ckpt=best).keys() == {"test/acc", "test/f1", "test/loss"}
+    state = torch.load(best, weights_only=True)
+    state["state_dict"] = {k: torch.zeros_like(v) for k, v in state["state_dict"].items()}
+    torch.save(state, best)
+    saved = json.loads((run / "results.json").read_text())
+    assert training.test(run)["test/loss"] == saved["test/loss"]
+    other = training.test(ckpt=best)
+    assert other.keys() == {"test/acc", "test/f1", "test/loss"}
+    assert other["test/loss"] == pytest.approx(math.log(10), rel=1e-4)  # zero weights: uniform
 
 
 @pytest.mark.parametrize("args, needle", [
