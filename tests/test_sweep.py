@@ -20,11 +20,15 @@ from d2l_lightning.cli import train
 from d2l_lightning.training.command_line import parse_command_line
 from d2l_lightning.training.config import CONFIGS, load_config_file, resolve
 
+#: two trials end to end (the grid's product, distributions and the summary's order are
+#: tested without training in tests/test_sweep_plan.py)
 GRID = """method: grid
 parameters:
   optim.lr: {values: [0.02, 0.3]}
-  model.num_hiddens: {values: [8, 32]}
+  model.num_hiddens: {values: [8]}
 """
+#: three trials: the sweep is killed after the first finished
+GRID3 = GRID.replace("[0.02, 0.3]", "[0.02, 0.1, 0.3]")
 
 
 @pytest.fixture(scope="module")
@@ -50,27 +54,27 @@ def test_grid_sweep_runs_every_trial_and_sorts_the_summary(data, tmp_path, capsy
     sweep = tmp_path / "sweep"
     assert train.main(["--sweep", str(spec), *base(data), "--run-dir", str(sweep)]) == 0
     trials = sorted(p.name for p in sweep.glob("trial-*"))
-    assert trials == [f"trial-{i:03d}" for i in range(4)]
-    combos = set()
+    assert trials == ["trial-000", "trial-001"]
+    combos = []
     for t in trials:
         cfg = yaml.safe_load((sweep / t / "config.yaml").read_text())
-        combos.add((cfg["optim"]["lr"], cfg["model"]["num_hiddens"]))
+        combos.append((cfg["optim"]["lr"], cfg["model"]["num_hiddens"]))
         assert cfg["trainer"]["max_epochs"] == 1 and "test/acc" in read_results(sweep / t)
-    assert combos == {(0.02, 8), (0.02, 32), (0.3, 8), (0.3, 32)}
+    assert combos == [(0.02, 8), (0.3, 8)]
     rows = summary(sweep)
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"done"}
     accs = [float(r["val/acc"]) for r in rows]
     assert accs == sorted(accs, reverse=True)  # val/acc is the MLP's monitor: max first
     for r in rows:
         assert float(r["val/acc"]) == read_results(Path(r["run_dir"]))["val/acc"]
         assert r["optim.lr"] and r["model.num_hiddens"] and r["train_time_sec"]
     out = capsys.readouterr().out
-    assert "4 trials, sorted by val/acc (maximize)" in out
+    assert "2 trials, sorted by val/acc (maximize)" in out
 
 
 def test_a_killed_sweep_relaunched_runs_only_the_missing_trials(data, tmp_path) -> None:
     spec = tmp_path / "grid.yaml"
-    spec.write_text(GRID)
+    spec.write_text(GRID3)
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "train.py", "--sweep", str(spec), *base(data), "--run-dir",
            str(sweep)]
@@ -79,20 +83,20 @@ def test_a_killed_sweep_relaunched_runs_only_the_missing_trials(data, tmp_path) 
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
-    while time.time() < deadline and not (sweep / "trial-001" / "results.json").exists():
+    while time.time() < deadline and not (sweep / "trial-000" / "results.json").exists():
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the trial it is running
     proc.wait()
     done = {t.parent.name: hashlib.sha256(t.read_bytes()).hexdigest()
             for t in sweep.glob("trial-*/results.json")}
-    assert {"trial-000", "trial-001"} <= set(done) and len(done) < 4
+    assert "trial-000" in done and len(done) < 3
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name, digest in done.items():  # finished trials were not run again
         assert hashlib.sha256((sweep / name / "results.json").read_bytes()).hexdigest() == digest
         assert f"({sweep / name}): optim.lr" in proc.stdout
     assert proc.stdout.count("finished earlier") == len(done)
-    assert len(summary(sweep)) == 4 and {r["status"] for r in summary(sweep)} == {"done"}
+    assert len(summary(sweep)) == 3 and {r["status"] for r in summary(sweep)} == {"done"}
 
 
 def test_random_search_is_seeded_and_print_config_writes_nothing(tmp_path, monkeypatch,
