@@ -124,6 +124,15 @@ TARGETS: dict[str, Target] = {
          "datamodules.idx.load_split", "datamodules.vision.IDXDataModule.setup",
          "datamodules.fra_eng.EngFraDataModule.setup", "datamodules.fra_eng_text.*",
          "datamodules.bert_text.make_examples", "datamodules.bert_text.PretrainCorpus.*"]),
+    # the sweep's file checks, grid and random draws, summary order, and its trial loop
+    "sweep": Target(
+        ["training/sweep.py"],
+        ["tests/test_sweep_plan.py", "tests/test_sweep.py"]),
+    # the non-finite and divergence guards, the sample count and the clock
+    "monitoring": Target(
+        ["callbacks/monitoring.py"],
+        ["tests/test_monitoring.py", "tests/test_faults.py"],
+        "monitor or non_finite or nan or diverg or checkpoint_with or last_good"),
 }
 
 
@@ -300,12 +309,27 @@ def run_target(name: str, target: Target, max_children: int | None) -> dict[str,
     return by_status
 
 
+def changed_modules(base: str) -> set[str]:
+    """Modules of the package (relative to it) that differ from ``base``, committed or not."""
+    def names(*args: str) -> list[str]:
+        return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
+                              text=True).stdout.split()
+
+    files = names("diff", "--name-only", f"{base}...HEAD") + names("diff", "--name-only", "HEAD")
+    files += names("ls-files", "--others", "--exclude-standard")
+    prefix = f"{PACKAGE}/"
+    return {f[len(prefix):] for f in files if f.startswith(prefix) and f.endswith(".py")}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen targets; exit 1 if any mutant survived (see docs/testing.md)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", metavar="TARGET",
                         help=f"some of: {', '.join(TARGETS)} (default: all)")
     parser.add_argument("--list", action="store_true", help="show the targets and exit")
+    parser.add_argument("--changed", nargs="?", const="main", metavar="BASE",
+                        help="only the targets holding a module this branch changed against "
+                             "BASE (default main), committed or not")
     parser.add_argument("--max-children", type=int, default=None,
                         help="parallel mutant processes (mutmut's default: CPU count)")
     args = parser.parse_args(argv)
@@ -317,8 +341,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {' '.join(t.modules)}\n    tests: {' '.join(t.tests)} "
                   f"-k {t.select!r}\n    functions: {' '.join(t.functions)}")
         return 0
+    names = args.targets or list(TARGETS)
+    if args.changed:
+        touched = changed_modules(args.changed)
+        names = [n for n in names if touched & set(TARGETS[n].modules)]
+        print(f"changed against {args.changed}: {', '.join(sorted(touched)) or 'no module'}; "
+              f"targets: {', '.join(names) or 'none'}", flush=True)
     survived = unjustified = 0
-    for name in args.targets or list(TARGETS):
+    for name in names:
         by_status = run_target(name, TARGETS[name], args.max_children)
         unjustified += len(by_status.pop("not justified", []))
         survived += sum(len(v) for k, v in by_status.items() if k != "killed")
