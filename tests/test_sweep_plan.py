@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -119,3 +120,88 @@ def test_a_minimized_metric_puts_the_smallest_first_and_a_done_trial_without_res
     assert [r["trial"] for r in rows] == ["1", "0", "2"]
     assert rows[-1]["status"] == "no results"
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["summary.csv"]
+
+
+class Trials:
+    """Stands in for the trial processes: records each command and writes its results."""
+
+    def __init__(self, codes: dict[str, int]) -> None:
+        self.codes, self.calls = codes, []
+
+    def __call__(self, cmd: list[str], env: dict[str, str]) -> int:
+        run = Path(cmd[cmd.index("--run-dir") + 1])
+        self.calls.append((run.name, cmd[1:], env))
+        code = self.codes.get(run.name, 0)
+        if code == 0:
+            lr = yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]
+            (run / "results.json").write_text(json.dumps({"val/acc": 1 - lr}))
+        return code
+
+
+def test_a_relaunch_skips_finished_trials_resumes_a_killed_one_and_starts_the_rest(
+        tmp_path, monkeypatch, capsys) -> None:
+    from d2l_lightning.cli import train
+    from d2l_lightning.training import sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("_D2L_RUN_DIR", "elsewhere")  # a parent's run folder is not inherited
+    (tmp_path / "grid.yaml").write_text("method: grid\nparameters:\n"
+                                        "  optim.lr: {values: [0.1, 0.2, 0.3, 0.4]}\n")
+    argv = ["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw"]
+    assert train.main([*argv, "--print-config"]) == 0
+    cfgs = capsys.readouterr().out.split("# trial ")[1:]
+    done, killed = tmp_path / "sw/trial-000", tmp_path / "sw/trial-001"
+    (done / "checkpoints").mkdir(parents=True)
+    (done / "results.json").write_text(json.dumps({"val/acc": 0.5}))
+    (done / "checkpoints/last.ckpt").write_bytes(b"")
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / "checkpoints/last.ckpt").write_bytes(b"")
+    (killed / "config.yaml").write_text(cfgs[1].split("\n", 1)[1])
+    fake = Trials({"trial-003": 3})
+    monkeypatch.setattr(sweep.subprocess, "call", fake)
+
+    assert train.main(argv) == 1  # trial 3 failed
+    out = capsys.readouterr().out
+    assert [(name, args[2:]) for name, args, _ in fake.calls] == [
+        ("trial-001", ["--resume", "last", "--run-dir", "sw/trial-001"]),
+        ("trial-002", ["--config", "sw/trial-002/config.yaml", "--run-dir", "sw/trial-002"]),
+        ("trial-003", ["--config", "sw/trial-003/config.yaml", "--run-dir", "sw/trial-003"])]
+    assert fake.calls[0][1][:2] == ["-m", "d2l_lightning.cli.train"]
+    env = fake.calls[0][2]
+    assert "_D2L_RUN_DIR" not in env
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(sweep.PACKAGE_ROOT)
+    written = yaml.safe_load((tmp_path / "sw/trial-002/config.yaml").read_text())
+    assert written["optim"]["lr"] == 0.3 and written["run"]["run_dir"] == "sw/trial-002"
+    assert "trial 1/4 (sw/trial-000): optim.lr=0.1: finished earlier" in out
+    assert (tmp_path / "sw/sweep.yaml").read_text() == (tmp_path / "grid.yaml").read_text()
+    with open(tmp_path / "sw/summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["trial"], r["status"]) for r in rows] == [
+        ("1", "done"), ("2", "done"), ("0", "done"), ("3", "failed (exit 3)")]  # 0.8, 0.7, 0.5
+    assert "4 trials, sorted by val/acc (maximize)" in out
+
+    fake.calls.clear()
+    fake.codes = {}
+    assert train.main(argv) == 0  # once more: only the failed trial runs again
+    assert [name for name, _, _ in fake.calls] == ["trial-003"]
+
+
+def test_a_trial_folder_configured_differently_is_refused_before_anything_runs(
+        tmp_path, monkeypatch, capsys) -> None:
+    from d2l_lightning.cli import train
+    from d2l_lightning.training import sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grid.yaml").write_text("method: grid\nparameters:\n"
+                                        "  optim.lr: {values: [0.1, 0.2]}\n")
+    (tmp_path / "sw/trial-001").mkdir(parents=True)
+    (tmp_path / "sw/trial-001/config.yaml").write_text("model: {name: lenet}\n")
+    fake = Trials({})
+    monkeypatch.setattr(sweep.subprocess, "call", fake)
+    assert train.main(["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw"]) == 2
+    assert "sw/trial-001 holds a trial configured differently" in capsys.readouterr().err
+    assert fake.calls == [] and sorted(p.name for p in (tmp_path / "sw").iterdir()) == [
+        "trial-001"]
+    assert train.main(["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw",
+                       "--resume", "last"]) == 2
+    assert "--resume cannot be given with --sweep" in capsys.readouterr().err
