@@ -190,3 +190,17 @@ def test_the_learning_rate_finder_sets_the_rate_the_optimizer_uses(root, tmp_pat
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     used = ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
     assert used != 0.1 and used == ckpt["hyper_parameters"]["lr"]  # not the recipe's 0.1
+
+
+@pytest.mark.parametrize("hint", [int | float | None, float | int | None])
+def test_a_number_keeps_its_type_whatever_the_order_of_the_unions_arms(hint) -> None:
+    """typing caches Union[int, float] and Union[float, int] as one object, so Trainer's hints
+    come in either order depending on what a process imported first: a batch count of 20
+    became 20.0 (and was refused as a fraction above 1) in an installed package."""
+    from d2l_lightning.training.types import conform
+
+    assert type(conform(20, hint)) is int and type(conform(0.5, hint)) is float
+    assert conform(None, hint) is None
+    with pytest.raises(TypeError):
+        conform(True, hint)
+

@@ -35,7 +35,13 @@ def conform(value: Any, hint: Any) -> Any:
         return value
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(hint):
+        # an arm of the value's own type first: typing caches ``Union[int, float]`` and
+        # ``Union[float, int]`` as one object, so the order of the arms depends on which one a
+        # process happened to build first (int 20 must not become 20.0 after some import)
+        arms = typing.get_args(hint)
+        if type(value) in arms:
+            return value
+        for arm in arms:
             try:
                 return conform(value, arm)
             except TypeError:
