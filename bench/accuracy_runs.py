@@ -1,6 +1,6 @@
 """Full training runs for docs/results.md: each row is a train.py command and its results.
 
-    python bench/accuracy_runs.py --data-dir ../shared/data [--only lenet,lenet_bn] [--extra ...]
+    python -m bench.accuracy_runs --data-dir ../shared/data [--only lenet,lenet_bn] [--extra ...]
 
 Runs the rows one after another (each a fresh ``train.py`` process) and prints a markdown
 table: command, epochs, training time, training images/s, final validation and test accuracy.

@@ -5,7 +5,7 @@ calls a step makes (counted by ``cProfile``) and of ATen ops it dispatches (coun
 ``TorchDispatchMode``, backward included) do not. Each is counted after a warm-up run, set-up
 excluded by differencing two run lengths. The paths are those of ``bench/step_paths.py``:
 
-    python bench/call_count.py --data-dir ../shared/data [--model lenet --batch-size 128]
+    python -m bench.call_count --data-dir ../shared/data [--model lenet --batch-size 128]
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ import cProfile
 import logging
 import os
 import pstats
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-from bench import step_paths  # noqa: E402
-from datamodules.idx import FASHION_MNIST, load_split  # noqa: E402
+from bench import step_paths
+from d2l_lightning.datamodules.idx import FASHION_MNIST, load_split
 
 
 def calls(fn) -> int:

@@ -7,7 +7,7 @@ does per step, against none, in the same round (µs per step, softmax regression
 with every per-batch hook dispatched (Lightning's default) and, as ``train.py`` does, only the
 one each callback overrides (``callbacks/dispatch.py``):
 
-    python bench/callback_cost.py --data-dir ../shared/data [--rounds 8 --steps 1000 --n 20]
+    python -m bench.callback_cost --data-dir ../shared/data [--rounds 8 --steps 1000 --n 20]
 """
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ import argparse
 import logging
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from lightning.pytorch.callbacks import Callback
 
-import torch  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-
-from bench.lightning_overhead import bare  # noqa: E402
-from datamodules.registry import build_datamodule  # noqa: E402
+from bench.lightning_overhead import bare
+from d2l_lightning.datamodules.registry import build_datamodule
 
 
 class Probe(Callback):

@@ -4,7 +4,7 @@ For each model: random ``(B, C, S, S)`` inputs at the d2l recipe's ``resize`` (e
 28) and random labels, a few warm-up steps, then timed steps of forward + cross-entropy +
 backward + SGD step (the recipe's lr and momentum). Prints a markdown table.
 
-    python bench/cnn_throughput.py [--models lenet,resnet18] [--steps 5 --warmup 2]
+    python -m bench.cnn_throughput [--models lenet,resnet18] [--steps 5 --warmup 2]
         [--batch 32 --batch-large 16 --large-from 224] [--threads N]
 
 Models trained at ``--large-from`` pixels or more (AlexNet, VGG, NiN at 224) use
@@ -17,16 +17,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models import build_model, get_spec, model_names  # noqa: E402
+from d2l_lightning.models import build_model, get_spec, model_names
 
 
 def measure(name: str, batch: int, steps: int, warmup: int,

@@ -1,6 +1,6 @@
 """Write MNIST digits as PNG files in the image-folder layout (d2l §14.2's folder-per-class data).
 
-    python bench/digit_folder.py OUT --data-dir ../shared/data [--train 300 --val 100 --test 500]
+    python -m bench.digit_folder OUT --data-dir ../shared/data [--train 300 --val 100 --test 500]
 
 ``OUT/{train,val,test}/<digit>/NNNNN.png``: seeded draws from the official MNIST training set
 (train, val; disjoint) and test set (test). Refuses to write into a folder that exists.
@@ -9,14 +9,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.idx import MNIST, load_idx_split  # noqa: E402
+from d2l_lightning.datamodules.idx import MNIST, load_idx_split
 
 
 def write_digit_folder(out: str | Path, data_dir: str | None, n_train: int = 300,

@@ -1,6 +1,6 @@
 """Optimizer step time, default (for-each) vs ``fused=True``, on this machine's CPU or GPU.
 
-    python bench/fused_step.py [--models lenet resnet18] [--rounds 7] [--device cpu]
+    python -m bench.fused_step [--models lenet resnet18] [--rounds 7] [--device cpu]
 
 Times ``opt.step()`` alone (gradients filled once) for SGD and AdamW on each model's parameters,
 default and fused alternating round by round; prints the median of the rounds in µs.
@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from models import build_model  # noqa: E402
+from d2l_lightning.models import build_model
 
 SIZES = {"lenet": 28, "resnet18": 96}
 

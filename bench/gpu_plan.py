@@ -1,6 +1,6 @@
 """Predicted times of the gpu profile's rows on an H200-class GPU, estimated without one.
 
-    python bench/gpu_plan.py [--only PATTERN] [--write-docs]
+    python -m bench.gpu_plan [--only PATTERN] [--write-docs]
 
 On a machine with the GPU, ``bench/reproduce.py --plan`` measures each row's warm-up instead;
 this is the plan made before a GPU is lent. For each row one training step (the second, after
@@ -25,11 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-
-from reproduce import EVAL_FRACTION, resolved, row_argv, select  # noqa: E402
-from rows import ROOT  # noqa: E402
-from tables import replace_between  # noqa: E402
+from bench.reproduce import EVAL_FRACTION, resolved, row_argv, select
+from bench.rows import ROOT
+from bench.tables import replace_between
 
 PEAK = {"bf16-mixed": 989e12, "32-true": 494e12}  # H200 SXM dense bf16 / TF32 FLOP/s
 EFFICIENCY = 0.3   # of peak, at the book's batch sizes (128 images, 20 x 35 tokens)
@@ -46,7 +44,8 @@ def measure(row, data_dir: str | None) -> dict:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    import train
+    from d2l_lightning.cli import train
+    from d2l_lightning.training import run as run_api
 
     class Ops(TorchDispatchMode):
         def __init__(self) -> None:
@@ -80,21 +79,21 @@ def measure(row, data_dir: str | None) -> dict:
                 seen.update(train=trainer.num_training_batches,
                             val=len(dm.val_dataloader()), test=len(dm.test_dataloader()))
 
-    build = train.build_trainer
+    build = run_api.build_trainer
 
     def with_counter(*args, **kwargs):
         trainer = build(*args, **kwargs)
         trainer.callbacks.append(Count())
         return trainer
 
-    train.build_trainer = with_counter
+    run_api.build_trainer = with_counter
     try:
         with tempfile.TemporaryDirectory() as tmp:
             code = train.main([*row_argv(row, Path(tmp) / "run", data_dir), "--max-steps", "2",
                                "--limit-val-batches", "0", "--no-test", "--accelerator", "cpu",
-                               "--precision", "32-true", "--trainer.compile", "false"])
+                               "--precision", "32-true", "--run.compile", "false"])
     finally:
-        train.build_trainer = build
+        run_api.build_trainer = build
     if code != 0 or not seen:
         raise RuntimeError(f"{row.name}: the counting run failed (exit {code})")
     return {"flops": flops.get_total_flops(), "ops": ops.count + 3 * ops.rnn_layers, **seen}

@@ -9,8 +9,8 @@ device-side indexing), resize and normalisation on the device, fused optimizer s
 ``--compile`` (``--compile-mode reduce-overhead`` tries CUDA graphs on both paths).
 
 (ours) the Trainer, DataModule, task module and callbacks that ``train.py`` builds
-    (``train.build_trainer``), timed by a callback from the end of the warm-up steps to the last
-    step (the device synchronised at both ends);
+    (``d2l_lightning.training.run.build_trainer``), timed by a callback from the end of the
+    warm-up steps to the last step (the device synchronised at both ends);
     GPT's Time Machine epochs are 38 steps long, so its rate includes the epoch-end work
     (last.ckpt, text samples) that the plain loop does not do;
 (plain) a hand-written loop over the same DataModule's resident batches: forward under
@@ -20,9 +20,9 @@ Rounds alternate which path goes first; each round gives ours/plain, and the med
 per-round ratios is printed with the targets (ours >= 0.95x plain for ResNet-18 and the LSTM;
 LeNet >= 10x the book's 55,297 img/s).
 
-    python bench/gpu_throughput.py --device cuda [--steps 200 --rounds 5 --json out.json]
-    python bench/gpu_throughput.py --device cpu --steps 20 --rounds 3 --only lenet,gpt
-    python bench/gpu_throughput.py --smoke        # tiny, seconds on a CPU (a test runs it)
+    python -m bench.gpu_throughput --device cuda [--steps 200 --rounds 5 --json out.json]
+    python -m bench.gpu_throughput --device cpu --steps 20 --rounds 3 --only lenet,gpt
+    python -m bench.gpu_throughput --smoke        # tiny, seconds on a CPU (a test runs it)
 """
 
 from __future__ import annotations
@@ -45,12 +45,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from lit_models.base import build_optimizer, can_fuse  # noqa: E402
-from lit_models.language_modeling import detach_state  # noqa: E402
-from models import build_model, preprocess_images  # noqa: E402
+from d2l_lightning.lit_models.base import build_optimizer, can_fuse
+from d2l_lightning.lit_models.language_modeling import detach_state
+from d2l_lightning.models import build_model, preprocess_images
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.run import build_data, build_module, build_trainer
 
 BOOK_LENET = 55_297  #: img/s the book prints for LeNet on a GPU
 #: name -> (train.py flags, flags only on CUDA, flags of --smoke, target)
@@ -77,7 +76,7 @@ def make_config(name: str, a: argparse.Namespace, run_dir: Path) -> dict:
             "--max-epochs", "100000", "--max-steps", str(a.warmup + a.steps),
             "--limit-val-batches", "0", "--no-test", "--no-progress-bar",
             "--run-dir", str(run_dir)]
-    return train.config_from_argv([*argv, *(["--compile"] if a.compile else [])])
+    return config_from_argv([*argv, *(["--compile"] if a.compile else [])])
 
 
 class StepTimer(Callback):
@@ -112,12 +111,12 @@ class Ours:
 
     def __init__(self, cfg: dict, a: argparse.Namespace) -> None:
         self.cfg, self.a = cfg, a
-        self.dm = train.build_data(cfg)
+        self.dm = build_data(cfg)
         self.dm.prepare_data()
-        self.module = train.build_module(cfg, self.dm.data_info())
+        self.module = build_module(cfg, self.dm.data_info())
 
     def __call__(self, run_dir: Path) -> float:
-        trainer = train.build_trainer(self.cfg, run_dir, self.module)
+        trainer = build_trainer(self.cfg, run_dir, self.module)
         if self.a.compile and self.a.compile_mode != "default":
             self.module.model.compile(mode=self.a.compile_mode)
         timer = StepTimer(self.a.warmup)
@@ -131,7 +130,7 @@ class Plain:
 
     def __init__(self, cfg: dict, a: argparse.Namespace) -> None:
         self.a, self.device = a, torch.device(a.device)
-        dm = train.build_data(cfg)
+        dm = build_data(cfg)
         dm.prepare_data()
         dm.setup("fit")
         info = dm.data_info()
@@ -157,7 +156,7 @@ class Plain:
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         self.opt = build_optimizer(groups, o["optimizer"], o["lr"], o["weight_decay"],
                                    o["momentum"], fused=can_fuse(groups) or None)
-        self.clip = o["gradient_clip_val"]
+        self.clip = cfg["trainer"]["gradient_clip_val"]
         self.autocast = a.precision == "bf16-mixed"
 
     def _batches(self):

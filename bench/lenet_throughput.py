@@ -9,7 +9,7 @@ Reported: µs/step per path (median), the median of the per-round differences ou
 >= 2x d2l-style). A model with almost no compute (``--model softmax_regression --batch-size
 16``) isolates the fixed per-step costs.
 
-    python bench/lenet_throughput.py --data-dir ../shared/data --steps 300 --rounds 6
+    python -m bench.lenet_throughput --data-dir ../shared/data --steps 300 --rounds 6
         [--d2l-style] [--json OUT]
 
 (a) plain, (b) bare, (c) ours: see ``bench/step_paths.py``.
@@ -36,11 +36,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import step_paths  # noqa: E402
-from datamodules.idx import FASHION_MNIST, load_split  # noqa: E402
-from models import build_model  # noqa: E402
+from bench import step_paths
+from d2l_lightning.datamodules.idx import FASHION_MNIST, load_split
+from d2l_lightning.models import build_model
 
 
 def d2l_style(root: Path, steps: int, workers: int, model_name: str, batch: int,

@@ -12,7 +12,7 @@ Softmax regression at batch 16 (µs per step, median over rounds, one process):
                  bars draw nothing
     train.py     the full path: CSV logger, checkpoints, export, monitor
 
-    python bench/lightning_overhead.py --data-dir ../shared/data [--steps 2000 --rounds 3]
+    python -m bench.lightning_overhead --data-dir ../shared/data [--steps 2000 --rounds 3]
         [--only bare bare+lines]
 """
 
@@ -27,24 +27,21 @@ import sys
 import tempfile
 from pathlib import Path
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import lightning as L  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-
-from bench import step_paths  # noqa: E402
-from callbacks import TrainingMonitor  # noqa: E402
-from callbacks.dispatch import skip_idle_batch_hooks  # noqa: E402
-from callbacks.progress import (  # noqa: E402
+from bench import step_paths
+from d2l_lightning.callbacks import TrainingMonitor
+from d2l_lightning.callbacks.dispatch import skip_idle_batch_hooks
+from d2l_lightning.callbacks.progress import (
     LineProgress,
     RichTerminalProgress,
     TQDMTerminalProgress,
 )
-from datamodules.registry import build_datamodule  # noqa: E402
-from lit_models import ImageClassificationTask  # noqa: E402
-from training.console import quiet_warnings  # noqa: E402
+from d2l_lightning.datamodules.registry import build_datamodule
+from d2l_lightning.lit_models import ImageClassificationTask
+from d2l_lightning.training.console import quiet_warnings
 
 MODEL, BATCH = "softmax_regression", 16
 

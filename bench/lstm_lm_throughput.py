@@ -5,10 +5,10 @@ loader), for the same number of steps, in one process, over several rounds whose
 alternates; the median per-round ratio ours/plain is reported against the issue's target
 (>= 0.95x).
 
-    python bench/lstm_lm_throughput.py --data-dir ../shared/data [--steps 100 --rounds 6]
-    python bench/lstm_lm_throughput.py --recipe wikitext --data wikitext2 --steps 30
-    python bench/lstm_lm_throughput.py --scratch-vs-concise --steps 20 --rounds 3
-    python bench/lstm_lm_throughput.py --precisions 32-true bf16-mixed --steps 60 --rounds 6
+    python -m bench.lstm_lm_throughput --data-dir ../shared/data [--steps 100 --rounds 6]
+    python -m bench.lstm_lm_throughput --recipe wikitext --data wikitext2 --steps 30
+    python -m bench.lstm_lm_throughput --scratch-vs-concise --steps 20 --rounds 3
+    python -m bench.lstm_lm_throughput --precisions 32-true bf16-mixed --steps 60 --rounds 6
 
 (plain) a hand-written loop: forward with the carried, detached state (sequential sampler),
     cross-entropy, ``zero_grad``, backward, gradient-norm clipping, SGD step.
@@ -28,7 +28,6 @@ import logging
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,17 +35,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from lit_models.language_modeling import detach_state  # noqa: E402
-from models import build_model  # noqa: E402
-from training.console import quiet_warnings  # noqa: E402
+from d2l_lightning.lit_models.language_modeling import detach_state
+from d2l_lightning.models import build_model
+from d2l_lightning.training import fit
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.console import quiet_warnings
+from d2l_lightning.training.run import build_data
 
 
 def config(a: argparse.Namespace, steps: int, run_dir: Path, precision: str = "32-true") -> dict:
     """``train.py`` configuration of the benchmark (also used by the plain loop)."""
-    return train.config_from_argv([
+    return config_from_argv([
         "--model", a.model, "--recipe", a.recipe, "--data", a.data, "--data-dir", a.data_dir,
         "--max-epochs", "100000", "--max-steps", str(steps), "--limit-val-batches", "0",
         "--no-test", "--no-progress-bar", "--run-dir", str(run_dir), "--precision", precision])
@@ -55,12 +54,12 @@ def config(a: argparse.Namespace, steps: int, run_dir: Path, precision: str = "3
 def plain_loop(cfg: dict, steps: int) -> float:
     """Target tokens/s of a hand-written loop over the same batches."""
     torch.manual_seed(cfg["run"]["seed"])
-    dm = train.build_data(cfg)
+    dm = build_data(cfg)
     info = dm.data_info()
     options = {k: v for k, v in cfg["model"].items() if k not in ("name", "recipe")}
     model = build_model(cfg["model"]["name"], vocab_size=len(info["vocab"]), **options)
     model.train()
-    optim = cfg["optim"]
+    optim, clip = cfg["optim"], cfg["trainer"]["gradient_clip_val"]
     opt = torch.optim.SGD(model.parameters(), lr=optim["lr"], momentum=optim["momentum"],
                           weight_decay=optim["weight_decay"])
     carry = info["carry_state"] and getattr(model, "recurrent", False)
@@ -76,8 +75,8 @@ def plain_loop(cfg: dict, steps: int) -> float:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if optim["gradient_clip_val"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), optim["gradient_clip_val"])
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             tokens += y.numel()
             step += 1
@@ -89,7 +88,7 @@ def plain_loop(cfg: dict, steps: int) -> float:
 
 def ours(a: argparse.Namespace, steps: int, run_dir: Path, precision: str = "32-true") -> float:
     """Target tokens/s of ``train.py``'s Trainer over ``steps`` training steps."""
-    return train.run(config(a, steps, run_dir, precision))["train_samples_per_sec"]
+    return fit(config(a, steps, run_dir, precision))["train_samples_per_sec"]
 
 
 def precisions(a: argparse.Namespace, run_root: Path) -> None:

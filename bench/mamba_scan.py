@@ -1,6 +1,6 @@
 """Mamba on the CPU: training tokens/s of the three scans, and generation cost per token vs GPT.
 
-    python bench/mamba_scan.py [--lengths 64,128,256,512,1024,2048] [--batch-sizes 1,tokens]
+    python -m bench.mamba_scan [--lengths 64,128,256,512,1024,2048] [--batch-sizes 1,tokens]
         [--rounds 3] [--gen-length 4096] [--models] [--plot docs/mamba_bench.png]
 
 (train) The registered ``mamba`` at its Time Machine recipe size (4 x 118, vocab 28), one full
@@ -24,16 +24,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models import build_model, get_spec  # noqa: E402
+from d2l_lightning.models import build_model, get_spec
 
 SCANS = ("sequential", "chunked", "associative")
 VOCAB = 28

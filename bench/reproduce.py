@@ -1,8 +1,8 @@
 """One command reproduces the results tables of ``docs/`` (rows in ``bench/rows.py``).
 
-    python bench/reproduce.py [--device-profile cpu|gpu] [--only PATTERN] [--budget-s N]
-    python bench/reproduce.py --smoke          # every row for a couple of steps, in-process
-    python bench/reproduce.py --plan           # predicted times only (a timed warm-up each)
+    python -m bench.reproduce [--device-profile cpu|gpu] [--only PATTERN] [--budget-s N]
+    python -m bench.reproduce --smoke          # every row for a couple of steps, in-process
+    python -m bench.reproduce --plan           # predicted times only (a timed warm-up each)
 
 Each row is ``python train.py --config CONFIG --run-dir RUNS/PROFILE/DATA/STEM``, run as its own
 process. When it finishes, its ``results.json`` numbers, the command, the wall time, the
@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-
-from rows import ROOT, ROWS, Row  # noqa: E402
-from tables import RECORDS, hardware, update_docs, versions, write_record  # noqa: E402
+from bench.rows import ROOT, ROWS, Row
+from bench.tables import RECORDS, hardware, update_docs, write_record
+from d2l_lightning.training.hparams import versions
 
 #: evaluation batches cost about this fraction of a training step (forward only, no update)
 EVAL_FRACTION = 0.35
@@ -76,14 +75,16 @@ def resolved(row: Row) -> dict[str, Any]:
 
 def _resolved(config: str) -> str:
     """The resolved config as JSON, cached by the file's text (an edited file resolves anew)."""
-    return _resolve_text(config, (ROOT / config).read_text(encoding="utf-8"))
+    from d2l_lightning.training.config import config_path
+
+    return _resolve_text(config, config_path(config).read_text(encoding="utf-8"))
 
 
 @functools.cache
 def _resolve_text(config: str, text: str) -> str:
-    from training.config import load_config_file, resolve
+    from d2l_lightning.training.config import load_config_file, resolve
 
-    return json.dumps(resolve([load_config_file(ROOT / config)]), sort_keys=True, default=str)
+    return json.dumps(resolve([load_config_file(config)]), sort_keys=True, default=str)
 
 
 def _reads_files(config: str) -> bool:
@@ -218,11 +219,10 @@ def smoke(rows: list[Row], data_dir: str | None, profile: str) -> list[str]:
     """
     import torch
 
-    import train
-
+    from d2l_lightning.cli import train
     extra = list(SMOKE_FLAGS)
     if profile == "gpu" and not torch.cuda.is_available():
-        extra += ["--accelerator", "cpu", "--precision", "32-true", "--trainer.compile", "false"]
+        extra += ["--accelerator", "cpu", "--precision", "32-true", "--run.compile", "false"]
     failures = []
     with tempfile.TemporaryDirectory(prefix="reproduce-smoke-") as tmp:
         for row in rows:

@@ -1,6 +1,6 @@
 """Kill a run mid-epoch (SIGKILL), resume it from its folder alone, compare with an intact run.
 
-    python bench/resume_exactness.py --data-dir ../shared/data \
+    python -m bench.resume_exactness --data-dir ../shared/data \
         -- --model lenet --recipe modern --max-epochs 2 --limit-train-batches 120
 
 Everything after ``--`` is the run's ``train.py`` flags. Both runs refresh ``last.ckpt`` every

@@ -37,7 +37,7 @@ class Target:
 
 @dataclass(frozen=True)
 class Row:
-    """One results row: a config file under ``configs/``, its target and its source."""
+    """One results row: a shipped config (``DATA/STEM``), its target and its source."""
 
     config: str
     source: str
@@ -48,13 +48,20 @@ class Row:
 
     @property
     def name(self) -> str:
-        """``DATA/STEM`` of the config file, e.g. ``fashion_mnist/lenet``."""
-        p = Path(self.config)
-        return f"{p.parent.name}/{p.stem}"
+        """``DATA/STEM`` of the config, e.g. ``fashion_mnist/lenet``."""
+        p = Path(self.config.removesuffix(".yaml"))
+        return f"{p.parent.name}/{p.name}"
+
+    @property
+    def path(self) -> Path:
+        """The config file (a shipped config's name is found under ``d2l_lightning/configs/``)."""
+        from d2l_lightning.training.config import config_path
+
+        return config_path(self.config)
 
     def header(self) -> tuple[str, str]:
         """``(doc, title)`` from the config file's first line."""
-        first = (ROOT / self.config).read_text(encoding="utf-8").splitlines()[0]
+        first = self.path.read_text(encoding="utf-8").splitlines()[0]
         doc, _, title = first.removeprefix("# ").partition(": ")
         return doc, title
 
@@ -75,104 +82,104 @@ MLM = ("val/mlm_acc", "val/mlm_ppl", "val/nsp_acc")
 
 ROWS: list[Row] = [
     # --- cpu: the rows a 2-core machine measures (minutes each) -------------------------
-    Row("configs/fashion_mnist/lenet.yaml", "d2l §7.6", _acc(0.779, "0.779 (book)"), "cpu", IMG),
-    Row("configs/fashion_mnist/lenet-book-data.yaml", "d2l §7.6 (the book's data setting)",
+    Row("fashion_mnist/lenet", "d2l §7.6", _acc(0.779, "0.779 (book)"), "cpu", IMG),
+    Row("fashion_mnist/lenet-book-data", "d2l §7.6 (the book's data setting)",
         _acc(0.779, "0.779 (book)"), "cpu", IMG),
-    Row("configs/fashion_mnist/lenet-d2l-0.17.yaml", "d2l 0.17 §6.6 (the printed 0.779)",
+    Row("fashion_mnist/lenet-d2l-0.17", "d2l 0.17 §6.6 (the printed 0.779)",
         _acc(0.779, "0.779 (book)"), "cpu", IMG),
-    Row("configs/fashion_mnist/lenet_bn-modern.yaml", "ours (improved recipe)",
+    Row("fashion_mnist/lenet_bn-modern", "ours (improved recipe)",
         _acc(0.90, ">= 0.90"), "cpu", IMG),
-    Row("configs/fashion_mnist/softmax_regression.yaml", "d2l §4.5", _acc(0.78, "≈ 0.8 (book)"),
+    Row("fashion_mnist/softmax_regression", "d2l §4.5", _acc(0.78, "≈ 0.8 (book)"),
         "cpu", IMG),
-    Row("configs/fashion_mnist/mlp.yaml", "d2l §5.2", _acc(0.7, "> 0.7"), "cpu", IMG),
-    Row("configs/fashion_mnist/lenet_bn.yaml", "d2l §8.5", _acc(0.807, "0.807 (book)"), "cpu",
+    Row("fashion_mnist/mlp", "d2l §5.2", _acc(0.7, "> 0.7"), "cpu", IMG),
+    Row("fashion_mnist/lenet_bn", "d2l §8.5", _acc(0.807, "0.807 (book)"), "cpu",
         IMG),
-    Row("configs/mnist/lenet-modern.yaml", "ours (improved recipe)", _acc(0.99, ">= 0.99"),
+    Row("mnist/lenet-modern", "ours (improved recipe)", _acc(0.99, ">= 0.99"),
         "cpu", IMG),
-    Row("configs/fra_eng/seq2seq_gru-d2l-0.17.yaml", "d2l 0.17 §9.7",
+    Row("fra_eng/seq2seq_gru-d2l-0.17", "d2l 0.17 §9.7",
         Target("train/loss_epoch", "<=", 0.21, "0.019 (book) x num_steps 10"), "cpu", MT),
-    Row("configs/fra_eng/seq2seq_bahdanau-d2l-0.17.yaml", "d2l 0.17 §10.4",
+    Row("fra_eng/seq2seq_bahdanau-d2l-0.17", "d2l 0.17 §10.4",
         Target("train/loss_epoch", "<=", 0.22, "0.020 (book) x num_steps 10"), "cpu", MT),
-    Row("configs/time_machine/rnn-d2l-0.17.yaml", "d2l 0.17 §8.6",
+    Row("time_machine/rnn-d2l-0.17", "d2l 0.17 §8.6",
         _ppl("train/ppl", 1.3, "train ppl 1.0-1.3 (book)"), "cpu", LM),
-    Row("configs/time_machine/gru-d2l-0.17.yaml", "d2l 0.17 §9.1",
+    Row("time_machine/gru-d2l-0.17", "d2l 0.17 §9.1",
         _ppl("train/ppl", 1.3, "train ppl ≈ 1.0-1.1 (book)"), "cpu", LM),
-    Row("configs/time_machine/lstm-d2l-0.17.yaml", "d2l 0.17 §9.2",
+    Row("time_machine/lstm-d2l-0.17", "d2l 0.17 §9.2",
         _ppl("train/ppl", 1.3, "train ppl ≈ 1.0-1.1 (book)"), "cpu", LM),
-    Row("configs/time_machine/gpt.yaml", "d2l §11.9 (ours: held-out ppl)", None, "cpu", LM),
-    Row("configs/time_machine/rnn.yaml", "d2l §9.6", None, "cpu", LM),
-    Row("configs/time_machine/gru.yaml", "d2l §10.2", None, "cpu", LM),
-    Row("configs/time_machine/lstm.yaml", "d2l §10.1", None, "cpu", LM),
-    Row("configs/fra_eng/seq2seq_gru-book.yaml", "d2l §10.7", None, "cpu", MT),
-    Row("configs/fra_eng/seq2seq_bahdanau-book.yaml", "d2l §11.4", None, "cpu", MT),
-    Row("configs/fra_eng/transformer_mt-book.yaml", "d2l §11.7", None, "cpu", MT),
-    Row("configs/fra_eng/transformer_mt-d2l-0.17.yaml", "d2l 0.17 §10.7",
+    Row("time_machine/gpt", "d2l §11.9 (ours: held-out ppl)", None, "cpu", LM),
+    Row("time_machine/rnn", "d2l §9.6", None, "cpu", LM),
+    Row("time_machine/gru", "d2l §10.2", None, "cpu", LM),
+    Row("time_machine/lstm", "d2l §10.1", None, "cpu", LM),
+    Row("fra_eng/seq2seq_gru-book", "d2l §10.7", None, "cpu", MT),
+    Row("fra_eng/seq2seq_bahdanau-book", "d2l §11.4", None, "cpu", MT),
+    Row("fra_eng/transformer_mt-book", "d2l §11.7", None, "cpu", MT),
+    Row("fra_eng/transformer_mt-d2l-0.17", "d2l 0.17 §10.7",
         Target("train/loss_epoch", "<=", 0.35, "0.032 (book) x num_steps 10"), "cpu", MT),
-    Row("configs/synthetic_regression/linear_regression.yaml", "d2l §3.5",
+    Row("synthetic_regression/linear_regression", "d2l §3.5",
         Target("test/loss", "<=", 0.001, "recovers w, b"), "cpu", ("val/loss", "test/loss")),
-    Row("configs/mnist/row_transformer.yaml", "d2l §11.7 (ours)", _acc(0.98, ">= 0.98"), "cpu",
+    Row("mnist/row_transformer", "d2l §11.7 (ours)", _acc(0.98, ">= 0.98"), "cpu",
         IMG),
-    Row("configs/mnist/vit.yaml", "d2l §11.8", _acc(0.98, ">= 0.98"), "cpu", IMG),
-    Row("configs/time_machine/rnn_scratch.yaml", "d2l §9.5", None, "cpu", LM),
-    Row("configs/time_machine/gru_scratch.yaml", "d2l §10.2", None, "cpu", LM),
-    Row("configs/time_machine/lstm_scratch.yaml", "d2l §10.1", None, "cpu", LM),
-    Row("configs/time_machine/lstm-deep.yaml", "d2l §10.3", None, "cpu", LM),
-    Row("configs/time_machine/mamba.yaml", "Gu & Dao 2023", None, "cpu", LM),
-    Row("configs/time_machine/lstm-222-adamw.yaml", "ours (Mamba comparison)", None, "cpu", LM),
-    Row("configs/fashion_mnist/nin-96px.yaml", "d2l §8.3 (CPU-sized)", None, "cpu", IMG),
-    Row("configs/time_machine/rnn_scratch-d2l-0.17.yaml", "d2l 0.17 §8.5",
+    Row("mnist/vit", "d2l §11.8", _acc(0.98, ">= 0.98"), "cpu", IMG),
+    Row("time_machine/rnn_scratch", "d2l §9.5", None, "cpu", LM),
+    Row("time_machine/gru_scratch", "d2l §10.2", None, "cpu", LM),
+    Row("time_machine/lstm_scratch", "d2l §10.1", None, "cpu", LM),
+    Row("time_machine/lstm-deep", "d2l §10.3", None, "cpu", LM),
+    Row("time_machine/mamba", "Gu & Dao 2023", None, "cpu", LM),
+    Row("time_machine/lstm-222-adamw", "ours (Mamba comparison)", None, "cpu", LM),
+    Row("fashion_mnist/nin-96px", "d2l §8.3 (CPU-sized)", None, "cpu", IMG),
+    Row("time_machine/rnn_scratch-d2l-0.17", "d2l 0.17 §8.5",
         _ppl("train/ppl", 1.3, "train ppl ≈ 1.0 (book)"), "cpu", LM),
-    Row("configs/time_machine/gru_scratch-d2l-0.17.yaml", "d2l 0.17 §9.1",
+    Row("time_machine/gru_scratch-d2l-0.17", "d2l 0.17 §9.1",
         _ppl("train/ppl", 1.3, "train ppl ≈ 1.0-1.1 (book)"), "cpu", LM),
-    Row("configs/time_machine/lstm_scratch-d2l-0.17.yaml", "d2l 0.17 §9.2",
+    Row("time_machine/lstm_scratch-d2l-0.17", "d2l 0.17 §9.2",
         _ppl("train/ppl", 1.3, "train ppl ≈ 1.0-1.1 (book)"), "cpu", LM),
-    Row("configs/time_machine/lstm-d2l-0.17-deep.yaml", "d2l 0.17 §9.3",
+    Row("time_machine/lstm-d2l-0.17-deep", "d2l 0.17 §9.3",
         _ppl("train/ppl", 1.3, "train ppl ≈ 1.0 (book)"), "cpu", LM),
-    Row("configs/wikitext2/lstm-wikitext-600steps.yaml", "pytorch/examples (CPU-sized)", None,
+    Row("wikitext2/lstm-wikitext-600steps", "pytorch/examples (CPU-sized)", None,
         "cpu", LM),
-    Row("configs/wikitext2/gpt-600steps.yaml", "Radford et al. 2018 (CPU-sized)", None, "cpu",
+    Row("wikitext2/gpt-600steps", "Radford et al. 2018 (CPU-sized)", None, "cpu",
         LM),
-    Row("configs/wikitext2/mamba-wikitext-600steps.yaml", "Gu & Dao 2023 (CPU-sized)", None,
+    Row("wikitext2/mamba-wikitext-600steps", "Gu & Dao 2023 (CPU-sized)", None,
         "cpu", LM),
-    Row("configs/wikitext2/gpt-150steps.yaml", "Radford et al. 2018 (CPU-sized)", None, "cpu",
+    Row("wikitext2/gpt-150steps", "Radford et al. 2018 (CPU-sized)", None, "cpu",
         LM),
-    Row("configs/fra_eng/seq2seq_gru-full-300steps.yaml", "d2l §10.7 (whole corpus)", None,
+    Row("fra_eng/seq2seq_gru-full-300steps", "d2l §10.7 (whole corpus)", None,
         "cpu", MT),
-    Row("configs/fra_eng/seq2seq_bahdanau-full-300steps.yaml", "d2l §11.4 (whole corpus)", None,
+    Row("fra_eng/seq2seq_bahdanau-full-300steps", "d2l §11.4 (whole corpus)", None,
         "cpu", MT),
-    Row("configs/fra_eng/transformer_mt-full-300steps.yaml", "d2l §11.7 (whole corpus)", None,
+    Row("fra_eng/transformer_mt-full-300steps", "d2l §11.7 (whole corpus)", None,
         "cpu", MT),
-    Row("configs/wikitext2/bert_tiny-book-50steps.yaml", "d2l §15.10", None, "cpu", MLM),
-    Row("configs/wikitext2/bert_tiny-modern.yaml", "Devlin et al. 2019 (CPU-sized)", None,
+    Row("wikitext2/bert_tiny-book-50steps", "d2l §15.10", None, "cpu", MLM),
+    Row("wikitext2/bert_tiny-modern", "Devlin et al. 2019 (CPU-sized)", None,
         "cpu", MLM),
     # --- gpu: sized for about 9 minutes of one H200-class GPU, most valuable first --------
-    Row("configs/fashion_mnist/resnet18-gpu.yaml", "d2l §8.6", _acc(0.893, "0.893 (book)"), "gpu",
+    Row("fashion_mnist/resnet18-gpu", "d2l §8.6", _acc(0.893, "0.893 (book)"), "gpu",
         IMG),
-    Row("configs/fashion_mnist/resnet18-modern-gpu.yaml", "ours (improved recipe)",
+    Row("fashion_mnist/resnet18-modern-gpu", "ours (improved recipe)",
         _acc(0.94, ">= 0.94"), "gpu", IMG),
-    Row("configs/fashion_mnist/alexnet-gpu.yaml", "d2l §8.1", _acc(0.87, "≈ 0.88 (book)"), "gpu",
+    Row("fashion_mnist/alexnet-gpu", "d2l §8.1", _acc(0.87, "≈ 0.88 (book)"), "gpu",
         IMG),
-    Row("configs/fashion_mnist/vgg11_small-gpu.yaml", "d2l §8.2", _acc(0.92, "0.920 (book)"),
+    Row("fashion_mnist/vgg11_small-gpu", "d2l §8.2", _acc(0.92, "0.920 (book)"),
         "gpu", IMG),
-    Row("configs/fashion_mnist/nin-gpu.yaml", "d2l §8.3", _acc(0.77, "0.77-0.87 (book)"), "gpu",
+    Row("fashion_mnist/nin-gpu", "d2l §8.3", _acc(0.77, "0.77-0.87 (book)"), "gpu",
         IMG),
-    Row("configs/fashion_mnist/googlenet-gpu.yaml", "d2l §8.4", _acc(0.886, "0.886 (book)"),
+    Row("fashion_mnist/googlenet-gpu", "d2l §8.4", _acc(0.886, "0.886 (book)"),
         "gpu", IMG),
-    Row("configs/fashion_mnist/densenet-gpu.yaml", "d2l §8.7", _acc(0.885, "0.885 (book)"),
+    Row("fashion_mnist/densenet-gpu", "d2l §8.7", _acc(0.885, "0.885 (book)"),
         "gpu", IMG),
-    Row("configs/wikitext2/lstm-wikitext.yaml", "pytorch/examples word_language_model",
+    Row("wikitext2/lstm-wikitext", "pytorch/examples word_language_model",
         _ppl("test/ppl", 100, "test ppl <= 100"), "gpu", LM),
-    Row("configs/wikitext2/lstm-medium.yaml", "pytorch/examples word_language_model (medium)",
+    Row("wikitext2/lstm-medium", "pytorch/examples word_language_model (medium)",
         _ppl("test/ppl", 87, "test ppl <= 87"), "gpu", LM),
-    Row("configs/fra_eng/transformer_mt-full-gpu.yaml", "d2l §11.7 (whole corpus)", None, "gpu",
+    Row("fra_eng/transformer_mt-full-gpu", "d2l §11.7 (whole corpus)", None, "gpu",
         MT),
-    Row("configs/wikitext2/bert_tiny-modern-gpu.yaml", "Devlin et al. 2019 (tiny)", None, "gpu",
+    Row("wikitext2/bert_tiny-modern-gpu", "Devlin et al. 2019 (tiny)", None, "gpu",
         MLM),
-    Row("configs/fra_eng/seq2seq_gru-full-gpu.yaml", "d2l §10.7 (whole corpus)", None, "gpu", MT),
-    Row("configs/fra_eng/seq2seq_bahdanau-full-gpu.yaml", "d2l §11.4 (whole corpus)", None,
+    Row("fra_eng/seq2seq_gru-full-gpu", "d2l §10.7 (whole corpus)", None, "gpu", MT),
+    Row("fra_eng/seq2seq_bahdanau-full-gpu", "d2l §11.4 (whole corpus)", None,
         "gpu", MT),
     # beyond the 9-minute plan (bench/gpu_plan.py): run when --budget-s leaves time
-    Row("configs/wikitext2/gpt-wikitext-gpu.yaml", "Radford et al. 2018 (the LSTM's size)", None,
+    Row("wikitext2/gpt-wikitext-gpu", "Radford et al. 2018 (the LSTM's size)", None,
         "gpu", LM),
-    Row("configs/wikitext2/mamba-wikitext.yaml", "Gu & Dao 2023", None, "gpu", LM),
+    Row("wikitext2/mamba-wikitext", "Gu & Dao 2023", None, "gpu", LM),
 ]

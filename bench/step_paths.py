@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gc
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,9 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models import build_model, preprocess_images  # noqa: E402
+from d2l_lightning.models import build_model, preprocess_images
+from d2l_lightning.training.command_line import config_from_argv
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 clock = time.perf_counter
@@ -42,7 +40,7 @@ def use_clock(name: str) -> None:
     global clock
     import types
 
-    from callbacks import monitoring
+    from d2l_lightning.callbacks import monitoring
 
     clock = CLOCKS[name]  # TrainingMonitor's clock too (it reads ``time.perf_counter``)
     monitoring.time = types.SimpleNamespace(perf_counter=clock) if name == "cpu" else time
@@ -117,16 +115,16 @@ def ours(data_dir: str, steps: int, run_dir: Path, model_name: str, batch: int, 
     """(c) µs per step of ``train.py``'s own run (``extra``: more ``train.py`` flags)."""
     import warnings
 
-    import train
+    from d2l_lightning.training import fit
 
     # Validation is off in these timings, so the best checkpoint has no val/acc to follow.
     warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
-    cfg = train.config_from_argv([
+    cfg = config_from_argv([
         "--model", model_name, "--data", "fashion_mnist", "--data-dir", data_dir,
         "--batch-size", str(batch), "--lr", str(lr), "--optimizer", "sgd",
         "--max-epochs", "100", "--max-steps", str(steps), "--limit-val-batches", "0",
         "--no-test", "--no-progress-bar", "--run-dir", str(run_dir), *extra])
-    return train.run(cfg)["train_time_sec"] / steps * 1e6
+    return fit(cfg)["train_time_sec"] / steps * 1e6
 
 
 def interleaved(runners: dict[str, Callable[[int], float]], rounds: int,

@@ -1,6 +1,6 @@
 """Time Machine character-level language-model runs for docs/results-language-models.md.
 
-    python bench/time_machine_runs.py --data-dir ../shared/data [--only rnn_scratch,gru]
+    python -m bench.time_machine_runs --data-dir ../shared/data [--only rnn_scratch,gru]
         [--recipe d2l-0.17] [--extra "--max-epochs 50"]
 
 Each row is one fresh ``train.py`` process. The table gives the training perplexity of the last

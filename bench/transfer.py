@@ -1,6 +1,6 @@
 """Transfer table (d2l §14.2): Fashion-MNIST-pretrained LeNet-BN fine-tuned on MNIST label budgets.
 
-    OMP_NUM_THREADS=2 python bench/transfer.py --data-dir ../shared/data [--steps 400]
+    OMP_NUM_THREADS=2 python -m bench.transfer --data-dir ../shared/data [--steps 400]
 
 1. Pretrains the source: ``lenet_bn --recipe modern`` on Fashion-MNIST (``--source-epochs``),
    exported by ``train.py`` like any run.
@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 COMMON = ["--model", "lenet_bn", "--recipe", "modern", "--batch-size", "128"]
 MODES = {

@@ -1,6 +1,6 @@
 """Held-out BLEU and decoding speed of an exported translation model, plain PyTorch.
 
-    python bench/translation_eval.py RUN_DIR [--beam-size 1 4] [--alpha 0 0.6] [--split test]
+    python -m bench.translation_eval RUN_DIR [--beam-size 1 4] [--alpha 0 0.6] [--split test]
 
 Rebuilds the run's split from its config.yaml (same data arguments and seed), decodes it from
 RUN_DIR/export in batches exactly like ``TranslationTask.test_step`` (references: target rows up to
@@ -11,23 +11,18 @@ RUN_DIR/export in batches exactly like ``TranslationTask.test_step`` (references
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
+from torchmetrics.text import SacreBLEUScore
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from torchmetrics.text import SacreBLEUScore  # noqa: E402
-
-from datamodules.fra_eng import EngFraDataModule  # noqa: E402
-from datamodules.fra_eng_text import detokenize  # noqa: E402
-from datamodules.text import UNK, Vocab  # noqa: E402
-from lit_models.translation import UNK_REF  # noqa: E402
-from models import load_exported  # noqa: E402
-from models.decoding import search  # noqa: E402
-from training.config import load_config_file, resolve  # noqa: E402
+from d2l_lightning.datamodules.fra_eng import EngFraDataModule
+from d2l_lightning.datamodules.fra_eng_text import UNK_REF, detokenize
+from d2l_lightning.datamodules.text import UNK, Vocab
+from d2l_lightning.models import load_exported
+from d2l_lightning.models.decoding import search
+from d2l_lightning.training.config import load_config_file, resolve
 
 
 def main() -> None:

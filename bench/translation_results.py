@@ -1,6 +1,6 @@
 """Summarise translation runs (results.json, metrics.csv, export) as Markdown rows.
 
-    python bench/translation_results.py runs/book-seq2seq_gru runs/book-transformer_mt ...
+    python -m bench.translation_results runs/book-seq2seq_gru runs/book-transformer_mt ...
 
 Per run: epochs, steps, training time, target tokens/s (padding included, as TrainingMonitor
 counts), the last epoch's training loss, val/test metrics, and the book's four sentences
@@ -14,13 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.fra_eng_text import translate  # noqa: E402
-from datamodules.text import Vocab  # noqa: E402
-from lit_models.translation import BOOK_PAIRS  # noqa: E402
-from models import load_exported  # noqa: E402
-from models.bleu import bleu  # noqa: E402
+from d2l_lightning.datamodules.fra_eng_text import translate
+from d2l_lightning.datamodules.text import Vocab
+from d2l_lightning.lit_models.translation import BOOK_PAIRS
+from d2l_lightning.models import load_exported
+from d2l_lightning.models.bleu import bleu
 
 
 def last_train_loss(run: Path) -> float | None:

@@ -5,7 +5,7 @@ through our own path (DataModule + ImageClassificationTask + Trainer) with its d
 optimizer, learning rate and resolution, for ``--steps`` steps at a CPU-sized batch. The table
 gives the mean loss of the first and last ``--window`` steps and the wall time.
 
-    python bench/zoo_short_runs.py --data-dir ../shared/data [--models lenet,alexnet]
+    python -m bench.zoo_short_runs --data-dir ../shared/data [--models lenet,alexnet]
 """
 
 from __future__ import annotations
@@ -14,20 +14,16 @@ import argparse
 import logging
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lightning as L
+from lightning.pytorch.callbacks import Callback
 
-import lightning as L  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-
-from datamodules.registry import build_datamodule  # noqa: E402
-from lit_models import ImageClassificationTask  # noqa: E402
-from models import get_spec, model_names  # noqa: E402
-from training.console import quiet_warnings  # noqa: E402
+from d2l_lightning.datamodules.registry import build_datamodule
+from d2l_lightning.lit_models import ImageClassificationTask
+from d2l_lightning.models import get_spec, model_names
+from d2l_lightning.training.console import quiet_warnings
 
 
 class LossRecorder(Callback):
@@ -50,11 +46,11 @@ def short_run(name: str, data_dir: str, steps: int, batch: int) -> tuple[list[fl
     module = ImageClassificationTask(
         name, **dm.data_info(), resize=r.resize, model_kwargs=r.model_kwargs,
         optimizer=r.optimizer, lr=r.lr, weight_decay=r.weight_decay, momentum=r.momentum,
-        label_smoothing=r.label_smoothing, gradient_clip_val=r.gradient_clip_val)
+        label_smoothing=r.label_smoothing)
     rec = LossRecorder()
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=[rec])
+                        limit_val_batches=0, callbacks=[rec], gradient_clip_val=r.gradient_clip_val)
     t0 = time.time()
     trainer.fit(module, datamodule=dm)
     return rec.losses, time.time() - t0, r.resize or 28

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+if "PYTEST_XDIST_WORKER" in os.environ:  # workers share the cores: one thread each, set
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before any test module imports torch
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = os.environ.get("D2L_DATA_DIR", "").strip()
 
@@ -80,6 +82,16 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path
         raise AssertionError(
             f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def call(main, *args, capsys) -> tuple[int, str, str]:
+    """A CLI's ``main`` run in-process: ``(exit code, stdout, stderr)`` (argparse exits too)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 2
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def read_results(run_dir: Path) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from models.attention import (
+from d2l_lightning.models.attention import (
     AdditiveAttention,
     DotProductAttention,
     MultiHeadAttention,

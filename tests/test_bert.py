@@ -9,15 +9,15 @@ import lightning as L
 import pytest
 import torch
 
-import train
 from conftest import ROOT, read_results, run_cli
-from datamodules.bert import BERTPretrainDataModule, EpochLoader
-from datamodules.bert_text import unigram_baseline
-from datamodules.loader import TensorBatchLoader
-from lit_models import load_checkpoint
-from lit_models.masked_lm import MaskedLMTask, bert_losses
-from models import build_model, load_exported
-from models.bert import BERTEncoder, BERTModel, fill_mask
+from d2l_lightning.cli import train
+from d2l_lightning.datamodules.bert import BERTPretrainDataModule, EpochLoader
+from d2l_lightning.datamodules.bert_text import unigram_baseline
+from d2l_lightning.datamodules.loader import TensorBatchLoader
+from d2l_lightning.lit_models import load_checkpoint
+from d2l_lightning.lit_models.masked_lm import MaskedLMTask, bert_losses
+from d2l_lightning.models import build_model, load_exported
+from d2l_lightning.models.bert import BERTEncoder, BERTModel, fill_mask
 
 WORDS = [f"w{i}" for i in range(60)]
 

@@ -8,11 +8,13 @@ import json
 import pytest
 import torch
 
-import train
 from conftest import make_idx_dataset, read_results
-from datamodules import DataError
-from datamodules.idx import FASHION_MNIST, MNIST, load_idx_split, load_split
-from datamodules.registry import build_datamodule
+from d2l_lightning.cli import train
+from d2l_lightning.datamodules import DataError
+from d2l_lightning.datamodules.idx import FASHION_MNIST, MNIST, load_idx_split, load_split
+from d2l_lightning.datamodules.registry import build_datamodule
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.run import build_data, build_module
 
 
 @pytest.fixture()
@@ -42,12 +44,12 @@ def test_book_setting_trains_on_all_images_validates_on_test_and_does_not_normal
 
 
 def test_book_setting_feeds_pixels_in_0_1_to_the_model(tiny, tmp_path):
-    cfg = train.config_from_argv(["--model", "lenet", "--data-dir", str(tiny), "--data-setting",
+    cfg = config_from_argv(["--model", "lenet", "--data-dir", str(tiny), "--data-setting",
                                   "book", "--run-dir", str(tmp_path / "r")])
     assert cfg["data"]["setting"] == "book"
-    dm = train.build_data(cfg)
+    dm = build_data(cfg)
     dm.setup()
-    module = train.build_module(cfg, dm.data_info())
+    module = build_module(cfg, dm.data_info())
     x, _ = next(iter(dm.train_dataloader()))
     seen = module.on_after_batch_transfer((x, None), 0)[0]
     assert torch.allclose(seen, x[:, None].float() / 255)
@@ -82,7 +84,7 @@ def _exit_code(argv: list[str]) -> int:
 
 @pytest.mark.parametrize("argv, message", [
     (["--data-setting", "paper"], "invalid choice: 'paper'"),
-    (["--data.setting=paper"], "data.setting: invalid choice 'paper'"),
+    (["--data.setting=paper"], "data.setting: expected 'split' or 'book', got 'paper'"),
     (["--data-setting", "book", "--val-size", "100"], "val_size 100 does not apply"),
     (["--model", "gru", "--data", "time_machine", "--data-setting", "book"], "setting"),
 ])
@@ -115,7 +117,7 @@ def test_real_book_setting_has_60000_training_images_and_val_is_test(real_data_d
 
 
 def test_d2l_017_recipes_are_the_books_values():
-    from models import get_spec
+    from d2l_lightning.models import get_spec
 
     for name, epochs in (("seq2seq_gru", 300), ("seq2seq_bahdanau", 250),
                          ("transformer_mt", 200)):
@@ -130,7 +132,7 @@ def test_d2l_017_recipes_are_the_books_values():
 def test_val_size_0_trains_on_every_pair_and_validates_on_them(tmp_path):
     from test_seq2seq import write_fra_txt
 
-    from datamodules.fra_eng import EngFraDataModule
+    from d2l_lightning.datamodules.fra_eng import EngFraDataModule
 
     write_fra_txt(tmp_path, n=80)
     dm = EngFraDataModule(tmp_path, batch_size=16, num_steps=10, max_examples=61, val_size=0)
@@ -150,8 +152,8 @@ def test_book_017_printed_loss_is_our_token_mean_loss_over_num_steps(tmp_path):
     import torch.nn.functional as F
     from test_seq2seq import write_fra_txt
 
-    from datamodules.fra_eng import EngFraDataModule
-    from lit_models import task_module
+    from d2l_lightning.datamodules.fra_eng import EngFraDataModule
+    from d2l_lightning.lit_models import task_module
 
     write_fra_txt(tmp_path, n=80)
     dm = EngFraDataModule(tmp_path, batch_size=16, num_steps=10, max_examples=61, val_size=0)
@@ -189,7 +191,7 @@ def reference_lrs(lr: float, val_losses: list[float]) -> list[float]:
 def plateau_lrs(optim: dict, val_losses: list[float]) -> list[float]:
     from torch import nn
 
-    from lit_models import TaskModule
+    from d2l_lightning.lit_models import TaskModule
 
     module = TaskModule(**optim)
     module.model = nn.Linear(2, 2)
@@ -206,7 +208,7 @@ VAL = [6.0, 5.5, 5.6, 5.2, 5.2, 5.1, 5.15, 5.14, 5.0999, 5.0999]  # 5.0999: any 
 
 @pytest.mark.parametrize("recipe", ["wikitext", "medium"])
 def test_wikitext_plateau_divides_by_4_after_each_epoch_without_improvement(recipe, tmp_path):
-    cfg = train.config_from_argv(["--model", "lstm", "--recipe", recipe, "--data", "wikitext2",
+    cfg = config_from_argv(["--model", "lstm", "--recipe", recipe, "--data", "wikitext2",
                                   "--run-dir", str(tmp_path / "r")])
     optim = {k: v for k, v in cfg["optim"].items() if k != "label_smoothing"}
     got = plateau_lrs(optim, VAL)
@@ -233,15 +235,15 @@ def test_bad_plateau_values_are_refused(flag, value, tmp_path, capsys):
 
 
 def test_list_shows_the_wikitext_anneal():
-    from models import get_spec
-    from models.registry import recipe_summary
+    from d2l_lightning.models import get_spec
+    from d2l_lightning.models.registry import recipe_summary
 
     assert "plateau(x0.25,patience=0)" in recipe_summary(get_spec("lstm").recipe("wikitext"))
     assert " plateau " not in recipe_summary(get_spec("lstm").recipe("d2l"))
 
 
 def test_lenet_d2l_017_recipe_is_the_printed_0779_setting(tiny, tmp_path):
-    cfg = train.config_from_argv(["--model", "lenet", "--recipe", "d2l-0.17", "--data-dir",
+    cfg = config_from_argv(["--model", "lenet", "--recipe", "d2l-0.17", "--data-dir",
                                   str(tiny), "--run-dir", str(tmp_path / "r")])
     assert (cfg["optim"]["lr"], cfg["data"]["batch_size"], cfg["trainer"]["max_epochs"]) == (
         0.9, 256, 10)

@@ -14,16 +14,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, make_idx_dataset, read_results, run_cli
-from models import load_exported
+from conftest import ROOT, call, make_idx_dataset, read_results, run_cli
+from d2l_lightning.cli import export, predict, train
+from d2l_lightning.models import ExportError, load_exported
+from d2l_lightning.training.command_line import config_from_argv
 
 
-def test_help_and_list() -> None:
-    proc = run_cli("train.py", "--help", check=True)
-    for flag in ("--model", "--data", "--resume", "--precision", "--strategy", "--logger"):
-        assert flag in proc.stdout
-    proc = run_cli("train.py", "--list", check=True)
-    assert "lenet_bn" in proc.stdout and "section" in proc.stdout
+def test_help_and_list(capsys) -> None:
+    code, out, _ = call(train.main, "--help", capsys=capsys)
+    assert code == 0
+    for flag in ("--model", "--data", "--resume", "--precision", "--strategy", "--logger",
+                 "--callback"):
+        assert flag in out
+    code, out, _ = call(train.main, "--list", capsys=capsys)
+    assert code == 0 and "lenet_bn" in out and "section" in out
+
+
+def refused(capsys, *args) -> tuple[int, str]:
+    """``train.py ARGS`` in-process: its exit code and its one stderr line (else fails)."""
+    code, _, err = call(train.main, *args, capsys=capsys)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return code, err
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -32,10 +43,9 @@ def test_help_and_list() -> None:
     (["--model", "linear_regression", "--data", "mnist"], "synthetic_regression"),  # mismatch
     (["--model", "lenet", "--recipe", "fancy"], "modern"),    # unknown recipe
 ])
-def test_bad_names_exit_2_with_the_valid_choices(args, needle) -> None:
-    proc = run_cli("train.py", *args)
-    assert proc.returncode == 2
-    assert needle in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_names_exit_2_with_the_valid_choices(args, needle, capsys) -> None:
+    code, err = refused(capsys, *args)
+    assert code == 2 and needle in err
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -44,89 +54,84 @@ def test_bad_names_exit_2_with_the_valid_choices(args, needle) -> None:
     (["--model-arg", "oops"], "expected KEY=VALUE"),
     (["--beam-size", "4"], "--beam-size: the image_classification task takes no 'beam_size'"),
 ])
-def test_flags_a_model_or_dataset_cannot_take_exit_2(args, needle) -> None:
-    proc = run_cli("train.py", "--model", "lenet", *args)
-    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+def test_flags_a_model_or_dataset_cannot_take_exit_2(args, needle, capsys) -> None:
+    code, err = refused(capsys, "--model", "lenet", *args)
+    assert code == 2 and needle in err
 
 
-def test_model_and_data_args_reach_their_sections(tmp_path) -> None:
-    import train
-
-    cfg = train.config_from_argv(["--model", "lenet", "--model-arg", "activation=relu",
-                                  "--data-arg", "val_size=100"])
+def test_model_and_data_args_reach_their_sections(capsys) -> None:
+    cfg = config_from_argv(["--model", "lenet", "--model-arg", "activation=relu",
+                            "--data-arg", "val_size=100"])
     assert cfg["model"] == {"name": "lenet", "recipe": "d2l", "activation": "relu",
                             "pool": "avg"}
     assert cfg["data"]["val_size"] == 100
-    proc = run_cli("train.py", "--data-arg", "val_size=100", "--val-size", "50")
-    assert proc.returncode == 2 and "both set data.val_size" in proc.stderr
+    code, err = refused(capsys, "--data-arg", "val_size=100", "--val-size", "50")
+    assert code == 2 and "both set data.val_size" in err
 
 
-def test_missing_data_offline_is_one_clear_error(tmp_path) -> None:
-    proc = run_cli("train.py", "--data-dir", str(tmp_path / "empty"), "--run-dir",
-                   str(tmp_path / "run"))
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    msg = proc.stderr.strip().splitlines()[-1]
+def test_missing_data_offline_is_one_clear_error(tmp_path, capsys) -> None:
+    code, err = refused(capsys, "--data-dir", tmp_path / "empty", "--run-dir", tmp_path / "run")
+    assert code == 1
+    msg = err.strip()
     assert msg.startswith("error: Fashion-MNIST is missing from")
     assert "train-images-idx3-ubyte.gz" in msg and "D2L_DATA_DIR" in msg
     assert not (tmp_path / "run").exists()  # nothing created for a run that never started
 
 
-def test_truncated_data_is_one_clear_error(tmp_path) -> None:
+def test_truncated_data_is_one_clear_error(tmp_path, capsys) -> None:
     root = tmp_path / "data"
     make_idx_dataset(root / "mnist", n_train=48, n_test=12)
     f = root / "mnist" / "train-images-idx3-ubyte.gz"
     f.write_bytes(f.read_bytes()[:-30])
-    proc = run_cli("train.py", "--model", "mlp", "--data", "mnist", "--data-dir", str(root),
-                   "--run-dir", str(tmp_path / "run"))
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "truncated" in proc.stderr
+    code, err = refused(capsys, "--model", "mlp", "--data", "mnist", "--data-dir", root,
+                        "--run-dir", tmp_path / "run")
+    assert code == 1 and "truncated" in err
 
 
-def test_existing_run_folder_is_never_overwritten(tmp_path) -> None:
+def test_existing_run_folder_is_never_overwritten(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("precious: true\n")
-    proc = run_cli("train.py", "--model", "linear_regression", "--run-dir", str(run))
-    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+    code, err = refused(capsys, "--model", "linear_regression", "--run-dir", run)
+    assert code == 2 and "already holds a run" in err
     assert (run / "config.yaml").read_text() == "precious: true\n"
 
 
-def test_resume_of_a_folder_that_is_not_a_run(tmp_path) -> None:
-    proc = run_cli("train.py", "--resume", "last", "--run-dir", str(tmp_path / "nothing"))
-    assert proc.returncode == 2 and "is not a run folder" in proc.stderr
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path, capsys) -> None:
+    code, err = refused(capsys, "--resume", "last", "--run-dir", tmp_path / "nothing")
+    assert code == 2 and "is not a run folder" in err
     assert not (tmp_path / "nothing").exists()
 
 
-def test_predict_rejects_bad_exports(tmp_path) -> None:
-    proc = run_cli("predict.py", "classify", "--export", str(tmp_path), "x.png")
-    assert proc.returncode == 1 and "not an export folder" in proc.stderr
+def test_predict_rejects_bad_exports(tmp_path, capsys) -> None:
+    code, _, err = call(predict.main, "classify", "--export", tmp_path, "x.png", capsys=capsys)
+    assert code == 1 and "not an export folder" in err
     # weights that do not match the config
     run = tmp_path / "run"
-    run_cli("train.py", "--model", "linear_regression", "--run-dir", str(run), "--fast-dev-run",
-            check=True)
+    assert train.main(["--model", "linear_regression", "--run-dir", str(run),
+                       "--fast-dev-run"]) == 0
     cfg = (run / "export" / "config.json")
     cfg.write_text(cfg.read_text().replace('"num_inputs": 2', '"num_inputs": 3'))
-    proc = run_cli("-c", "import sys; from models import load_exported\n"
-                         "try:\n    load_exported(sys.argv[1])\nexcept Exception as e:\n"
-                         "    print(type(e).__name__, e)", str(run / "export"))
-    assert proc.stdout.startswith("ExportError") and "do not match" in proc.stdout
+    with pytest.raises(ExportError, match="do not match"):
+        load_exported(run / "export")
 
 
-def test_export_command_matches_the_fit_export(data_root, tmp_path) -> None:
+def test_export_command_matches_the_fit_export(data_root, tmp_path, capsys) -> None:
     run = tmp_path / "run"
-    run_cli("train.py", "--model", "lenet_bn", "--data", "mnist", "--data-dir", str(data_root),
-            "--max-epochs", "1", "--no-test", "--run-dir", str(run), check=True)
+    assert train.main(["--model", "lenet_bn", "--data", "mnist", "--data-dir", str(data_root),
+                       "--max-epochs", "1", "--no-test", "--run-dir", str(run),
+                       "--no-progress-bar"]) == 0
     out = tmp_path / "exp"
-    run_cli("export.py", str(run / "checkpoints" / "last.ckpt"), "--out", str(out),
-            check=True)
+    assert export.main([str(run / "checkpoints" / "last.ckpt"), "--out", str(out)]) == 0
     a, cfg_a = load_exported(run / "export")
     b, cfg_b = load_exported(out)
-    assert cfg_a == cfg_b
+    assert cfg_a == cfg_b and cfg_a["run_config"]["model"]["name"] == "lenet_bn"
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
-    again = run_cli("export.py", str(run / "checkpoints" / "last.ckpt"), "--out",
-                    str(out))
-    assert again.returncode == 1 and "--force" in again.stderr  # no silent overwrite
+    capsys.readouterr()
+    code, _, err = call(export.main, run / "checkpoints" / "last.ckpt", "--out", out,
+                        capsys=capsys)
+    assert code == 1 and "--force" in err  # no silent overwrite
 
 
 def _weights(run: Path) -> dict:
@@ -215,12 +220,12 @@ def test_ddp_on_cpu_trains_and_syncs_metrics(data_root, tmp_path) -> None:
 _RANK_SUMS_SCRIPT = """
 import json, sys
 import lightning as L
-sys.path[:0] = [{root!r}]
-import train
-cfg = train.config_from_argv(["--model", "mlp", "--data", "mnist", "--data-dir", {data!r},
-                              "--batch-size", "16", "--max-epochs", "1"])
-dm = train.build_data(cfg)
-module = train.build_module(cfg, dm.data_info())
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.run import build_data, build_module
+cfg = config_from_argv(["--model", "mlp", "--data", "mnist", "--data-dir", {data!r},
+                        "--batch-size", "16", "--max-epochs", "1"])
+dm = build_data(cfg)
+module = build_module(cfg, dm.data_info())
 
 class Recount(L.Callback):  # this rank's [loss * n, n, correct], from the step outputs
     seen = [0.0, 0, 0]
@@ -246,7 +251,7 @@ def test_ddp_training_sums_are_each_ranks_own(data_root, tmp_path) -> None:
     """Each rank sums the losses of its own shard: DDP copies rank 0's *buffers* into every rank
     before each forward, which made both ranks' sums rank 0's when they were a buffer."""
     script = tmp_path / "rank_sums.py"
-    script.write_text(_RANK_SUMS_SCRIPT.format(root=str(ROOT), data=str(data_root)))
+    script.write_text(_RANK_SUMS_SCRIPT.format(data=str(data_root)))
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "sums")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -272,7 +277,7 @@ def test_wandb_offline_without_key_logs_metrics_and_table(data_root, tmp_path) -
     files = glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1
     logged = read_run(Path(files[0]))
-    assert logged["config"]["arch"] == "mlp"
+    assert logged["config"]["model"]["name"] == "mlp"
     keys = set().union(*logged["history"])
     assert {"train/loss", "val/acc", "test/acc"} <= keys
     assert abs(logged["summary"]["test/acc"] - read_results(run)["test/acc"]) < 1e-6

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import build_model, get_spec, load_exported, model_names
-from models.alexnet import alexnet_feature_side
-from models.attention import MultiHeadAttention
+from d2l_lightning.models import build_model, get_spec, load_exported, model_names
+from d2l_lightning.models.alexnet import alexnet_feature_side
+from d2l_lightning.models.attention import MultiHeadAttention
 
 CNN_ZOO = ["alexnet", "vgg11", "vgg11_small", "nin", "googlenet", "resnet18", "resnet34",
            "densenet"]
@@ -255,8 +255,8 @@ def test_exports_and_checkpoints_from_before_the_shared_blocks_still_load(
     logits with today's blocks (weights mapped by ``upgrade_state_dict``)."""
     import legacy_attention_classifiers as legacy
 
-    from lit_models import ImageClassificationTask, load_checkpoint
-    from models import save_export
+    from d2l_lightning.lit_models import ImageClassificationTask, load_checkpoint
+    from d2l_lightning.models import save_export
 
     torch.manual_seed(0)
     small = {"num_hiddens": 16, "num_heads": 2, "num_blks": 2}

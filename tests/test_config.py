@@ -15,14 +15,24 @@ from test_language_modeling import BOOK, write_wikitext
 from test_seq2seq import write_fra_txt
 from torch import nn
 
-import train
-from callbacks.progress import TerminalProgress
 from conftest import ROOT, make_idx_dataset, read_results
-from models import Recipe, get_spec, model_names
-from training.config import RECIPE_SECTIONS, SECTIONS, Layer, dump_config, load_config_file, resolve
-from training.flags import build_parser, flag_actions
+from d2l_lightning.callbacks.progress import TerminalProgress
+from d2l_lightning.cli import train
+from d2l_lightning.models import Recipe, get_spec, model_names
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.config import (
+    CONFIGS,
+    RECIPE_SECTIONS,
+    SECTIONS,
+    Layer,
+    dump_config,
+    load_config_file,
+    resolve,
+)
+from d2l_lightning.training.flags import build_parser, flag_actions
+from d2l_lightning.training.run import build_data, build_module, build_trainer
 
-COMMANDS = {"-h", "--config", "--print-config", "--list", "--resume", "--sweep"}
+COMMANDS = {"-h", "--config", "--print-config", "--list", "--list-configs", "--resume", "--sweep"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +45,7 @@ def root(tmp_path_factory) -> Path:
     (root / "timemachine" / "timemachine.txt").write_text(BOOK * 6, encoding="utf-8")
     write_wikitext(root / "wikitext-2")
     write_fra_txt(root)
-    from models import build_model, save_export
+    from d2l_lightning.models import build_model, save_export
 
     save_export(build_model("lenet"), {"arch": "lenet", "model_kwargs": {},
                                        "task": "image_classification"}, root / "export-lenet")
@@ -49,15 +59,16 @@ class Built:
         argv = [*argv, "--run-dir", str(run_dir)]
         if "--data-dir" not in argv and "linear_regression" not in argv:
             argv += ["--data-dir", str(root)]
-        self.cfg = train.config_from_argv(argv)
-        self.dm = train.build_data(self.cfg)
+        self.cfg = config_from_argv(argv)
+        self.dm = build_data(self.cfg)
         self.dm.prepare_data()
-        self.module = train.build_module(self.cfg, self.dm.data_info())
-        from training.runs import prepare_run_dir
+        self.module = build_module(self.cfg, self.dm.data_info())
+        from d2l_lightning.training.runs import choose_run_dir, make_run_dir
 
         try:
-            self.run_dir, _ = prepare_run_dir(self.cfg, resuming=False)
-            self.trainer = train.build_trainer(self.cfg, self.run_dir, self.module)
+            folder = choose_run_dir(self.cfg, resuming=False)
+            self.trainer = build_trainer(self.cfg, folder.path, self.module)
+            self.run_dir = make_run_dir(folder)
         finally:
             import os
 
@@ -80,7 +91,7 @@ MT = ["--model", "transformer_mt", "--data", "fra_eng"]
 PROBES = {
     "--model": (["--model", "mlp"], lambda b: type(b.module.model).__name__ == "MLP"),
     "--recipe": (["--model", "lenet", "--recipe", "modern"],
-                 lambda b: b.module.optim_args["optimizer"] == "adamw"
+                 lambda b: b.module.optim.optimizer == "adamw"
                  and isinstance(b.module.model.net[1], nn.ReLU)),
     "--num-hiddens": (["--model", "mlp", "--num-hiddens", "17"],
                       lambda b: 17 in layer_sizes(b.module.model)),
@@ -129,7 +140,7 @@ PROBES = {
     "--lr": (["--model", "mlp", "--lr", "0.123"],
              lambda b: b.module.configure_optimizers().defaults["lr"] == 0.123),
     "--scheduler": (["--model", "mlp", "--scheduler", "plateau"],
-                    lambda b: b.module.optim_args["scheduler"] == "plateau"),
+                    lambda b: b.module.optim.scheduler == "plateau"),
     "--weight-decay": (["--model", "mlp", "--weight-decay", "0.01"],
                        lambda b: b.module.configure_optimizers().defaults["weight_decay"] == 0.01),
     "--momentum": (["--model", "mlp", "--momentum", "0.8"],
@@ -137,7 +148,7 @@ PROBES = {
     "--label-smoothing": (["--model", "mlp", "--label-smoothing", "0.1"],
                           lambda b: b.module.hparams.label_smoothing == 0.1),
     "--gradient-clip-val": (["--model", "mlp", "--gradient-clip-val", "0.5"],
-                            lambda b: b.module.optim_args["gradient_clip_val"] == 0.5),
+                            lambda b: b.trainer.gradient_clip_val == 0.5),
     "--lr-mult": (["--model", "lenet", "--lr-mult", "backbone=0.5"],
                   lambda b: sorted(g["lr"] for g in b.module.configure_optimizers().param_groups)
                   == [0.05, 0.1]),
@@ -196,6 +207,10 @@ PROBES = {
     "--diverged-after": (["--model", "mlp", "--diverged-after", "7"],
                          lambda b: any(getattr(c, "diverged_after", None) == 7
                                        for c in b.trainer.callbacks)),
+    "--callback": (["--model", "mlp", "--callback", "EarlyStopping", "patience=2"],
+                   lambda b: any(type(c).__name__ == "EarlyStopping" and c.patience == 2
+                                 and c.monitor == "val/acc" and c.mode == "max"
+                                 for c in b.trainer.callbacks)),
     "--test": (["--model", "mlp", "--no-test", "--fast-dev-run"], None),  # see below
 }
 
@@ -233,10 +248,10 @@ def test_every_flag_reaches_the_constructor_that_uses_it(flag, root, tmp_path,
     if "wandb" in argv:  # the factory's arguments, without starting W&B
         from lightning.pytorch.loggers import CSVLogger
 
-        import callbacks.wandb_logging as wl
+        import d2l_lightning.callbacks.wandb_logging as wl
 
-        def fake(save_dir, project, name, tags, config, run_id=None):
-            captured.update(project=project, name=name, tags=tags, config=config)
+        def fake(save_dir, run_id=None, **kwargs):
+            captured.update(run_id=run_id, **kwargs)
             return CSVLogger(tmp_path / "fake")
 
         monkeypatch.setattr(wl, "make_wandb_logger", fake)
@@ -252,14 +267,14 @@ def test_every_flag_reaches_the_constructor_that_uses_it(flag, root, tmp_path,
 
 @pytest.mark.parametrize("argv, needle", [
     (["--model", "gru", "--data", "time_machine", "--label-smoothing", "0.1"],
-     "--label-smoothing: optim of the language_modeling task takes no 'label_smoothing'"),
+     "--label-smoothing: the language_modeling task takes no 'label_smoothing'"),
     (["--model", "gru", "--resize", "64"], "--resize: the language_modeling task takes no"),
     (["--model", "gru", "--channels-last"], "--channels-last: the language_modeling task"),
     (["--model", "lenet", "--model-arg", "num_classes=5"], "comes from the data"),
-    (["--model", "lenet", "--task-arg", "label_smoothing=0.1"], "belongs in section 'optim'"),
+    (["--model", "lenet", "--optim.label_smoothing=0.1"], "belongs in section 'task'"),
     (["--model", "linear_regression", "--data-dir", "x"], "takes no 'data_dir'"),
     (["--optim.lr=fast"], "--optim.lr: optim.lr: expected float"),
-    (["--trainer.max_epochs=2.5"], "invalid int value"),
+    (["--trainer.max_epochs=2.5"], "trainer.max_epochs: expected int or None, got 2.5"),
     (["--trainer.epochs=2"], "section 'trainer' takes no 'epochs'"),
     (["--trainer.seed=2"], "'seed' belongs in section 'run', not 'trainer'"),
     (["--data-arg", "seed=2"], "'seed' belongs in section 'run', not 'data'"),
@@ -291,7 +306,7 @@ def test_config_file_then_flags_and_print_config_writes_nothing(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
     # several files apply in order
     more = write(tmp_path / "d.yaml", "optim: {lr: 0.5}\n")
-    cfg2 = train.config_from_argv(["--config", str(cfg), "--config", str(more)])
+    cfg2 = config_from_argv(["--config", str(cfg), "--config", str(more)])
     assert cfg2["optim"]["lr"] == 0.5 and cfg2["model"]["recipe"] == "modern"
 
 
@@ -300,13 +315,13 @@ def test_config_file_then_flags_and_print_config_writes_nothing(tmp_path, monkey
     ("optim: {lrate: 0.1}\n", "takes no 'lrate'"),
     ("optim: {lr: fast}\n", "optim.lr: expected float"),
     ("data: {batch_size: 1.5}\n", "data.batch_size: expected int"),
-    ("trainer: {precision: 32}\n", "trainer.precision: expected a string"),
-    ("trainer: {precision: fp8}\n", "invalid choice"),
+    ("trainer: {precision: [32]}\n", "trainer.precision: expected 64 or 32 or 16 or"),
+    ("trainer: {precision: fp8}\n", "trainer.precision: expected 64 or 32 or 16 or"),
     ("model: [lenet]\n", "must be a mapping"),
     ("- a\n- b\n", "must hold a mapping of sections"),
     ("model: {name: lenet\n", "does not parse as YAML"),
     ("model: {name: lenet7}\n", "unknown model 'lenet7'"),
-    (None, "does not exist"),
+    (None, "is neither a file nor a shipped config"),
 ])
 def test_bad_config_files_are_one_sentence(text, needle, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
@@ -358,7 +373,7 @@ def test_every_recipe_resolves_and_its_config_replays_to_itself() -> None:
 
 
 def test_every_recipe_field_has_a_section() -> None:
-    names = {f.name for f in dataclasses.fields(Recipe)} - {"model_kwargs", "data_kwargs"}
+    names = {f.name for f in dataclasses.fields(Recipe)} - {"model_kwargs", "data_kwargs", "data"}
     assert names == set(RECIPE_SECTIONS)
     assert set(RECIPE_SECTIONS.values()) <= set(SECTIONS)
 
@@ -381,11 +396,11 @@ def test_list_shows_every_recipe_with_its_values_and_file(capsys) -> None:
     for name in model_names():
         spec = get_spec(name)
         assert name in table
-        assert f"models/{Path(inspect.getsourcefile(spec.builder)).name}:" in table
+        assert f"d2l_lightning/models/{Path(inspect.getsourcefile(spec.builder)).name}:" in table
     assert "d2l-0.17-deep" in table and "adamw lr=0.002 wd=0.01 cosine" in table
     assert train.main(["--list", "lstm"]) == 0
     detail = capsys.readouterr().out
-    assert "defined in models/rnn.py:" in detail
+    assert "defined in d2l_lightning/models/rnn.py:" in detail
     for recipe in get_spec("lstm").recipes:
         assert f"recipe '{recipe}'" in detail
     assert "sampler: sequential" in detail and "max_tokens: 10000" in detail
@@ -409,7 +424,7 @@ def test_shipped_configs_resolve_to_the_command_they_document() -> None:
     `python train.py ...` command written in its header."""
     import shlex
 
-    files = [p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "sweeps"]
+    files = [p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "sweeps"]
     assert len(files) >= 30
     for path in files:
         header = [line[2:] for line in path.read_text().splitlines() if line.startswith("# ")]
@@ -417,5 +432,5 @@ def test_shipped_configs_resolve_to_the_command_they_document() -> None:
         assert (ROOT / doc).is_file(), path
         command = next(h for h in header if h.startswith("same as: python train.py "))
         cfg = resolve([load_config_file(path)])
-        assert cfg == train.config_from_argv(shlex.split(command.split("train.py ", 1)[1])), path
+        assert cfg == config_from_argv(shlex.split(command.split("train.py ", 1)[1])), path
         assert resolve([Layer("x", yaml.safe_load(dump_config(cfg)))]) == cfg

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-import train
-from callbacks.progress import TerminalProgress
 from conftest import read_results, run_cli
-from models import load_exported
-from training.console import quiet_warnings
-from training.plot import main as plot_main
-from training.plot import plot_run
+from d2l_lightning.callbacks.progress import TerminalProgress
+from d2l_lightning.cli import train
+from d2l_lightning.models import load_exported
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.console import quiet_warnings
+from d2l_lightning.training.plot import main as plot_main
+from d2l_lightning.training.plot import plot_run
+from d2l_lightning.training.run import build_data, build_module, build_trainer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -95,8 +97,8 @@ def test_plot_command_overlays_a_sweep_folder(logged_run, tmp_path) -> None:
         (tmp_path / "sweep" / trial).mkdir(parents=True)
         shutil.copy(run / "metrics.csv", tmp_path / "sweep" / trial)
     out = tmp_path / "overlay.png"
-    proc = run_cli("-m", "training.plot", str(tmp_path / "sweep"), "--metric", "val/loss",
-                   "--out", str(out))
+    proc = run_cli("-m", "d2l_lightning.training.plot", str(tmp_path / "sweep"), "--metric",
+                   "val/loss", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"{out}: 3 run(s)"
     assert out.read_bytes().startswith(PNG)
@@ -119,13 +121,13 @@ def test_plot_command_refusals(logged_run, tmp_path, capsys) -> None:
 
 def test_terminal_bar_shows_train_loss_and_throughput(data_root, tmp_path) -> None:
     quiet_warnings()  # as train.main does
-    cfg = train.config_from_argv(["--model", "mlp", "--data", "mnist", "--data-dir",
+    cfg = config_from_argv(["--model", "mlp", "--data", "mnist", "--data-dir",
                                   str(data_root), "--run-dir", str(tmp_path / "run"),
                                   "--progress-bar", "--max-epochs", "1", "--limit-train-batches",
                                   "3", "--limit-val-batches", "1", "--batch-size", "16"])
-    dm = train.build_data(cfg)
-    module = train.build_module(cfg, dm.data_info())
-    trainer = train.build_trainer(cfg, tmp_path / "run", module)
+    dm = build_data(cfg)
+    module = build_module(cfg, dm.data_info())
+    trainer = build_trainer(cfg, tmp_path / "run", module)
     bar = trainer.progress_bar_callback
     assert isinstance(bar, TerminalProgress)
     trainer.fit(module, datamodule=dm)
@@ -142,18 +144,18 @@ def test_terminal_bar_redraws_at_most_every_draw_seconds_and_at_the_last_step(
     import lightning as L
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
-    from callbacks.progress import RichTerminalProgress, TQDMTerminalProgress
+    from d2l_lightning.callbacks.progress import RichTerminalProgress, TQDMTerminalProgress
 
     parent, cls = ((TQDMProgressBar, TQDMTerminalProgress) if bar_cls == "tqdm"
                    else (RichProgressBar, RichTerminalProgress))
     drawn: list[int] = []
     monkeypatch.setattr(parent, "on_train_batch_end",
                         lambda self, trainer, *a: drawn.append(trainer.global_step))
-    cfg = train.config_from_argv(["--model", "softmax_regression", "--data", "mnist",
+    cfg = config_from_argv(["--model", "softmax_regression", "--data", "mnist",
                                   "--data-dir", str(data_root), "--batch-size", "16",
                                   "--max-epochs", "2", "--limit-val-batches", "0"])
-    dm = train.build_data(cfg)
-    module = train.build_module(cfg, dm.data_info())
+    dm = build_data(cfg)
+    module = build_module(cfg, dm.data_info())
     for draw_seconds, expected in ((3600.0, [1, 14, 28]), (0.0, list(range(1, 29)))):
         bar = cls()
         bar.draw_seconds = draw_seconds

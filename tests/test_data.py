@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import make_idx_dataset, write_idx
-from datamodules import DataError, resolve_data_dir
-from datamodules.download import RemoteFile, download, ensure_files
-from datamodules.idx import (
+from d2l_lightning.datamodules import DataError, resolve_data_dir
+from d2l_lightning.datamodules.download import RemoteFile, download, ensure_files
+from d2l_lightning.datamodules.idx import (
     FASHION_MNIST,
     MNIST,
     default_val_size,
@@ -22,8 +22,8 @@ from datamodules.idx import (
     read_idx,
     split_indices,
 )
-from datamodules.loader import TensorBatchLoader
-from datamodules.registry import build_datamodule, data_names, data_tasks
+from d2l_lightning.datamodules.loader import TensorBatchLoader
+from d2l_lightning.datamodules.registry import build_datamodule, data_names, data_tasks
 
 
 def test_read_idx_gz_and_raw_round_trip(tmp_path) -> None:

@@ -10,8 +10,14 @@ import pytest
 import torch
 from test_reported_numbers import BEAM_CASES, BOS, EOS, FixedMarkov
 
-from models import build_model
-from models.decoding import beam_search, greedy_decode, length_penalty, map_tensors, search
+from d2l_lightning.models import build_model
+from d2l_lightning.models.decoding import (
+    beam_search,
+    greedy_decode,
+    length_penalty,
+    map_tensors,
+    search,
+)
 
 SRC, VALID = torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 2])
 

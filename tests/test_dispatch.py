@@ -10,10 +10,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.profilers import PassThroughProfiler
 
-import train
-from callbacks import TrainingMonitor
-from callbacks.dispatch import BATCH_HOOKS, skip_idle_batch_hooks
 from conftest import run_cli
+from d2l_lightning.callbacks import TrainingMonitor
+from d2l_lightning.callbacks.dispatch import BATCH_HOOKS, skip_idle_batch_hooks
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.run import build_data, build_module, build_trainer
 
 
 class Recorder(PassThroughProfiler):
@@ -72,11 +73,11 @@ def test_idle_hooks_are_not_dispatched_and_overridden_ones_are(tmp_path) -> None
 def test_train_py_trainer_dispatches_only_the_batch_hooks_its_callbacks_use(data_root,
                                                                             tmp_path) -> None:
     def live_hooks(*flags: str) -> list[tuple[str, str]]:
-        cfg = train.config_from_argv(["--model", "mlp", "--data", "mnist", "--data-dir",
+        cfg = config_from_argv(["--model", "mlp", "--data", "mnist", "--data-dir",
                                       str(data_root), "--run-dir", str(tmp_path / "run"),
                                       "--scheduler", "cosine", *flags])
-        module = train.build_module(cfg, train.build_data(cfg).data_info())
-        trainer = train.build_trainer(cfg, tmp_path / "run", module)
+        module = build_module(cfg, build_data(cfg).data_info())
+        trainer = build_trainer(cfg, tmp_path / "run", module)
         monitor = next(cb for cb in trainer.callbacks if isinstance(cb, TrainingMonitor))
         assert monitor.on_after_backward is None and callable(monitor.on_before_backward)
         return sorted((type(cb).__name__, h) for cb in trainer.callbacks for h in BATCH_HOOKS

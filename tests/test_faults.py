@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from faults_helpers import TINY, assert_unchanged, one_error_line, snapshot, weights_finite
 
-import train
-from conftest import ROOT, read_results, run_cli
+from conftest import ROOT, call, read_results, run_cli
+from d2l_lightning.cli import train
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.faults import check_hardware
+from faults_helpers import TINY, assert_unchanged, one_error_line, snapshot, weights_finite
 
 # ---------------------------------------------------------------------------------------------
 # Refusals at parse time: exit 2, one sentence, nothing written (no orphan config.yaml)
@@ -39,7 +41,7 @@ PARSE_REFUSALS = [  # (id, flags, what the sentence must say)
     ("max-epochs-0", ["--max-epochs", "0"], "trainer.max_epochs must be at least 1"),
     ("max-epochs-unbounded", ["--max-epochs", "-1"], "-1 (no limit) needs --max-steps N"),
     ("limit-train-0", ["--limit-train-batches", "0"], "training needs a batch"),
-    ("accelerator-unknown", ["--accelerator", "tpu9"], "trainer.accelerator must be one of"),
+    ("accelerator-unknown", ["--accelerator", "tpu9"], "invalid accelerator name"),
     ("config-file-value", ["--config", "{cfg}"], "accumulate_grad_batches must be at least 1"),
 ]
 
@@ -89,14 +91,14 @@ def test_parse_refusal_as_a_user_runs_it(data_root, tmp_path) -> None:
 
 
 def test_non_finite_loss_stops_before_its_step_and_keeps_no_poisoned_checkpoint(
-        data_root, tmp_path) -> None:
+        data_root, tmp_path, capsys) -> None:
     """A huge lr: the loss becomes NaN; the stop names the step and the last good checkpoint."""
     run = tmp_path / "run"
     before = snapshot(data_root)
-    proc = run_cli("train.py", *TINY, "--data-dir", str(data_root), "--run-dir", str(run),
-                   "--lr", "1e10", "--ckpt-every-n-steps", "1")
-    line = one_error_line(proc.stderr)
-    assert proc.returncode == 1, line
+    code, _, err = call(train.main, *TINY, "--data-dir", data_root, "--run-dir", run,
+                        "--lr", "1e10", "--ckpt-every-n-steps", "1", capsys=capsys)
+    line = one_error_line(err)
+    assert code == 1, line
     m = re.search(r"became (nan|inf|-inf) in step (\d+) .*which was not applied; the last good "
                   r"checkpoint is (\S+) \(step (\d+)\)", line)
     assert m, line
@@ -111,7 +113,7 @@ def test_nan_loss_is_never_applied_to_the_weights() -> None:
     """In-process: a NaN loss in step 3 stops the run with the weights of step 2 intact."""
     import lightning as L
 
-    from callbacks.monitoring import NonFiniteLossError, TrainingMonitor
+    from d2l_lightning.callbacks.monitoring import NonFiniteLossError, TrainingMonitor
 
     class Module(L.LightningModule):
         def __init__(self) -> None:
@@ -141,7 +143,7 @@ def test_checkpoint_with_non_finite_weights_is_refused(tmp_path) -> None:
     """A step can turn the weights to inf with a finite loss: such a checkpoint is not saved."""
     from types import SimpleNamespace
 
-    from callbacks.monitoring import NonFiniteLossError, TrainingMonitor
+    from d2l_lightning.callbacks.monitoring import NonFiniteLossError, TrainingMonitor
 
     trainer = SimpleNamespace(global_step=7, current_epoch=0, checkpoint_callbacks=[])
     ok = {"state_dict": {"w": torch.ones(3), "steps": torch.tensor(3)}}
@@ -152,7 +154,7 @@ def test_checkpoint_with_non_finite_weights_is_refused(tmp_path) -> None:
 
 
 def test_export_of_non_finite_weights_is_refused(tmp_path) -> None:
-    from models import ExportError, build_model, save_export
+    from d2l_lightning.models import ExportError, build_model, save_export
 
     model = build_model("mlp", num_classes=2, num_hiddens=3)
     with torch.no_grad():
@@ -162,12 +164,13 @@ def test_export_of_non_finite_weights_is_refused(tmp_path) -> None:
     assert not (tmp_path / "export").exists()
 
 
-def test_diverged_run_warns(data_root, tmp_path) -> None:
+def test_diverged_run_warns(data_root, tmp_path, capsys) -> None:
     run = tmp_path / "run"
-    proc = run_cli("train.py", *TINY, "--data-dir", str(data_root), "--run-dir", str(run),
-                   "--lr", "30", "--diverged-after", "3", "--limit-train-batches", "8")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    line = one_error_line(proc.stderr)
+    code, _, err = call(train.main, *TINY, "--data-dir", data_root, "--run-dir", run,
+                        "--lr", "30", "--diverged-after", "3", "--limit-train-batches", "8",
+                        capsys=capsys)
+    assert code == 0, err[-2000:]
+    line = one_error_line(err)
     assert line.startswith("warning: the training loss") and "diverged" in line, line
 
 
@@ -210,34 +213,34 @@ def test_sigterm_writes_last_checkpoint_and_exits_non_zero(data_root, tmp_path) 
     assert read_results(run)["global_step"] == step + 3
 
 
-def test_failed_run_folder_is_reused(data_root, tmp_path) -> None:
+def test_failed_run_folder_is_reused(data_root, tmp_path, capsys) -> None:
     """A data error after the folder was made: --resume says to start again; a rerun works."""
     run = tmp_path / "run"
-    bad = run_cli("train.py", *TINY, "--data-dir", str(data_root), "--run-dir", str(run),
-                  "--val-size", "100000")
-    assert bad.returncode == 1 and "validation size" in one_error_line(bad.stderr)
+    code, _, err = call(train.main, *TINY, "--data-dir", data_root, "--run-dir", run,
+                        "--val-size", "100000", capsys=capsys)
+    assert code == 1 and "validation size" in one_error_line(err)
     before = snapshot(run)
-    resume = run_cli("train.py", "--resume", "last", "--run-dir", str(run))
-    assert resume.returncode == 2
-    assert "start it again with the same command" in one_error_line(resume.stderr)
+    code, _, err = call(train.main, "--resume", "last", "--run-dir", run, capsys=capsys)
+    assert code == 2
+    assert "start it again with the same command" in one_error_line(err)
     assert_unchanged(before, run)
-    ok = run_cli("train.py", *TINY, "--data-dir", str(data_root), "--run-dir", str(run),
-                 "--limit-train-batches", "2")
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    code, _, err = call(train.main, *TINY, "--data-dir", data_root, "--run-dir", run,
+                        "--limit-train-batches", "2", capsys=capsys)
+    assert code == 0, err[-2000:]
     assert (run / "results.json").is_file()
     kept = {str(p).replace(str(run), str(run / "attempt-1")): h for p, h in before.items()}
     assert_unchanged(kept, run)  # the failed attempt's files, moved aside, byte-identical
 
 
-def test_existing_run_is_still_refused(data_root, tmp_path) -> None:
+def test_existing_run_is_still_refused(data_root, tmp_path, capsys) -> None:
     """Row already handled: a folder with a checkpoint is never reused by a new run."""
     run = tmp_path / "run"
     args = [*TINY, "--data-dir", str(data_root), "--run-dir", str(run),
             "--limit-train-batches", "2"]
     assert train.main(args) == 0
     before = snapshot(run)
-    proc = run_cli("train.py", *args, "--lr", "0.3")
-    assert proc.returncode == 2 and "already holds a run" in one_error_line(proc.stderr)
+    code, _, err = call(train.main, *args, "--lr", "0.3", capsys=capsys)
+    assert code == 2 and "already holds a run" in one_error_line(err)
     assert_unchanged(before, run)
 
 
@@ -268,7 +271,7 @@ def test_full_disk_is_one_sentence_and_leaves_no_truncated_checkpoint(data_root,
 
 
 def test_checkpoint_write_failure_keeps_the_earlier_file(tmp_path, monkeypatch) -> None:
-    from callbacks.faults import AtomicCheckpointIO
+    from d2l_lightning.callbacks.faults import AtomicCheckpointIO
 
     path = tmp_path / "best.ckpt"
     io = AtomicCheckpointIO()
@@ -285,18 +288,19 @@ def test_checkpoint_write_failure_keeps_the_earlier_file(tmp_path, monkeypatch) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]
 
 
-def test_read_only_run_folder_is_one_sentence(data_root, tmp_path) -> None:
+def test_read_only_run_folder_is_one_sentence(data_root, tmp_path, capsys) -> None:
     """A folder that cannot be written; root writes anywhere, so as root: under /sys (EPERM)."""
     parent = tmp_path / "ro"
     parent.mkdir()
     parent.chmod(0o555)
     run = Path("/sys/d2l-faults-test/run") if os.geteuid() == 0 else parent / "run"
     try:
-        proc = run_cli("train.py", *TINY, "--data-dir", str(data_root), "--run-dir", str(run))
+        code, _, err = call(train.main, *TINY, "--data-dir", data_root, "--run-dir", run,
+                            capsys=capsys)
     finally:
         parent.chmod(0o755)
-    line = one_error_line(proc.stderr)
-    assert proc.returncode == 1 and line.startswith("error: cannot write"), line
+    line = one_error_line(err)
+    assert code == 1 and line.startswith("error: cannot write"), line
     assert not run.exists()
 
 
@@ -307,12 +311,12 @@ def test_read_only_run_folder_is_one_sentence(data_root, tmp_path) -> None:
 def test_more_cpu_processes_than_cores_warns(monkeypatch, capsys) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.delenv("_D2L_RUN_DIR", raising=False)
-    cfg = train.config_from_argv(["--accelerator", "cpu", "--devices", "3"])
-    train.check_hardware(cfg)
+    cfg = config_from_argv(["--accelerator", "cpu", "--devices", "3"])
+    check_hardware(cfg)
     line = one_error_line(capsys.readouterr().err)
     assert line == ("warning: --devices 3 starts 3 training processes on 2 CPU cores; they "
                     "will compete for the cores")
-    train.check_hardware(train.config_from_argv(["--accelerator", "cpu", "--devices", "2"]))
+    check_hardware(config_from_argv(["--accelerator", "cpu", "--devices", "2"]))
     assert capsys.readouterr().err == ""
 
 

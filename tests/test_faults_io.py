@@ -14,34 +14,34 @@ import time
 from pathlib import Path
 
 import pytest
-from faults_helpers import TINY, assert_unchanged, one_error_line, snapshot
 
-import train
-from conftest import make_idx_dataset, run_cli
+from conftest import call, make_idx_dataset, run_cli
+from d2l_lightning.cli import predict, train
+from faults_helpers import TINY, assert_unchanged, one_error_line, snapshot
 
 # ---------------------------------------------------------------------------------------------
 # Data: rows already handled well, kept that way
 
 
-def test_missing_dataset_offline_creates_nothing(tmp_path) -> None:
+def test_missing_dataset_offline_creates_nothing(tmp_path, capsys) -> None:
     """A typo in --data-dir: one sentence, and no empty folders at that path."""
     typo = tmp_path / "dta"
-    proc = run_cli("train.py", "--model", "mlp", "--data", "mnist", "--data-dir", str(typo),
-                   "--run-dir", str(tmp_path / "run"))
-    line = one_error_line(proc.stderr)
-    assert proc.returncode == 1 and line.startswith("error: MNIST is missing"), line
+    code, _, err = call(train.main, "--model", "mlp", "--data", "mnist", "--data-dir", typo,
+                        "--run-dir", tmp_path / "run", capsys=capsys)
+    line = one_error_line(err)
+    assert code == 1 and line.startswith("error: MNIST is missing"), line
     assert not typo.exists() and not (tmp_path / "run").exists()
 
 
-def test_truncated_dataset_is_one_sentence(tmp_path) -> None:
+def test_truncated_dataset_is_one_sentence(tmp_path, capsys) -> None:
     root = tmp_path / "data"
     make_idx_dataset(root / "mnist", n_train=48, n_test=12)
     f = root / "mnist" / "train-images-idx3-ubyte.gz"
     f.write_bytes(f.read_bytes()[:-30])
     before = snapshot(root)
-    proc = run_cli("train.py", *TINY, "--data-dir", str(root), "--run-dir",
-                   str(tmp_path / "run"))
-    assert proc.returncode == 1 and "truncated" in one_error_line(proc.stderr)
+    code, _, err = call(train.main, *TINY, "--data-dir", root, "--run-dir", tmp_path / "run",
+                        capsys=capsys)
+    assert code == 1 and "truncated" in one_error_line(err)
     assert_unchanged(before, root)
 
 
@@ -64,7 +64,7 @@ def silent_mirrors():
 
 
 def _four_files(mirrors: list[str]):
-    from datamodules.download import RemoteFile
+    from d2l_lightning.datamodules.download import RemoteFile
 
     return [RemoteFile(f"f{i}.gz", "md5:" + "0" * 32, mirrors) for i in range(4)]
 
@@ -72,7 +72,7 @@ def _four_files(mirrors: list[str]):
 def test_hanging_download_waits_one_budget_for_the_whole_dataset(silent_mirrors, tmp_path,
                                                                   monkeypatch, capsys) -> None:
     """4 files x 2 silent mirrors wait 2 s in all (the budget), not 8 x the timeout."""
-    from datamodules.download import DataError, ensure_files
+    from d2l_lightning.datamodules.download import DataError, ensure_files
 
     monkeypatch.setenv("D2L_DOWNLOAD_TIMEOUT", "2")
     folder = tmp_path / "typo" / "mnist"
@@ -93,7 +93,7 @@ def test_a_mirror_that_does_not_answer_is_skipped_for_the_other_files(silent_mir
                                                                       monkeypatch,
                                                                       capsys) -> None:
     """The first mirror is silent, the second (a local folder) serves every file."""
-    from datamodules.download import RemoteFile, ensure_files
+    from d2l_lightning.datamodules.download import RemoteFile, ensure_files
 
     monkeypatch.setenv("D2L_DOWNLOAD_TIMEOUT", "2")
     good = tmp_path / "mirror"
@@ -117,8 +117,8 @@ def test_hanging_download_with_the_default_budget(silent_mirrors, tmp_path) -> N
     """The default budget (20 s) through the real MNIST file list: 240 s before issue 12."""
     import dataclasses
 
-    from datamodules.download import DEFAULT_TIMEOUT, DataError, ensure_files
-    from datamodules.idx import MNIST
+    from d2l_lightning.datamodules.download import DEFAULT_TIMEOUT, DataError, ensure_files
+    from d2l_lightning.datamodules.idx import MNIST
 
     ds = dataclasses.replace(MNIST, mirrors=tuple(silent_mirrors))
     t0 = time.monotonic()
@@ -209,10 +209,10 @@ def image_export(tmp_path_factory) -> Path:
     (["translate", "--export", "E", "--beam-size", "0", "hi ."], "--beam-size: expected a whole"),
 ], ids=["generate-temperature-nan", "generate-num-tokens-negative", "classify-top-k-negative",
         "fill-mask-top-k-negative", "translate-beam-0"])
-def test_predict_values_are_refused_at_parse_time(args, needle) -> None:
-    proc = run_cli("predict.py", *args)
-    line = one_error_line(proc.stderr)
-    assert proc.returncode == 2 and needle in line, line
+def test_predict_values_are_refused_at_parse_time(args, needle, capsys) -> None:
+    code, _, err = call(predict.main, *args, capsys=capsys)
+    line = one_error_line(err)
+    assert code == 2 and needle in line, line
 
 
 def _edited_export(export: Path, tmp_path: Path, edit) -> Path:
@@ -237,15 +237,15 @@ def _edited_export(export: Path, tmp_path: Path, edit) -> Path:
 ], ids=["huge-size", "unknown-argument", "negative-argument", "no-preprocess",
         "preprocess-without-std", "model-kwargs-not-a-mapping"])
 def test_untrusted_export_config_is_refused_before_building(edit, needle, image_export,
-                                                            tmp_path) -> None:
+                                                            tmp_path, capsys) -> None:
     export = _edited_export(image_export, tmp_path, edit)
     before = snapshot(export)
     t0 = time.monotonic()
-    proc = run_cli("predict.py", "classify", "--export", str(export),
-                   str(image_export.parent.parent / "data" / "mnist"
-                       / "t10k-images-idx3-ubyte.gz"), timeout=120)
-    line = one_error_line(proc.stderr)
-    assert proc.returncode == 1 and needle in line, line
+    code, _, err = call(predict.main, "classify", "--export", export,
+                        image_export.parent.parent / "data" / "mnist"
+                        / "t10k-images-idx3-ubyte.gz", capsys=capsys)
+    line = one_error_line(err)
+    assert code == 1 and needle in line, line
     assert time.monotonic() - t0 < 60  # a 10**9-wide layer would allocate ~3 GB first
     assert_unchanged(before, export)
 
@@ -269,28 +269,31 @@ def text_exports(tmp_path_factory) -> dict[str, Path]:
     return {"lm": root / "lm" / "export", "mt": root / "mt" / "export"}
 
 
-def test_translate_refuses_empty_input_and_warns_about_long_input(text_exports) -> None:
-    proc = run_cli("predict.py", "translate", "--export", str(text_exports["mt"]), "")
-    line = one_error_line(proc.stderr)
-    assert proc.returncode == 1 and "holds no word to translate" in line, line
+def test_translate_refuses_empty_input_and_warns_about_long_input(text_exports,
+                                                                   capsys) -> None:
+    code, _, err = call(predict.main, "translate", "--export", text_exports["mt"], "",
+                        capsys=capsys)
+    line = one_error_line(err)
+    assert code == 1 and "holds no word to translate" in line, line
     long = " ".join(["go"] * 500) + " ."
-    proc = run_cli("predict.py", "translate", "--export", str(text_exports["mt"]), long)
-    line = one_error_line(proc.stderr)
-    assert proc.returncode == 0 and line.startswith("warning: sentence 1 has 501 tokens"), line
+    code, _, err = call(predict.main, "translate", "--export", text_exports["mt"], long,
+                        capsys=capsys)
+    line = one_error_line(err)
+    assert code == 0 and line.startswith("warning: sentence 1 has 501 tokens"), line
 
 
-def test_generate_names_the_characters_it_drops(text_exports) -> None:
-    proc = run_cli("predict.py", "generate", "--export", str(text_exports["lm"]), "--prefix",
-                   "time 1 traveller!", "--num-tokens", "5")
-    line = one_error_line(proc.stderr)
-    assert proc.returncode == 0 and "does not keep these characters" in line, line
+def test_generate_names_the_characters_it_drops(text_exports, capsys) -> None:
+    code, _, err = call(predict.main, "generate", "--export", text_exports["lm"], "--prefix",
+                        "time 1 traveller!", "--num-tokens", "5", capsys=capsys)
+    line = one_error_line(err)
+    assert code == 0 and "does not keep these characters" in line, line
     assert line.endswith("prefix: '!' '1'"), line
 
 
 def test_wandb_online_without_a_key_says_it_goes_offline(tmp_path, monkeypatch, caplog) -> None:
     import logging
 
-    from callbacks.wandb_logging import make_wandb_logger
+    from d2l_lightning.callbacks.wandb_logging import make_wandb_logger
 
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -332,12 +335,13 @@ def test_code_running_pickle_is_never_executed(tmp_path, capsys) -> None:
     assert_unchanged(before, run)
 
 
-def test_export_config_that_is_not_json_is_one_sentence(image_export, tmp_path) -> None:
+def test_export_config_that_is_not_json_is_one_sentence(image_export, tmp_path,
+                                                        capsys) -> None:
     export = _edited_export(image_export, tmp_path, lambda c: None)
     (export / "config.json").write_text("{not json")
-    proc = run_cli("predict.py", "classify", "--export", str(export), "x.png")
-    line = one_error_line(proc.stderr)
-    assert proc.returncode == 1 and "is not valid JSON" in line, line
+    code, _, err = call(predict.main, "classify", "--export", export, "x.png", capsys=capsys)
+    line = one_error_line(err)
+    assert code == 1 and "is not valid JSON" in line, line
 
 
 def test_download_timeout_that_is_not_a_number_is_one_sentence(tmp_path, monkeypatch,

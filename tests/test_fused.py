@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lit_models import task_module
-from lit_models.base import build_optimizer, can_fuse
+from d2l_lightning.lit_models import task_module
+from d2l_lightning.lit_models.base import build_optimizer, can_fuse
 
 
 def _module(optimizer: str, **kw):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import build_model
-from models.generate import generate, sample_next
+from d2l_lightning.models import build_model
+from d2l_lightning.models.generate import generate, sample_next
 
 
 class CallLog(nn.Module):

@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-import predict
 from conftest import ROOT, run_cli
-from training.flags import FROM_RECIPE, OPTIMIZERS, SCHEDULERS, build_parser, flag_actions
+from d2l_lightning.cli import predict
+from d2l_lightning.training.flags import FROM_RECIPE, build_parser, flag_actions
+from d2l_lightning.training.schema import FIXED
 
 CHECK = ("import runpy, sys\n"
          "sys.argv = [sys.argv[1], '--help']\n"
@@ -20,7 +21,7 @@ CHECK = ("import runpy, sys\n"
          "print('HEAVY', sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n")
 
 
-@pytest.mark.parametrize("script", ["train.py", "predict.py"])
+@pytest.mark.parametrize("script", ["train.py", "predict.py", "export.py"])
 def test_help_imports_neither_torch_nor_lightning(script, tmp_path) -> None:
     check = tmp_path / "check.py"
     check.write_text(CHECK)
@@ -28,12 +29,19 @@ def test_help_imports_neither_torch_nor_lightning(script, tmp_path) -> None:
     assert "usage:" in proc.stdout and proc.stdout.rstrip().endswith("HEAVY []"), proc.stdout
 
 
-def test_choices_copied_for_a_fast_help_match_their_source() -> None:
-    from datamodules.idx import IDX_DATASETS
-    from lit_models import OPTIMIZERS as LIT_OPTIMIZERS
-    from lit_models import SCHEDULERS as LIT_SCHEDULERS
+def test_tables_kept_for_a_fast_help_match_their_source() -> None:
+    """The Trainer table is regenerated from the installed Lightning (``python -m
+    d2l_lightning.training.trainer_args --write`` after an upgrade)."""
+    import inspect
 
-    assert (OPTIMIZERS, SCHEDULERS) == (LIT_OPTIMIZERS, LIT_SCHEDULERS)
+    import lightning as L
+
+    from d2l_lightning.datamodules.idx import IDX_DATASETS
+    from d2l_lightning.training.trainer_args import LIGHTNING_VERSION, TRAINER_ARGS, generate
+
+    assert generate() == TRAINER_ARGS, "regenerate d2l_lightning/training/trainer_args.py"
+    assert L.__version__ == LIGHTNING_VERSION
+    assert list(FIXED["trainer"]) == [p for p in inspect.signature(L.Trainer).parameters]
     assert tuple(sorted(IDX_DATASETS)) == predict.IDX_DATA
 
 
@@ -48,11 +56,12 @@ def test_every_train_flag_has_help_and_its_default_once() -> None:
         if default not in (None, []) and not isinstance(default, bool):
             assert f"(default: {default})" in text, (action.option_strings, text)
         if section not in FROM_RECIPE:  # only the recipe sections say "from the recipe"
-            assert "(from the recipe)" not in text or key == "max_epochs", text
+            recipe_keys = ("max_epochs", "gradient_clip_val")
+            assert "(from the recipe)" not in text or key in recipe_keys, text
     shown = parser.format_help()
     assert "(default: None)" not in shown and "(default: False)" not in shown
     assert re.search(r"--progress-bar, --no-progress-bar\s+show the progress bar \(default: "
-                     r"when stderr is a\s+terminal\)", shown)
+                     r"when stderr is a\s+terminal; else plain lines\)", shown)
 
 
 def test_predict_subcommands_show_their_defaults_once() -> None:

@@ -31,8 +31,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
 from conftest import make_idx_dataset
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.run import build_data, build_module, build_trainer
 
 PATCHED = ("item", "tolist", "cpu", "__bool__", "__float__", "__int__")
 
@@ -88,21 +89,22 @@ def _allowed(frame: traceback.FrameSummary) -> bool:
 
 def _sync_counts(argv: list[str], root: Path, run_dir: Path, steps: int = 32):
     """Calls of the patched methods per training step (``{step: [where, ...]}``)."""
-    from callbacks import TrainingMonitor
-    from training.runs import prepare_run_dir
+    from d2l_lightning.callbacks import TrainingMonitor
+    from d2l_lightning.training.runs import choose_run_dir, make_run_dir
 
     if "linear_regression" not in argv:
         argv = [*argv, "--data-dir", str(root)]
     argv = [*argv, "--run-dir", str(run_dir), "--max-steps", str(steps), "--max-epochs", "1",
             "--limit-val-batches", "1", "--no-progress-bar", "--progress-every", "10",
             "--accelerator", "cpu", "--no-test"]
-    cfg = train.config_from_argv(argv)
-    dm = train.build_data(cfg)
+    cfg = config_from_argv(argv)
+    dm = build_data(cfg)
     dm.prepare_data()
-    module = train.build_module(cfg, dm.data_info())
+    module = build_module(cfg, dm.data_info())
     try:
-        run_dir, _ = prepare_run_dir(cfg, resuming=False)
-        trainer = train.build_trainer(cfg, run_dir, module)
+        folder = choose_run_dir(cfg, resuming=False)
+        trainer = build_trainer(cfg, folder.path, module)
+        run_dir = make_run_dir(folder)
     finally:
         os.environ.pop("_D2L_RUN_DIR", None)
     for cb in trainer.callbacks:

@@ -1,7 +1,13 @@
-"""``pip install .``: console scripts, and one top-level name that clashes with no user file."""
+"""``pip install``: one importable package, its console scripts and configs, from any folder.
+
+A wheel of the checkout goes into a fresh venv (offline, ``--no-deps``; this environment's
+site-packages supply torch and the rest as a plain path). Everything then runs from folders
+outside the checkout, beside a user's own ``models.py``, ``callbacks.py`` and ``train.py``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,21 +16,25 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
+from test_readme_snippet import readme_block
+from torchvision.io import encode_jpeg, write_file, write_png
 
 from conftest import ROOT
 
 SCRIPTS = ("d2l-train", "d2l-predict", "d2l-export", "d2l-plot")
+USER_MODULES = ("models", "callbacks", "training", "datamodules", "train", "predict")
 
 
 def sh(*args: str | Path, cwd: Path | None = None, env: dict | None = None):
     return subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **(env or {})})
+                          timeout=600, env={**os.environ, "PYTHONPATH": "",
+                                            "WANDB_MODE": "offline", **(env or {})})
 
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
-    """A fresh venv holding only the wheel (offline, ``--no-deps``) plus this environment's
-    site-packages as a plain path (for torch, yaml...: no ``.pth`` of it is run)."""
+    """A fresh venv holding only the wheel plus this environment's site-packages as a path."""
     pytest.importorskip("setuptools")
     tmp = tmp_path_factory.mktemp("install")
     src = tmp / "src"
@@ -47,42 +57,75 @@ def venv(tmp_path_factory) -> Path:
     return env
 
 
-def test_the_wheel_has_one_top_level_name(venv) -> None:
+@pytest.fixture
+def user(tmp_path) -> Path:
+    """A user's folder whose own modules have our subpackages' names (importing one fails)."""
+    folder = tmp_path / "user"
+    folder.mkdir()
+    for name in USER_MODULES:
+        (folder / f"{name}.py").write_text("raise SystemExit('the user file was imported')\n")
+    return folder
+
+
+def test_the_wheel_has_one_top_level_name_and_ships_the_configs(venv) -> None:
     site = next((venv / "lib").glob("python*/site-packages"))
-    ours = {p.name for p in site.iterdir()} - {"shared-env.pth", "_virtualenv.pth"}
-    assert {n for n in ours if not n.endswith(".dist-info")} == {"d2l_lightning"}
     (record,) = site.glob("d2l_lightning-*.dist-info/RECORD")
-    top = {line.split("/")[0].split(",")[0] for line in record.read_text().splitlines()
-           if not line.startswith("../")}  # the console scripts, in bin/
+    files = [line.split(",")[0] for line in record.read_text().splitlines()]
+    top = {f.split("/")[0] for f in files if not f.startswith("../")}  # scripts are in bin/
     assert {t for t in top if not t.endswith(".dist-info")} == {"d2l_lightning"}, top
+    assert "d2l_lightning/models/lenet.py" in files and not any("_src" in f for f in files)
+    assert "d2l_lightning/configs/fashion_mnist/lenet_bn-modern.yaml" in files
 
 
-def test_console_scripts_run_beside_a_users_models_py(venv, tmp_path, data_root) -> None:
-    user = tmp_path / "user"
-    user.mkdir()
-    for name in ("models", "callbacks", "train", "predict"):
-        (user / f"{name}.py").write_text("raise SystemExit('the user file was imported')\n")
+def test_console_scripts_and_shipped_configs_work_beside_a_users_modules(venv, user,
+                                                                         data_root) -> None:
     for script in SCRIPTS:
         proc = sh(venv / "bin" / script, "--help", cwd=user)
         assert proc.returncode == 0 and "usage:" in proc.stdout, (script, proc.stderr[-1500:])
-    run = tmp_path / "run"
+    proc = sh(venv / "bin" / "d2l-train", "--config", "fashion_mnist/lenet_bn-modern",
+              "--print-config", cwd=user)
+    assert proc.returncode == 0 and "recipe: modern" in proc.stdout, proc.stderr[-1500:]
+    run = user.parent / "run"
     proc = sh(venv / "bin" / "d2l-train", "--model", "mlp", "--data", "mnist", "--data-dir",
-              data_root, "--run-dir", run, "--fast-dev-run", cwd=user,
-              env={"PYTHONPATH": "", "WANDB_MODE": "offline"})
+              data_root, "--run-dir", run, "--fast-dev-run", cwd=user)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = sh(venv / "bin" / "d2l-train", "test", "--run-dir", run, cwd=user)
+    assert proc.returncode == 2 and "no checkpoint to evaluate" in proc.stderr  # fast-dev-run
     proc = sh(venv / "bin" / "d2l-predict", "classify", "--export", run / "export", "--eval",
-              "--data", "mnist", "--data-dir", data_root, cwd=user, env={"PYTHONPATH": ""})
+              "--data", "mnist", "--data-dir", data_root, cwd=user)
     assert proc.returncode == 0 and proc.stdout.startswith("accuracy on mnist test"), (
         proc.stderr[-2000:])
 
 
-def test_the_installed_copy_shadows_no_user_module(venv, tmp_path) -> None:
-    user = tmp_path / "user"
-    user.mkdir()
-    (user / "models.py").write_text("WHOSE = 'user'\n")
-    proc = sh(venv / "bin" / "python", "-c", "import models; print(models.WHOSE)", cwd=user,
-              env={"PYTHONPATH": ""})
-    assert proc.stdout.strip() == "user", proc.stderr[-1500:]
-    proc = sh(venv / "bin" / "python", "-c", "import models", cwd=tmp_path,
-              env={"PYTHONPATH": ""})
-    assert "No module named 'models'" in proc.stderr
+def test_the_readme_snippet_runs_against_the_installed_package(venv, tmp_path,
+                                                               data_root) -> None:
+    """Copied verbatim from the README into an empty folder (``runs/RUN/export`` beside it)."""
+    run = tmp_path / "runs" / "RUN"
+    proc = sh(venv / "bin" / "d2l-train", "--model", "lenet", "--data", "fashion_mnist",
+              "--data-dir", data_root, "--run-dir", run, "--fast-dev-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    g = torch.Generator().manual_seed(0)
+    write_png(torch.randint(0, 256, (3, 200, 200), dtype=torch.uint8, generator=g),
+              str(tmp_path / "shoe.png"))
+    write_file(str(tmp_path / "photo.jpg"),
+               encode_jpeg(torch.randint(0, 256, (1, 17, 31), dtype=torch.uint8, generator=g)))
+    snippet = readme_block("prepare_images")
+    assert "from d2l_lightning.models import load_exported, prepare_images" in snippet
+    (tmp_path / "snippet.py").write_text(snippet + "print(labels)\n")
+    for name in USER_MODULES:  # a user's own models.py beside the snippet changes nothing
+        (tmp_path / f"{name}.py").write_text("raise SystemExit('the user file was imported')\n")
+    proc = sh(venv / "bin" / "python", "snippet.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = json.loads((run / "export" / "config.json").read_text())["class_names"]
+    labels = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 (a printed list)
+    assert len(labels) == 2 and set(labels) <= set(names)
+
+
+def test_a_users_models_py_and_ours_import_side_by_side(venv, tmp_path) -> None:
+    (tmp_path / "models.py").write_text("WHOSE = 'user'\n")
+    proc = sh(venv / "bin" / "python", "-c", "import models, d2l_lightning.models as ours; "
+              "print(models.WHOSE, ours.load_exported.__module__)", cwd=tmp_path)
+    assert proc.stdout.split() == ["user", "d2l_lightning.models.export"], proc.stderr[-1500:]
+    proc = sh(venv / "bin" / "python", "-c", "import d2l_lightning.training as t, sys; "
+              "print(callable(t.fit), 'torch' in sys.modules)", cwd=tmp_path)
+    assert proc.stdout.split() == ["True", "False"], proc.stderr[-1500:]  # fit imports lazily

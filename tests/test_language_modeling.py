@@ -13,17 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-import train
 from conftest import ROOT, read_results, run_cli
-from datamodules import corpora
-from datamodules.download import DataError
-from datamodules.language_model import RandomWindowLoader, SequentialLoader
-from datamodules.registry import build_datamodule
-from datamodules.text import Vocab, preprocess_time_machine
-from lit_models import LanguageModelingTask, load_checkpoint
-from models import model_names
-from models.generate import generate
-from predict import main as predict_main
+from d2l_lightning.cli import train
+from d2l_lightning.cli.predict import main as predict_main
+from d2l_lightning.datamodules import corpora
+from d2l_lightning.datamodules.download import DataError
+from d2l_lightning.datamodules.lm_text import RandomWindowLoader, SequentialLoader
+from d2l_lightning.datamodules.registry import build_datamodule
+from d2l_lightning.datamodules.text import Vocab, preprocess_time_machine
+from d2l_lightning.lit_models import LanguageModelingTask, load_checkpoint
+from d2l_lightning.models import model_names
+from d2l_lightning.models.generate import generate
 
 BOOK = """The Time Machine, by H. G. Wells [1898]
 
@@ -430,7 +430,7 @@ def test_missing_data_offline_is_one_clear_error(tmp_path, capsys, data, needle)
 
 
 def test_bi_lstm_is_refused_as_a_language_model(capsys) -> None:
-    from models.rnn import BIDIRECTIONAL_LM_REFUSAL
+    from d2l_lightning.models.rnn import BIDIRECTIONAL_LM_REFUSAL
 
     assert train.main(["--model", "bi_lstm", "--data", "time_machine"]) == 2
     assert BIDIRECTIONAL_LM_REFUSAL in capsys.readouterr().err
@@ -451,7 +451,7 @@ def test_sample_callback_writes_file_and_wandb_table(tmp_path) -> None:
 
     from lightning.pytorch.loggers import WandbLogger
 
-    from callbacks.generation import SampleGeneration
+    from d2l_lightning.callbacks.generation import SampleGeneration
 
     class TableOnly(WandbLogger):  # records tables; never starts a W&B run
         def __init__(self) -> None:

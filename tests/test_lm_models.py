@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import build_model, get_spec, load_exported, model_names, save_export
-from models.generate import generate, sample_next
-from models.rnn import BIDIRECTIONAL_LM_REFUSAL, GRUScratch, StackedRNNScratch
+from d2l_lightning.models import build_model, get_spec, load_exported, model_names, save_export
+from d2l_lightning.models.generate import generate, sample_next
+from d2l_lightning.models.rnn import BIDIRECTIONAL_LM_REFUSAL, GRUScratch, StackedRNNScratch
 
 LM_MODELS = model_names("language_modeling")
 V = 11

@@ -10,20 +10,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import train
 from conftest import ROOT, run_cli
-from lit_models import LanguageModelingTask, load_checkpoint
-from models import build_model, get_spec, load_exported
-from models.generate import generate
-from models.mamba import Mamba
-from models.selective_scan import (
+from d2l_lightning.cli import train
+from d2l_lightning.cli.predict import main as predict_main
+from d2l_lightning.lit_models import LanguageModelingTask, load_checkpoint
+from d2l_lightning.models import build_model, get_spec, load_exported
+from d2l_lightning.models.generate import generate
+from d2l_lightning.models.mamba import Mamba
+from d2l_lightning.models.selective_scan import (
     SCANS,
     chunk_size,
     linear_recurrence,
     scan_chunked,
     scan_sequential,
 )
-from predict import main as predict_main
 
 FAST = ["chunked", "associative"]
 V = 11

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_language_modeling import BOOK
 
-import train
 from conftest import make_idx_dataset, read_results, run_cli
+from d2l_lightning.cli import train
 
 
 def events(run: Path):
@@ -94,12 +94,12 @@ def test_wandb_offline_run_has_chart_figures_summary_and_model_artifact(data_roo
 
 
 def test_a_media_failure_warns_once_and_the_run_goes_on(tmp_path, monkeypatch) -> None:
-    import callbacks.media
+    import d2l_lightning.callbacks.media as media
 
     def broken(path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(callbacks.media, "_pixels", broken)
+    monkeypatch.setattr(media, "_pixels", broken)
     root = tmp_path / "data"
     make_idx_dataset(root / "mnist", n_train=60, n_test=20)
     run = tmp_path / "run"

@@ -16,11 +16,11 @@ from lightning.pytorch.loggers import Logger
 from test_reported_numbers import quiet_trainer, write_fra, write_wiki
 from torch import nn
 
-from datamodules.bert import BERTPretrainDataModule
-from datamodules.fra_eng import EngFraDataModule
-from datamodules.registry import build_datamodule
-from lit_models import task_module
-from models.bleu import corpus_bleu
+from d2l_lightning.datamodules.bert import BERTPretrainDataModule
+from d2l_lightning.datamodules.fra_eng import EngFraDataModule
+from d2l_lightning.datamodules.registry import build_datamodule
+from d2l_lightning.lit_models import task_module
+from d2l_lightning.models.bleu import corpus_bleu
 
 TINY_MT = {"num_hiddens": 16, "ffn_num_hiddens": 16, "num_heads": 2, "num_layers": 1,
            "dropout": 0.0}

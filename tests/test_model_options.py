@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import build_model, get_spec, load_exported, model_names, save_export
-from models.decoding import beam_search, greedy_decode
+from d2l_lightning.models import build_model, get_spec, load_exported, model_names, save_export
+from d2l_lightning.models.decoding import beam_search, greedy_decode
 
 # seq2seq_bahdanau with one layer: torch warns that its GRU dropout acts between layers only
 pytestmark = pytest.mark.filterwarnings("ignore:dropout option adds dropout:UserWarning")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import models
-from models import build_model, get_spec, model_names
+from d2l_lightning import models
+from d2l_lightning.models import build_model, get_spec, model_names
 
 IMAGE_MODELS = model_names("image_classification")
 
@@ -86,9 +86,9 @@ def test_list_table_has_every_model() -> None:
 
 def test_every_model_and_datamodule_declares_its_interface() -> None:
     """Decoding, generation and train.py read declared attributes, not getattr probes."""
-    from datamodules.base import DataModule
-    from datamodules.registry import DATAMODULES
-    from lit_models import TASK_MODULES
+    from d2l_lightning.datamodules.base import DataModule
+    from d2l_lightning.datamodules.registry import DATAMODULES
+    from d2l_lightning.lit_models import TASK_MODULES
 
     for name in model_names():
         spec = get_spec(name)

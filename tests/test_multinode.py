@@ -20,11 +20,14 @@ from pathlib import Path
 
 import pytest
 
-import train
 from conftest import ROOT, make_idx_dataset
-from training import cluster
-from training.config import ConfigError
-from training.runs import prepare_run_dir
+from d2l_lightning.cli import train
+from d2l_lightning.training import cluster
+from d2l_lightning.training import run as run_api
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.config import ConfigError
+from d2l_lightning.training.run import build_data, build_module, build_trainer
+from d2l_lightning.training.runs import choose_run_dir, make_run_dir
 
 TORCHRUN_ENV = {"TORCHELASTIC_RUN_ID": "none", "RANK": "1", "GROUP_RANK": "1",
                 "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "WORLD_SIZE": "2",
@@ -92,7 +95,8 @@ def test_a_launched_run_needs_run_dir(values, argv, env, data_root, tmp_path, mo
     """Processes started on their own cannot agree on a time stamp: one sentence, exit 2."""
     env(values)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train, "run", lambda *a: pytest.fail("it ran (would wait for peers)"))
+    monkeypatch.setattr(run_api, "fit",
+                        lambda *a, **k: pytest.fail("it ran (would wait for peers)"))
     base = ["--model", "softmax_regression", "--data", "mnist", "--data-dir", str(data_root),
             "--accelerator", "cpu"]
     assert train.main([*base, *argv]) == 2
@@ -104,29 +108,32 @@ def test_a_launched_run_needs_run_dir(values, argv, env, data_root, tmp_path, mo
 
 
 def test_only_global_rank_zero_checks_and_creates_the_run_folder(env, tmp_path) -> None:
-    cfg = train.config_from_argv(["--model", "softmax_regression", "--num-nodes", "2",
+    cfg = config_from_argv(["--model", "softmax_regression", "--num-nodes", "2",
                                   "--run-dir", str(tmp_path / "run")])
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.yaml").write_text("a run of someone else\n")
     for rank in ("1", "0"):
         env({**TORCHRUN_ENV, "RANK": rank, "GROUP_RANK": rank})
-        assert prepare_run_dir(cfg, resuming=False) == (tmp_path / "run", rank == "1")
+        folder = choose_run_dir(cfg, resuming=False)
+        assert (folder.path, folder.config_written) == (tmp_path / "run", rank == "1")
+        make_run_dir(folder)
         assert (tmp_path / "run").is_dir() == (rank == "0")
         os.environ.pop("_D2L_RUN_DIR", None)
-    other = train.config_from_argv(["--model", "softmax_regression",
+    other = config_from_argv(["--model", "softmax_regression",
                                     "--run-dir", str(tmp_path / "other")])
     env({**TORCHRUN_ENV, "RANK": "1"})  # rank 1 leaves the check to rank 0
-    assert prepare_run_dir(other, resuming=False) == (tmp_path / "other", True)
+    folder = choose_run_dir(other, resuming=False)
+    assert (folder.path, folder.config_written) == (tmp_path / "other", True)
     env({**TORCHRUN_ENV, "RANK": "0"})
     with pytest.raises(ConfigError, match="already holds a run"):
-        prepare_run_dir(other, resuming=False)
+        choose_run_dir(other, resuming=False)
 
 
 def test_one_process_per_node_prepares_the_data(env, tmp_path) -> None:
     """Launched processes of one node take turns in prepare_data: the first downloads."""
     from filelock import Timeout
 
-    cfg = train.config_from_argv(["--model", "softmax_regression", "--data-dir",
+    cfg = config_from_argv(["--model", "softmax_regression", "--data-dir",
                                   str(tmp_path)])
     with cluster.data_lock(cfg), cluster.data_lock(cfg):  # one process: no lock
         pass
@@ -149,16 +156,16 @@ def test_dist_timeout_reaches_init_process_group(env, tmp_path, monkeypatch, dat
     base = ["--model", "softmax_regression", "--data-dir", str(data_root), "--accelerator",
             "cpu", "--devices", "2", "--strategy", "ddp", "--run-dir", str(tmp_path / "r")]
     for extra, seconds in (([], 600), (["--dist-timeout", "42"], 42)):
-        cfg = train.config_from_argv([*base, *extra])
-        dm = train.build_data(cfg)
+        cfg = config_from_argv([*base, *extra])
+        dm = build_data(cfg)
         dm.prepare_data()
-        module = train.build_module(cfg, dm.data_info())
-        trainer = train.build_trainer(cfg, tmp_path / "r", module)
+        module = build_module(cfg, dm.data_info())
+        trainer = build_trainer(cfg, tmp_path / "r", module)
         trainer.strategy.setup_environment()
         assert seen["timeout"] == timedelta(seconds=seconds)
-    cfg = train.config_from_argv([*base[:-6], "--dist-timeout", "42", "--run-dir",
+    cfg = config_from_argv([*base[:-6], "--dist-timeout", "42", "--run-dir",
                                   str(tmp_path / "r")])
-    train.build_trainer(cfg, tmp_path / "r", module)
+    build_trainer(cfg, tmp_path / "r", module)
     assert "--dist-timeout 42 has no effect" in capsys.readouterr().err
 
 
@@ -225,7 +232,7 @@ def test_a_dist_timeout_below_one_second_is_refused(value, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert train.main(["--model", "softmax_regression", "--dist-timeout", value]) == 2
     err = capsys.readouterr().err
-    assert "trainer.dist_timeout must be a number of seconds, at least 1" in err, err
+    assert "run.dist_timeout must be a number of seconds, at least 1" in err, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
 

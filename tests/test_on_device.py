@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import datamodules.loader as loader_mod
-from datamodules import DataError
-from datamodules.bert import EpochLoader
-from datamodules.language_model import RandomWindowLoader, SequentialLoader
-from datamodules.loader import TensorBatchLoader, resident_device
-from datamodules.registry import build_datamodule
+import d2l_lightning.datamodules.loader as loader_mod
+from d2l_lightning.datamodules import DataError
+from d2l_lightning.datamodules.bert import EpochLoader
+from d2l_lightning.datamodules.lm_text import RandomWindowLoader, SequentialLoader
+from d2l_lightning.datamodules.loader import TensorBatchLoader, resident_device
+from d2l_lightning.datamodules.registry import build_datamodule
 
 CPU = torch.device("cpu")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -63,8 +63,7 @@ def test_resident_batches_equal_the_host_batches(kind, rank, world, monkeypatch)
             moved.append(tuple(tensor.shape))
         return real(tensor, device)
 
-    import datamodules.language_model as lm_mod
-
+    import d2l_lightning.datamodules.language_model as lm_mod
     monkeypatch.setattr(loader_mod, "to_device", counting)
     monkeypatch.setattr(lm_mod, "to_device", counting)
     host, resident = _loaders(None, rank, world)[kind], _loaders(CPU, rank, world)[kind]
@@ -131,8 +130,8 @@ def test_a_bad_on_device_value_is_refused(data_root) -> None:
 
 
 def test_train_py_with_resident_data_gives_the_host_run_s_metrics(data_root, tmp_path) -> None:
-    import train
     from conftest import read_results
+    from d2l_lightning.cli import train
 
     runs = {}
     for flag in ("true", "false"):

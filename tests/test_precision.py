@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import train
+from d2l_lightning.training.command_line import config_from_argv
+from d2l_lightning.training.faults import check_hardware
 
 
 @pytest.mark.parametrize("bf16, amx", [(False, False), (True, False), (False, True)])
@@ -15,7 +16,7 @@ def test_bf16_on_a_cpu_without_bf16_hardware_warns_once(monkeypatch, capsys, bf1
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.delenv("_D2L_RUN_DIR", raising=False)
     for precision in ("bf16-mixed", "bf16-true", "16-mixed", "32-true"):
-        train.check_hardware(train.config_from_argv(["--accelerator", "cpu", "--precision",
+        check_hardware(config_from_argv(["--accelerator", "cpu", "--precision",
                                                      precision]))
         err = capsys.readouterr().err
         if precision == "32-true" or bf16 or amx:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torchvision.io import encode_jpeg, write_file, write_png
 
-import train
 from conftest import ROOT, run_cli
-from models import fit_image, prepare_images
+from d2l_lightning.cli import train
+from d2l_lightning.models import fit_image, prepare_images
 
 WITHOUT_LIGHTNING = str(ROOT / "tests" / "without_lightning.py")
 
@@ -23,7 +23,7 @@ def readme_block(marker: str) -> str:
     return found[0]
 
 
-@pytest.mark.parametrize("model", ["mlp", "lenet"])
+@pytest.mark.parametrize("model", ["lenet"])
 def test_readme_inference_block_runs_as_written(data_root, tmp_path, model) -> None:
     run = tmp_path / "runs" / "RUN"
     assert train.main(["--model", model, "--data", "fashion_mnist", "--data-dir", str(data_root),
@@ -62,10 +62,25 @@ def test_fit_image_layouts_channels_and_sizes() -> None:
 
 
 def test_prepare_images_matches_training_preprocessing() -> None:
-    from models import preprocess_images
+    from d2l_lightning.models import preprocess_images
 
     pre = {"image_size": 28, "in_channels": 1, "mean": [0.5], "std": [0.25], "resize": 32}
     batch = torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8)
     expected = preprocess_images(batch, [0.5], [0.25], 32)
     assert torch.equal(prepare_images(list(batch), pre), expected)
     assert prepare_images(batch[0], pre).shape == (1, 1, 32, 32)
+
+
+def test_readme_notebook_cell_trains_tests_and_loads(data_root, tmp_path, monkeypatch,
+                                                     capsys) -> None:
+    """The README's library cell, run as written (on the tiny fixture via D2L_DATA_DIR)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("D2L_DATA_DIR", str(data_root))
+    cell = readme_block("training.fit(")
+    scope: dict = {}
+    exec(compile(cell, "README.md", "exec"), scope)  # noqa: S102 (the README's own cell)
+    results, again = scope["results"], scope["again"]
+    assert again == {k: results[k] for k in again} and set(again) == {
+        "test/loss", "test/acc", "test/f1"}
+    assert type(scope["model"]).__name__ == "LeNet" and scope["cfg"]["arch"] == "lenet"
+    assert (tmp_path / "runs" / "notebook-lenet" / "config.yaml").is_file()

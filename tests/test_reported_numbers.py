@@ -21,15 +21,15 @@ import torch
 from torch import nn
 from torchmetrics.text import SacreBLEUScore
 
-from datamodules.bert import BERTPretrainDataModule
-from datamodules.fra_eng import EngFraDataModule
-from datamodules.registry import build_datamodule
-from lit_models import task_module
-from models import build_model
-from models.bert import get_tokens_and_segments
-from models.bleu import bleu, corpus_bleu
-from models.decoding import beam_search, greedy_decode
-from models.generate import generate
+from d2l_lightning.datamodules.bert import BERTPretrainDataModule
+from d2l_lightning.datamodules.fra_eng import EngFraDataModule
+from d2l_lightning.datamodules.registry import build_datamodule
+from d2l_lightning.lit_models import task_module
+from d2l_lightning.models import build_model
+from d2l_lightning.models.bert import get_tokens_and_segments
+from d2l_lightning.models.bleu import bleu, corpus_bleu
+from d2l_lightning.models.decoding import beam_search, greedy_decode
+from d2l_lightning.models.generate import generate
 
 # --- beam search on a fixed-probability next-token model -------------------------------------
 

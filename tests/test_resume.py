@@ -12,10 +12,10 @@ import torch
 from test_language_modeling import BOOK, write_wikitext
 from test_seq2seq import write_fra_txt
 
-import train
-from callbacks.monitoring import TrainingMonitor
 from conftest import make_idx_dataset, read_results
-from models import load_exported
+from d2l_lightning.callbacks.monitoring import TrainingMonitor
+from d2l_lightning.cli import train
+from d2l_lightning.models import load_exported
 
 
 class CrashError(Exception):

@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 
-from datamodules import DataError
-from datamodules.language_model import RandomWindowLoader, SequentialLoader
-from datamodules.loader import IndexSampler, TensorBatchLoader
-from datamodules.registry import build_datamodule
+from d2l_lightning.datamodules import DataError
+from d2l_lightning.datamodules.lm_text import RandomWindowLoader, SequentialLoader
+from d2l_lightning.datamodules.loader import IndexSampler, TensorBatchLoader
+from d2l_lightning.datamodules.registry import build_datamodule
 
 
 @pytest.mark.parametrize("n, world", [(11, 1), (11, 2), (12, 3), (7, 4)])

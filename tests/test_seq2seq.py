@@ -11,19 +11,19 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.text import SacreBLEUScore
 
-import train
 from conftest import ROOT, read_results, run_cli
-from datamodules import DataError
-from datamodules.fra_eng import EngFraDataModule
-from datamodules.fra_eng_text import (
+from d2l_lightning.cli import train
+from d2l_lightning.datamodules import DataError
+from d2l_lightning.datamodules.fra_eng import EngFraDataModule
+from d2l_lightning.datamodules.fra_eng_text import (
     preprocess_fra_eng,
     split_by_source,
     tokenize_sentence,
 )
-from lit_models import TranslationTask, load_checkpoint
-from models import build_model, get_spec, load_exported
-from models.bleu import bleu, corpus_bleu
-from models.decoding import beam_search, greedy_decode
+from d2l_lightning.lit_models import TranslationTask, load_checkpoint
+from d2l_lightning.models import build_model, get_spec, load_exported
+from d2l_lightning.models.bleu import bleu, corpus_bleu
+from d2l_lightning.models.decoding import beam_search, greedy_decode
 
 MODELS = ["seq2seq_gru", "seq2seq_bahdanau", "transformer_mt"]
 SMALL = {"seq2seq_gru": {"embed_size": 16, "num_hiddens": 24, "num_layers": 2, "dropout": 0.0},
@@ -331,8 +331,8 @@ def test_wandb_gets_translation_table_and_heatmaps_but_no_vocab(fra_root, tmp_pa
     keys = set().union(*logged["history"])
     assert "val/bleu" in keys and "val/translations/_type" in keys
     assert "attention/captions" in keys  # the heatmaps, as W&B images
-    assert logged["config"]["arch"] == "seq2seq_bahdanau"
-    assert "src_vocab" not in logged["config"] and "tgt_vocab" not in logged["config"]
+    assert logged["config"]["model"]["name"] == "seq2seq_bahdanau"
+    assert "src_vocab" not in str(logged["config"]) and "tgt_vocab" not in str(logged["config"])
 
 
 @pytest.mark.parametrize("name", ["seq2seq_gru", "seq2seq_bahdanau"])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from datamodules.text import Vocab, preprocess_time_machine, tokenize
+from d2l_lightning.datamodules.text import Vocab, preprocess_time_machine, tokenize
 
 
 def test_preprocess_and_tokenize() -> None:
@@ -38,8 +38,8 @@ def test_vocab_json_round_trip_is_exact() -> None:
 
 
 def test_corpus_checksum_is_checked_at_the_canonical_size(tmp_path) -> None:
-    import datamodules.corpora as corpora
-    from datamodules import DataError
+    import d2l_lightning.datamodules.corpora as corpora
+    from d2l_lightning.datamodules import DataError
 
     folder = tmp_path / "timemachine"
     folder.mkdir()
@@ -52,8 +52,8 @@ def test_corpus_checksum_is_checked_at_the_canonical_size(tmp_path) -> None:
 
 
 def test_missing_corpora_offline_name_files_folder_and_source(tmp_path) -> None:
-    import datamodules.corpora as corpora
-    from datamodules import DataError
+    import d2l_lightning.datamodules.corpora as corpora
+    from d2l_lightning.datamodules import DataError
 
     with pytest.raises(DataError) as e:
         corpora.read_wikitext("wikitext103", "train", tmp_path)
@@ -67,8 +67,8 @@ def test_missing_corpora_offline_name_files_folder_and_source(tmp_path) -> None:
 def test_fra_eng_from_zip_or_extracted_and_bad_zip(tmp_path) -> None:
     import zipfile
 
-    import datamodules.corpora as corpora
-    from datamodules import DataError
+    import d2l_lightning.datamodules.corpora as corpora
+    from d2l_lightning.datamodules import DataError
 
     folder = tmp_path / "fra-eng"
     folder.mkdir()
@@ -83,8 +83,7 @@ def test_fra_eng_from_zip_or_extracted_and_bad_zip(tmp_path) -> None:
 
 
 def test_real_corpora_have_the_documented_sizes(real_data_dir) -> None:
-    import datamodules.corpora as corpora
-
+    import d2l_lightning.datamodules.corpora as corpora
     text = preprocess_time_machine(corpora.read_time_machine(real_data_dir))
     assert len(text) == 173_428 and len(Vocab(tokenize(text, "char"))) == 28
     assert len(corpora.read_wikitext("wikitext2", "valid", real_data_dir)) == 3_760

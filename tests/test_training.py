@@ -9,11 +9,12 @@ import lightning as L
 import pytest
 import torch
 
-import train
 from conftest import ROOT, read_results, run_cli
-from datamodules.loader import TensorBatchLoader
-from lit_models import ImageClassificationTask, load_checkpoint
-from models import get_spec, load_exported, model_names
+from d2l_lightning.cli import train
+from d2l_lightning.datamodules.loader import TensorBatchLoader
+from d2l_lightning.lit_models import ImageClassificationTask, load_checkpoint
+from d2l_lightning.models import get_spec, load_exported, model_names
+from d2l_lightning.training.command_line import config_from_argv
 
 IMAGE_MODELS = model_names("image_classification")
 # Models beyond the foundation's are covered by their own issue's tests at a reduced size.
@@ -103,37 +104,44 @@ def test_run_folder_contents_and_results(data_root, tmp_path) -> None:
 WITHOUT_LIGHTNING = str(ROOT / "tests" / "without_lightning.py")
 
 
-@pytest.mark.parametrize("model", FOUNDATION)
-def test_export_round_trip_without_lightning(data_root, tmp_path, model) -> None:
-    run = tmp_path / "run"
-    assert train_in_process(data_root, run, "--model", model, "--data", "fashion_mnist",
-                            "--max-epochs", "1", "--limit-train-batches", "3", "--no-test") == 0
-    module = load_checkpoint(run / "checkpoints" / "last.ckpt").eval()
+def test_export_round_trip_without_lightning(data_root, tmp_path) -> None:
+    """Each foundation model's export, read in one process that cannot import Lightning."""
     images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
     torch.save(images, tmp_path / "images.pt")
-    with torch.no_grad():
-        expected = module(module.on_after_batch_transfer((images, None), 0)[0])
+    expected = {}
+    for model in FOUNDATION:
+        run = tmp_path / model
+        assert train_in_process(data_root, run, "--model", model, "--data", "fashion_mnist",
+                                "--max-epochs", "1", "--limit-train-batches", "3",
+                                "--no-test") == 0
+        module = load_checkpoint(run / "checkpoints" / "last.ckpt").eval()
+        with torch.no_grad():
+            expected[model] = module(module.on_after_batch_transfer((images, None), 0)[0])
     script = tmp_path / "check.py"
     script.write_text(
         "import sys\n"
         "import torch\n"
-        "from models import load_exported, preprocess_images\n"
-        f"model, cfg = load_exported({str(run / 'export')!r})\n"
+        "from d2l_lightning.models import load_exported, preprocess_images\n"
         f"x = torch.load({str(tmp_path / 'images.pt')!r})\n"
-        "with torch.no_grad():\n"
-        "    logits = model(preprocess_images(x, **{k: cfg['preprocess'][k] for k in "
+        f"for model in {FOUNDATION!r}:\n"
+        f"    export = {str(tmp_path)!r} + '/' + model + '/export'\n"
+        "    net, cfg = load_exported(export)\n"
+        "    with torch.no_grad():\n"
+        "        logits = net(preprocess_images(x, **{k: cfg['preprocess'][k] for k in "
         "('mean', 'std', 'resize')}))\n"
-        f"torch.save(logits, {str(tmp_path / 'logits.pt')!r})\n"
+        f"    torch.save(logits, {str(tmp_path)!r} + '/' + model + '.pt')\n"
         "assert 'lightning' not in sys.modules or sys.modules['lightning'] is None\n"
     )
     run_cli(WITHOUT_LIGHTNING, str(script), check=True)
-    got = torch.load(tmp_path / "logits.pt")
-    assert torch.allclose(got, expected, atol=1e-6)
-    cfg = json.loads((run / "export" / "config.json").read_text())
-    assert cfg["arch"] == model and len(cfg["class_names"]) == 10
-    assert cfg["preprocess"]["mean"] == [0.286]
-    state = load_exported(run / "export")[0].state_dict()
-    assert not any(k.startswith(("model.", "_orig_mod")) for k in state)  # no Lightning prefix
+    for model in FOUNDATION:
+        run = tmp_path / model
+        got = torch.load(tmp_path / f"{model}.pt")
+        assert torch.allclose(got, expected[model], atol=1e-6), model
+        cfg = json.loads((run / "export" / "config.json").read_text())
+        assert cfg["arch"] == model and len(cfg["class_names"]) == 10
+        assert cfg["preprocess"]["mean"] == [0.286]
+        state = load_exported(run / "export")[0].state_dict()
+        assert not any(k.startswith(("model.", "_orig_mod")) for k in state)  # no prefix
 
 
 def test_predict_cli_matches_test_accuracy_and_labels_files(data_root, tmp_path) -> None:
@@ -168,18 +176,18 @@ def test_non_finite_loss_stops_with_a_message(tmp_path) -> None:
 
 
 def test_recipe_fills_unset_flags_and_flags_override() -> None:
-    cfg = train.config_from_argv(["--model", "lenet"])
+    cfg = config_from_argv(["--model", "lenet"])
     d2l = get_spec("lenet").recipe("d2l")
     assert (cfg["optim"]["lr"], cfg["data"]["batch_size"], cfg["optim"]["optimizer"]) == (
         d2l.lr, d2l.batch_size, "sgd")
-    cfg = train.config_from_argv(["--model", "lenet", "--recipe", "modern", "--lr", "0.5"])
+    cfg = config_from_argv(["--model", "lenet", "--recipe", "modern", "--lr", "0.5"])
     assert cfg["optim"]["lr"] == 0.5 and cfg["optim"]["optimizer"] == "adamw"
     assert (cfg["model"]["activation"], cfg["model"]["pool"]) == ("relu", "max")
 
 
 def test_checkpoints_of_the_flat_config_era_still_load(tmp_path) -> None:
-    """Hyper-parameters renamed by the sectioned config (src_len, max_seq_len, compile)."""
-    from lit_models import TranslationTask
+    """Hyper-parameters renamed or dropped since (src_len, compile, gradient_clip_val)."""
+    from d2l_lightning.lit_models import TranslationTask
 
     vocab = ["<unk>", "<pad>", "<bos>", "<eos>", "a", "b"]
     module = TranslationTask("seq2seq_gru", src_vocab=vocab, tgt_vocab=vocab, num_steps=7,
@@ -187,26 +195,27 @@ def test_checkpoints_of_the_flat_config_era_still_load(tmp_path) -> None:
     hparams = dict(module.hparams)
     hparams["src_len"] = hparams.pop("num_steps")
     hparams["compile"] = False
+    hparams["gradient_clip_val"] = 1.0  # a Trainer argument since 2026-12
     torch.save({"hyper_parameters": hparams, "state_dict": module.state_dict()},
                tmp_path / "old.ckpt")
     loaded = load_checkpoint(tmp_path / "old.ckpt")
     assert loaded.hparams.num_steps == 7 and "compile" not in loaded.hparams
+    assert "gradient_clip_val" not in loaded.hparams
     for k, v in module.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
 
 
-@pytest.mark.parametrize("clip, where", [(1e-3, "optim"), (1e-3, "trainer"), (None, None)])
-def test_gradient_norm_is_clipped_by_the_optim_section(clip, where) -> None:
+@pytest.mark.parametrize("clip", [1e-3, None])
+def test_gradient_norm_is_clipped_by_the_trainer_argument(clip) -> None:
     """One SGD step with lr 1 moves the weights by exactly the clipped gradient norm."""
     torch.manual_seed(0)
     x = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (32,))
-    module = ImageClassificationTask("mlp", lr=1.0,
-                                     gradient_clip_val=clip if where == "optim" else None)
+    module = ImageClassificationTask("mlp", lr=1.0)
     before = [p.detach().clone() for p in module.parameters()]
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        gradient_clip_val=clip if where == "trainer" else None)
+                        gradient_clip_val=clip)
     trainer.fit(module, train_dataloaders=TensorBatchLoader((x, y), 32))
     moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum()
                            for p, b in zip(module.parameters(), before)))

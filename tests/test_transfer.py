@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-import train
-from conftest import make_idx_dataset, read_results, run_cli
-from datamodules.download import DataError
-from datamodules.folder import CACHE_DIR, load_folder
-from lit_models import ImageClassificationTask
-from models import build_model
-from models.transfer import (
+from conftest import call, make_idx_dataset, read_results, run_cli
+from d2l_lightning.cli import train
+from d2l_lightning.datamodules.download import DataError
+from d2l_lightning.datamodules.folder import CACHE_DIR, load_folder
+from d2l_lightning.lit_models import ImageClassificationTask
+from d2l_lightning.models import build_model
+from d2l_lightning.models.transfer import (
     TransferError,
     apply_initial_weights,
     freeze,
@@ -27,6 +27,7 @@ from models.transfer import (
     param_groups,
     read_source,
 )
+from d2l_lightning.training.command_line import config_from_argv
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -97,7 +98,7 @@ def test_head_is_new_when_classes_differ_and_other_shapes_are_refused() -> None:
 
 
 def test_another_task_family_is_refused(tmp_path) -> None:
-    from models import save_export
+    from d2l_lightning.models import save_export
 
     lm = build_model("gru", vocab_size=30)
     save_export(lm, {"arch": "gru", "model_kwargs": {"vocab_size": 30},
@@ -157,7 +158,7 @@ def test_lr_mult_reaches_the_param_groups() -> None:
 
 
 def test_folder_datamodule_on_png_and_jpeg_grey_and_rgb(tmp_path) -> None:
-    from datamodules.image_folder import ImageFolderDataModule
+    from d2l_lightning.datamodules.image_folder import ImageFolderDataModule
 
     root = make_folder(tmp_path / "pets")
     dm = ImageFolderDataModule(data_dir=str(root), batch_size=5, val_size=4)
@@ -258,7 +259,7 @@ def test_fine_tune_on_a_folder_then_export_and_predict_without_lightning(
     assert not torch.equal(src["state_dict"]["model.net.4.weight"], pre["net.4.weight"])
     assert read_results(run)["dataset_sizes"] == {"train": 8, "val": 4, "test": 4}
     # replay from config.yaml reproduces every transfer setting
-    cfg = train.config_from_argv(["--config", str(run / "config.yaml")])
+    cfg = config_from_argv(["--config", str(run / "config.yaml")])
     assert cfg["task"]["init_from"] == str(source_export)
     assert cfg["task"]["freeze"] == ["net.0", "net.1"] and cfg["optim"]["lr_mult"] == {
         "backbone": 0.1}
@@ -278,8 +279,8 @@ def test_fine_tune_on_a_folder_then_export_and_predict_without_lightning(
     (["--lr-mult", "backbone"], "expected PREFIX=FACTOR"),
 ])
 def test_bad_transfer_flags_exit_2_with_one_sentence_and_write_nothing(
-        tmp_path, source_export, extra, needle) -> None:
-    from models import save_export
+        tmp_path, source_export, extra, needle, capsys) -> None:
+    from d2l_lightning.models import save_export
 
     if "LM" in extra:
         save_export(build_model("gru", vocab_size=30), {
@@ -294,11 +295,11 @@ def test_bad_transfer_flags_exit_2_with_one_sentence_and_write_nothing(
     for p in (root / "train").rglob("*.jpg"):
         p.unlink()
     before = sorted(tmp_path.rglob("*"))  # the folder's cache included
-    proc = run_cli("train.py", "--model", "lenet_bn", "--data", "image_folder", "--data-dir",
-                   str(root), "--init-from", str(source_export), "--run-dir",
-                   str(tmp_path / "run"), *extra)
-    assert proc.returncode == 2, proc.stderr
-    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    code, _, err = call(train.main, "--model", "lenet_bn", "--data", "image_folder",
+                        "--data-dir", root, "--init-from", source_export, "--run-dir",
+                        tmp_path / "run", *extra, capsys=capsys)
+    assert code == 2, err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
     assert sorted(tmp_path.rglob("*")) == before
 
 
@@ -308,8 +309,8 @@ def test_torchvision_init_repeats_grey_to_rgb_with_imagenet_statistics(tmp_path,
     3-channel ResNet-18 for 1-channel data: ImageNet mean/std, grey batches repeated, and the
     export tells predict.py to do the same."""
     tv_models = pytest.importorskip("torchvision.models")
-    import predict
-    from models.transfer import IMAGENET_MEAN, torchvision_cache_file
+    from d2l_lightning.cli import predict
+    from d2l_lightning.models.transfer import IMAGENET_MEAN, torchvision_cache_file
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     torch.manual_seed(0)
@@ -336,7 +337,7 @@ def test_torchvision_init_repeats_grey_to_rgb_with_imagenet_statistics(tmp_path,
 
 
 def test_train_and_eval_views_have_the_same_size() -> None:
-    from models.preprocess import preprocess_images
+    from d2l_lightning.models.preprocess import preprocess_images
 
     torch.manual_seed(0)
     x = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8)

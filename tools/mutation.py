@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "mutation"
 JUSTIFIED = ROOT / "tools" / "mutation-justified.txt"
+#: the package whose modules are mutated; targets name modules relative to it
+PACKAGE = "d2l_lightning"
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,13 @@ class Target:
     """Modules to mutate, the tests that guard them, and which functions count.
 
     Attributes:
-        modules: files to mutate.
+        modules: files to mutate, relative to the package (``models/bleu.py``).
         tests: test files run against every mutant (only the tests that reach the mutated
             function run, fastest first).
         select: pytest ``-k`` expression within those files.
         functions: ``fnmatch`` patterns of the functions (``module.function`` or
-            ``module.Class.method``) whose mutants are run; default all.
+            ``module.Class.method``, modules relative to the package) whose mutants are run;
+            default all.
         exclude: patterns of functions left alone among those (a LightningModule's
             ``__init__``: ``save_hyperparameters`` reads its caller's frame, which mutmut's
             trampoline replaces).
@@ -79,7 +82,7 @@ TARGETS: dict[str, Target] = {
     # epoch sums and the learning-rate schedules
     "metrics": Target(
         ["lit_models/base.py", "lit_models/translation.py", "lit_models/language_modeling.py",
-         "lit_models/masked_lm.py"],
+         "lit_models/masked_lm.py", "models/bert.py"],
         ["tests/test_reported_numbers.py", "tests/test_seq2seq.py",
          "tests/test_language_modeling.py", "tests/test_bert.py", "tests/test_metrics.py"],
         "val_acc or schedule or loss_ignores or perplexity or uniform or carried or padded "
@@ -91,7 +94,7 @@ TARGETS: dict[str, Target] = {
          "lit_models.language_modeling.LanguageModelingTask._*",
          "lit_models.language_modeling.LanguageModelingTask.*_step",
          "lit_models.language_modeling.LanguageModelingTask.on_*_epoch_*",
-         "lit_models.masked_lm.bert_losses", "lit_models.masked_lm.MaskedLMTask.*"],
+         "lit_models.masked_lm.MaskedLMTask.*", "models.bert.bert_losses"],
         ["lit_models.translation.TranslationTask.__init__",
          "lit_models.language_modeling.LanguageModelingTask.__init__",
          "lit_models.masked_lm.MaskedLMTask.__init__",
@@ -100,18 +103,19 @@ TARGETS: dict[str, Target] = {
          "lit_models.masked_lm.MaskedLMTask.export_config",
          "lit_models.masked_lm.MaskedLMTask.extra_exports"]),
     "samplers": Target(
-        ["datamodules/loader.py", "datamodules/language_model.py", "datamodules/time_machine.py"],
+        ["datamodules/loader.py", "datamodules/lm_text.py", "datamodules/language_model.py",
+         "datamodules/time_machine.py"],
         ["tests/test_samplers.py", "tests/test_data.py", "tests/test_language_modeling.py"],
         "sampler or loader or sequential or random or resume or held_out or max_tokens "
         "or windows",
-        ["datamodules.loader.*", "datamodules.language_model._offset",
-         "datamodules.language_model.RandomWindowLoader.*",
-         "datamodules.language_model.SequentialLoader.*",
+        ["datamodules.loader.*", "datamodules.lm_text._offset",
+         "datamodules.lm_text.RandomWindowLoader.*",
+         "datamodules.lm_text.SequentialLoader.*",
          "datamodules.language_model.LanguageModelDataModule.*_dataloader",
          "datamodules.time_machine.TimeMachineDataModule.load"]),
     "splits": Target(
         ["datamodules/idx.py", "datamodules/vision.py", "datamodules/fra_eng.py",
-         "datamodules/fra_eng_text.py", "datamodules/bert.py"],
+         "datamodules/fra_eng_text.py", "datamodules/bert.py", "datamodules/bert_text.py"],
         ["tests/test_data.py", "tests/test_seq2seq.py", "tests/test_bert.py",
          "tests/test_reported_numbers.py", "tests/test_metrics.py"],
         "split or raw_idx or vocabularies or segments or batches_follow or masking or nsp "
@@ -119,7 +123,18 @@ TARGETS: dict[str, Target] = {
         ["datamodules.idx.split_indices", "datamodules.idx.default_val_size",
          "datamodules.idx.load_split", "datamodules.vision.IDXDataModule.setup",
          "datamodules.fra_eng.EngFraDataModule.setup", "datamodules.fra_eng_text.*",
-         "datamodules.bert.make_examples", "datamodules.bert.PretrainCorpus.*"]),
+         "datamodules.bert_text.make_examples", "datamodules.bert_text.PretrainCorpus.*"]),
+    # the sweep's file checks, grid and random draws, summary order, and its trial loop (with
+    # the trial processes recorded: the two tests that train trials take ~30 s a mutant)
+    "sweep": Target(
+        ["training/sweep.py"],
+        ["tests/test_sweep_plan.py", "tests/test_sweep.py"],
+        "not grid_sweep_runs and not killed_sweep"),
+    # the non-finite and divergence guards, the sample count and the clock
+    "monitoring": Target(
+        ["callbacks/monitoring.py"],
+        ["tests/test_monitoring.py", "tests/test_faults.py"],
+        "monitor or non_finite or nan or diverg or checkpoint_with or last_good"),
 }
 
 
@@ -182,18 +197,16 @@ def skip_unselected(path: Path, module: str, patterns: list[str], exclude: list[
 
 def mutmut_config(target: Target) -> str:
     """The ``[tool.mutmut]`` section of a target."""
-    dirs = sorted({m.split("/")[0] + "/" for m in target.modules})
-    others = ["models/", "lit_models/", "datamodules/", "callbacks/", "training/", "train.py",
-              "predict.py", "configs/"]
+    others = ["train.py", "predict.py", "export.py", "bench/"]
     pytest_args = ["-p", "no:cacheprovider", "-W", "ignore"]
     if target.select:
         pytest_args += ["-k", target.select]
     quoted = ", ".join(f'"{a}"' for a in pytest_args)
     return "\n".join([
         "", "[tool.mutmut]",
-        f"source_paths = {dirs!r}".replace("'", '"'),
-        f"only_mutate = {target.modules!r}".replace("'", '"'),
-        f"also_copy = {[o for o in others if o not in dirs]!r}".replace("'", '"'),
+        f'source_paths = ["{PACKAGE}/"]',
+        f"only_mutate = {[f'{PACKAGE}/{m}' for m in target.modules]!r}".replace("'", '"'),
+        f"also_copy = {others!r}".replace("'", '"'),
         f"pytest_add_cli_args_test_selection = {target.tests!r}".replace("'", '"'),
         f"pytest_add_cli_args = [{quoted}]",
         'process_isolation = "forkserver"',  # torch is not fork-safe after it has run
@@ -206,16 +219,16 @@ def mutant_patterns(target: Target, functions: list[str] | None = None) -> list[
     out = []
     for pattern in target.functions if functions is None else functions:
         if pattern == "*":
-            out += [m[:-3].replace("/", ".") + ".*" for m in target.modules]
+            out += [f"{PACKAGE}." + m[:-3].replace("/", ".") + ".*" for m in target.modules]
             continue
         if pattern.endswith(".*") and not pattern.split(".")[-2][:1].isupper():
-            out.append(pattern)  # a whole module: functions and methods
+            out.append(f"{PACKAGE}.{pattern}")  # a whole module: functions and methods
             continue
         parts = pattern.split(".")
         owner = [p for p in parts[:-1] if p[:1].isupper()]
         module = ".".join(parts[:-1 - len(owner)])
         name = "x" + "".join(f"ǁ{c}ǁ" for c in owner) + ("" if owner else "_") + parts[-1]
-        out.append(f"{module}.{name}__mutmut_*")
+        out.append(f"{PACKAGE}.{module}.{name}__mutmut_*")
     return out
 
 
@@ -244,11 +257,12 @@ def run_target(name: str, target: Target, max_children: int | None) -> dict[str,
     """Mutate one target; return mutant names by status (killed mutants not listed)."""
     work = BUILD / name
     copy_checkout(work)
-    shimmed = sum(undecorate_no_grad(work / m) for m in target.modules)
+    shimmed = sum(undecorate_no_grad(work / PACKAGE / m) for m in target.modules)
     patterns = mutant_patterns(target)
     exclude = mutant_patterns(target, target.exclude)
     for m in target.modules:
-        skip_unselected(work / m, m[:-3].replace("/", "."), patterns, exclude)
+        skip_unselected(work / PACKAGE / m, f"{PACKAGE}." + m[:-3].replace("/", "."), patterns,
+                        exclude)
     with open(work / "pyproject.toml", "a", encoding="utf-8") as f:
         f.write(mutmut_config(target))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "D2L_DATA_DIR": "", "WANDB_MODE": "disabled",
@@ -297,12 +311,27 @@ def run_target(name: str, target: Target, max_children: int | None) -> dict[str,
     return by_status
 
 
+def changed_modules(base: str) -> set[str]:
+    """Modules of the package (relative to it) that differ from ``base``, committed or not."""
+    def names(*args: str) -> list[str]:
+        return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
+                              text=True).stdout.split()
+
+    files = names("diff", "--name-only", f"{base}...HEAD") + names("diff", "--name-only", "HEAD")
+    files += names("ls-files", "--others", "--exclude-standard")
+    prefix = f"{PACKAGE}/"
+    return {f[len(prefix):] for f in files if f.startswith(prefix) and f.endswith(".py")}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen targets; exit 1 if any mutant survived (see docs/testing.md)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", metavar="TARGET",
                         help=f"some of: {', '.join(TARGETS)} (default: all)")
     parser.add_argument("--list", action="store_true", help="show the targets and exit")
+    parser.add_argument("--changed", nargs="?", const="main", metavar="BASE",
+                        help="only the targets holding a module this branch changed against "
+                             "BASE (default main), committed or not")
     parser.add_argument("--max-children", type=int, default=None,
                         help="parallel mutant processes (mutmut's default: CPU count)")
     args = parser.parse_args(argv)
@@ -314,8 +343,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {' '.join(t.modules)}\n    tests: {' '.join(t.tests)} "
                   f"-k {t.select!r}\n    functions: {' '.join(t.functions)}")
         return 0
+    names = args.targets or list(TARGETS)
+    if args.changed:
+        touched = changed_modules(args.changed)
+        names = [n for n in names if touched & set(TARGETS[n].modules)]
+        print(f"changed against {args.changed}: {', '.join(sorted(touched)) or 'no module'}; "
+              f"targets: {', '.join(names) or 'none'}", flush=True)
     survived = unjustified = 0
-    for name in args.targets or list(TARGETS):
+    for name in names:
         by_status = run_target(name, TARGETS[name], args.max_children)
         unjustified += len(by_status.pop("not justified", []))
         survived += sum(len(v) for k, v in by_status.items() if k != "killed")

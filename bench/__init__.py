@@ -1,0 +1,1 @@
+"""Benchmarks and the reproduction pipeline; run each as ``python -m bench.NAME``."""

@@ -1,0 +1,74 @@
+"""Faults of a run: missing hardware, a full disk, SIGTERM (see docs/reliability.md).
+
+``train.py`` turns each into one sentence on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError
+from .runs import RUN_DIR_ENV
+
+#: errors of a full disk or a folder that cannot be written: one sentence, not a traceback
+WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.EDQUOT)
+
+
+def check_hardware(cfg: Config) -> None:
+    """Refuse an accelerator this machine lacks; warn about set-ups that slow a run down.
+
+    The warnings: more CPU processes than cores; bfloat16 on a CPU without AVX512-BF16 or AMX,
+    where torch emulates it (usually much slower than float32: pytorch/pytorch#118499, #146508).
+
+    Raises:
+        ConfigError: ``--accelerator gpu`` (or ``mps``) where there is none.
+    """
+    import torch
+
+    tr = cfg["trainer"]
+    acc = tr["accelerator"]
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--accelerator {acc}: this machine has no CUDA GPU that torch can "
+                          "use; choose --accelerator cpu (or auto)")
+    if acc == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--accelerator mps: this machine has no MPS device; choose "
+                          "--accelerator cpu (or auto)")
+    on_cpu = acc == "cpu" or acc == "auto" and not torch.cuda.is_available()
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    if on_cpu and isinstance(tr["devices"], int) and tr["devices"] > cores \
+            and RUN_DIR_ENV not in os.environ:
+        print(f"warning: --devices {tr['devices']} starts {tr['devices']} training processes "
+              f"on {cores} CPU cores; they will compete for the cores", file=sys.stderr)
+    if on_cpu and tr["precision"] in ("bf16-mixed", "bf16-true", "16-mixed") \
+            and not _cpu_has_bf16() and RUN_DIR_ENV not in os.environ:
+        print(f"warning: --precision {tr['precision']} runs bfloat16 on the CPU, and this CPU "
+              "has neither AVX512-BF16 nor AMX, so torch emulates it (usually slower than "
+              "--precision 32-true)", file=sys.stderr)
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); True if unknown."""
+    import torch
+
+    probes = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [p for p in probes if p is not None]
+    return not probes or any(p() for p in probes)
+
+
+def remove_empty_folders(folder: Path) -> None:
+    """Remove ``folder`` and its sub-folders if they hold no file (a run that never started)."""
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+class TerminatedError(Exception):
+    """The run received SIGTERM (a scheduler's stop); the message says how to continue."""

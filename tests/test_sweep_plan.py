@@ -1,0 +1,207 @@
+"""The sweep's arithmetic without training: grid order and caps, each distribution's range and
+shape, the seed, and the summary's order (tests/test_sweep.py runs trials end to end)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from d2l_lightning.training.errors import ConfigError
+from d2l_lightning.training.sweep import load_sweep, trials, write_summary
+
+
+def spec(tmp_path: Path, **body) -> dict:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return load_sweep(path)
+
+
+def test_a_grid_is_the_product_in_file_order_and_run_cap_keeps_its_head(tmp_path) -> None:
+    params = {"optim.lr": {"values": [0.1, 0.2]}, "model.num_hiddens": {"values": [8, 16, 32]},
+              "data.batch_size": {"value": 4}}
+    grid = trials(spec(tmp_path, method="grid", parameters=params), seed=0)
+    assert [(t["optim.lr"], t["model.num_hiddens"]) for t in grid] == [
+        (0.1, 8), (0.1, 16), (0.1, 32), (0.2, 8), (0.2, 16), (0.2, 32)]
+    assert {t["data.batch_size"] for t in grid} == {4}
+    capped = trials(spec(tmp_path, method="grid", parameters=params, run_cap=4), seed=0)
+    assert capped == grid[:4]
+
+
+def test_random_draws_follow_each_distribution(tmp_path) -> None:
+    params = {"optim.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+              "optim.momentum": {"min": 0.5, "max": 0.9},
+              "model.num_hiddens": {"min": 8, "max": 11},
+              "data.batch_size": {"values": [16, 32], "probabilities": [0.9, 0.1]},
+              "run.seed": {"value": 7}}
+    draws = trials(spec(tmp_path, method="random", run_cap=2000, parameters=params), seed=3)
+    assert len(draws) == 2000
+    lrs = [t["optim.lr"] for t in draws]
+    assert min(lrs) >= 1e-4 and max(lrs) <= 1e-1
+    # log-uniform: each decade holds a third of the draws, so the median is 10**-2.5, not 0.05
+    assert statistics.median(math.log10(v) for v in lrs) == pytest.approx(-2.5, abs=0.1)
+    assert sum(v < 1e-3 for v in lrs) / 2000 == pytest.approx(1 / 3, abs=0.05)
+    moms = [t["optim.momentum"] for t in draws]
+    assert 0.5 <= min(moms) < 0.52 and 0.88 < max(moms) <= 0.9
+    assert statistics.mean(moms) == pytest.approx(0.7, abs=0.02)  # uniform in [0.5, 0.9]
+    ints = [t["model.num_hiddens"] for t in draws]
+    assert all(isinstance(v, int) for v in ints) and set(ints) == {8, 9, 10, 11}  # both ends
+    assert sum(t["data.batch_size"] == 16 for t in draws) / 2000 == pytest.approx(0.9, abs=0.03)
+    assert {t["run.seed"] for t in draws} == {7}
+
+
+def test_random_search_is_the_same_for_a_seed_and_differs_across_seeds(tmp_path) -> None:
+    s = spec(tmp_path, method="random", run_cap=5,
+             parameters={"optim.lr": {"min": 0.0, "max": 1.0}})
+    assert trials(s, seed=1) == trials(s, seed=1) != trials(s, seed=2)
+
+
+@pytest.mark.parametrize("param, needle", [
+    ({"min": 0.1, "max": 0.1}, "needs min < max"),
+    ({"distribution": "log_uniform_values", "min": 0.0, "max": 1.0}, "needs 0 < min < max"),
+    ({"distribution": "normal", "min": 0.0, "max": 1.0}, "is not supported"),
+    ({"min": 0.1}, "needs values, value, or min and max"),
+])
+def test_a_distribution_that_cannot_be_drawn_is_refused(param, needle, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        spec(tmp_path, method="random", run_cap=1, parameters={"optim.lr": param})
+
+
+@pytest.mark.parametrize("metric, goal", [(None, None), ("val/loss", "minimize")])
+def test_a_metric_without_name_or_with_a_wrong_goal_is_refused(metric, goal, tmp_path) -> None:
+    bad = {"goal": "up"} if metric is None else {"name": metric, "goal": "smallest"}
+    with pytest.raises(ConfigError, match="metric must be a mapping"):
+        spec(tmp_path, method="grid", metric=bad, parameters={"optim.lr": {"values": [1.0]}})
+
+
+def _summary(tmp_path: Path, metric: str, goal: str, accs: list[float | None],
+             statuses: list[str]) -> list[dict[str, str]]:
+    values, configs = [], []
+    for i, acc in enumerate(accs):
+        run = tmp_path / f"trial-{i}"
+        run.mkdir()
+        if acc is not None:
+            (run / "results.json").write_text(json.dumps(
+                {"val/acc": acc, "test/acc": acc / 2, "epochs": 3, "train_time_sec": 1.5,
+                 "train/loss": 9.0, "model": "mlp"}))
+        values.append({"optim.lr": 0.1 * (i + 1)})
+        configs.append({"run": {"run_dir": str(run)}})
+    text = write_summary(tmp_path, values, configs, statuses, metric, goal)
+    with open(tmp_path / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert text.splitlines()[0].split() == ["trial", "optim.lr", metric, "status",
+                                            "train_time_sec"]
+    assert [line.split()[0] for line in text.splitlines()[1:]] == [r["trial"] for r in rows]
+    return rows
+
+
+def test_the_summary_is_sorted_by_the_goal_and_trials_without_the_metric_come_last(
+        tmp_path) -> None:
+    rows = _summary(tmp_path, "val/acc", "maximize", [0.5, None, 0.9, 0.5, 0.7],
+                    ["done", "failed (exit 1)", "done", "done"])
+    assert [r["trial"] for r in rows] == ["2", "4", "0", "3", "1"]  # ties keep trial order
+    assert [r["status"] for r in rows] == ["done", "not run", "done", "done", "failed (exit 1)"]
+    assert rows[0]["val/acc"] == "0.9" and rows[0]["test/acc"] == "0.45"
+    assert rows[0]["epochs"] == "3" and rows[0]["train_time_sec"] == "1.5"
+    assert "train/loss" not in rows[0] and "model" not in rows[0]  # only val/ and test/ numbers
+    assert rows[0]["run_dir"] == str(tmp_path / "trial-2")
+    assert float(rows[0]["optim.lr"]) == pytest.approx(0.3)
+
+
+def test_a_minimized_metric_puts_the_smallest_first_and_a_done_trial_without_results_says_so(
+        tmp_path) -> None:
+    rows = _summary(tmp_path, "val/acc", "minimize", [0.5, 0.2, None], ["done"] * 3)
+    assert [r["trial"] for r in rows] == ["1", "0", "2"]
+    assert rows[-1]["status"] == "no results"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["summary.csv"]
+
+
+class Trials:
+    """Stands in for the trial processes: records each command and writes its results."""
+
+    def __init__(self, codes: dict[str, int]) -> None:
+        self.codes, self.calls = codes, []
+
+    def __call__(self, cmd: list[str], env: dict[str, str]) -> int:
+        run = Path(cmd[cmd.index("--run-dir") + 1])
+        self.calls.append((run.name, cmd[1:], env))
+        code = self.codes.get(run.name, 0)
+        if code == 0:
+            lr = yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]
+            (run / "results.json").write_text(json.dumps({"val/acc": 1 - lr}))
+        return code
+
+
+def test_a_relaunch_skips_finished_trials_resumes_a_killed_one_and_starts_the_rest(
+        tmp_path, monkeypatch, capsys) -> None:
+    from d2l_lightning.cli import train
+    from d2l_lightning.training import sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("_D2L_RUN_DIR", "elsewhere")  # a parent's run folder is not inherited
+    (tmp_path / "grid.yaml").write_text("method: grid\nparameters:\n"
+                                        "  optim.lr: {values: [0.1, 0.2, 0.3, 0.4]}\n")
+    argv = ["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw"]
+    assert train.main([*argv, "--print-config"]) == 0
+    cfgs = capsys.readouterr().out.split("# trial ")[1:]
+    done, killed = tmp_path / "sw/trial-000", tmp_path / "sw/trial-001"
+    (done / "checkpoints").mkdir(parents=True)
+    (done / "results.json").write_text(json.dumps({"val/acc": 0.5}))
+    (done / "checkpoints/last.ckpt").write_bytes(b"")
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / "checkpoints/last.ckpt").write_bytes(b"")
+    (killed / "config.yaml").write_text(cfgs[1].split("\n", 1)[1])
+    fake = Trials({"trial-003": 3})
+    monkeypatch.setattr(sweep.subprocess, "call", fake)
+
+    assert train.main(argv) == 1  # trial 3 failed
+    out = capsys.readouterr().out
+    assert [(name, args[2:]) for name, args, _ in fake.calls] == [
+        ("trial-001", ["--resume", "last", "--run-dir", "sw/trial-001"]),
+        ("trial-002", ["--config", "sw/trial-002/config.yaml", "--run-dir", "sw/trial-002"]),
+        ("trial-003", ["--config", "sw/trial-003/config.yaml", "--run-dir", "sw/trial-003"])]
+    assert fake.calls[0][1][:2] == ["-m", "d2l_lightning.cli.train"]
+    env = fake.calls[0][2]
+    assert "_D2L_RUN_DIR" not in env
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(sweep.PACKAGE_ROOT)
+    written = yaml.safe_load((tmp_path / "sw/trial-002/config.yaml").read_text())
+    assert written["optim"]["lr"] == 0.3 and written["run"]["run_dir"] == "sw/trial-002"
+    assert "trial 1/4 (sw/trial-000): optim.lr=0.1: finished earlier" in out
+    assert (tmp_path / "sw/sweep.yaml").read_text() == (tmp_path / "grid.yaml").read_text()
+    with open(tmp_path / "sw/summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["trial"], r["status"]) for r in rows] == [
+        ("1", "done"), ("2", "done"), ("0", "done"), ("3", "failed (exit 3)")]  # 0.8, 0.7, 0.5
+    assert "4 trials, sorted by val/acc (maximize)" in out
+
+    fake.calls.clear()
+    fake.codes = {}
+    assert train.main(argv) == 0  # once more: only the failed trial runs again
+    assert [name for name, _, _ in fake.calls] == ["trial-003"]
+
+
+def test_a_trial_folder_configured_differently_is_refused_before_anything_runs(
+        tmp_path, monkeypatch, capsys) -> None:
+    from d2l_lightning.cli import train
+    from d2l_lightning.training import sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grid.yaml").write_text("method: grid\nparameters:\n"
+                                        "  optim.lr: {values: [0.1, 0.2]}\n")
+    (tmp_path / "sw/trial-001").mkdir(parents=True)
+    (tmp_path / "sw/trial-001/config.yaml").write_text("model: {name: lenet}\n")
+    fake = Trials({})
+    monkeypatch.setattr(sweep.subprocess, "call", fake)
+    assert train.main(["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw"]) == 2
+    assert "sw/trial-001 holds a trial configured differently" in capsys.readouterr().err
+    assert fake.calls == [] and sorted(p.name for p in (tmp_path / "sw").iterdir()) == [
+        "trial-001"]
+    assert train.main(["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw",
+                       "--resume", "last"]) == 2
+    assert "--resume cannot be given with --sweep" in capsys.readouterr().err
