@@ -98,6 +98,9 @@ def _summary(tmp_path: Path, metric: str, goal: str, accs: list[float | None],
     assert text.splitlines()[0].split() == ["trial", "optim.lr", metric, "status",
                                             "train_time_sec"]
     assert [line.split()[0] for line in text.splitlines()[1:]] == [r["trial"] for r in rows]
+    for line, row in zip(text.splitlines()[1:], rows):  # numbers to 4 digits, "-" for none
+        cell = f"{float(row[metric]):.4g}" if row.get(metric) else "-"
+        assert line.split()[2] == cell and line.split()[1] == f"{float(row['optim.lr']):.4g}"
     return rows
 
 
@@ -205,3 +208,30 @@ def test_a_trial_folder_configured_differently_is_refused_before_anything_runs(
     assert train.main(["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw",
                        "--resume", "last"]) == 2
     assert "--resume cannot be given with --sweep" in capsys.readouterr().err
+
+
+def test_keys_only_wandb_reads_are_accepted_and_a_metric_goal_defaults_to_minimize(
+        tmp_path) -> None:
+    s = spec(tmp_path, method="random", run_cap=1, metric={"name": "val/loss"},
+             program="train.py", command=["python", "${program}", "${args}"], name="n",
+             description="d", project="p", entity="e",
+             parameters={"optim.lr": {"min": 0, "max": 1.0}})
+    (trial,) = trials(s, seed=0)  # run_cap 1: one trial
+    # min 0 (an int) with max 1.0 (a float) is a uniform float draw, not an integer one
+    assert isinstance(trial["optim.lr"], float) and 0 < trial["optim.lr"] < 1
+
+
+def test_print_config_names_each_trial_folder_and_says_a_recipe_note_once(
+        tmp_path, monkeypatch, capsys) -> None:
+    from d2l_lightning.cli import train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grid.yaml").write_text("method: grid\nparameters:\n"
+                                        "  optim.lr: {values: [0.123456, 2]}\n")
+    assert train.main(["--sweep", "grid.yaml", "--model", "lstm", "--recipe", "wikitext",
+                       "--data", "time_machine", "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert "# trial 0: optim.lr=0.1235\n" in out and "# trial 1: optim.lr=2\n" in out
+    assert "run_dir: runs/sweep-grid/trial-000\n" in out  # the default sweep folder
+    assert "run_dir: runs/sweep-grid/trial-001\n" in out
+    assert err.count("warning: recipe 'wikitext' of lstm is made for data 'wikitext2'") == 1

@@ -158,11 +158,11 @@ def plan(request: Request) -> tuple[dict[str, Any], Path, list[dict[str, Any]], 
                               f"which the sweep {spec['path']} varies")
     folder = request.cli.values.get("run", {}).get("run_dir")
     sweep_dir = Path(folder) if folder else Path("runs") / f"sweep-{spec['path'].stem}"
-    seed = resolve(base)["run"]["seed"]
+    configs, notes = [], []
+    seed = resolve(base, notes)["run"]["seed"]
     values = trials(spec, seed)
     if not values:
         raise ConfigError(f"sweep {spec['path']} has no trials")
-    configs, notes = [], []
     for i, trial in enumerate(values):
         layer = Layer(f"sweep {spec['path']}")
         for dotted, value in trial.items():
