@@ -129,11 +129,13 @@ class Trials:
     """Stands in for the trial processes: records each command and writes its results."""
 
     def __init__(self, codes: dict[str, int]) -> None:
-        self.codes, self.calls = codes, []
+        self.codes, self.calls, self.seen = codes, [], []
 
     def __call__(self, cmd: list[str], env: dict[str, str]) -> int:
         run = Path(cmd[cmd.index("--run-dir") + 1])
         self.calls.append((run.name, cmd[1:], env))
+        summary = run.parent / "summary.csv"  # rewritten after each trial: progress is kept
+        self.seen.append(summary.read_text().count("\n") if summary.exists() else 0)
         code = self.codes.get(run.name, 0)
         if code == 0:
             lr = yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]
@@ -170,6 +172,7 @@ def test_a_relaunch_skips_finished_trials_resumes_a_killed_one_and_starts_the_re
         ("trial-002", ["--config", "sw/trial-002/config.yaml", "--run-dir", "sw/trial-002"]),
         ("trial-003", ["--config", "sw/trial-003/config.yaml", "--run-dir", "sw/trial-003"])]
     assert fake.calls[0][1][:2] == ["-m", "d2l_lightning.cli.train"]
+    assert fake.seen == [0, 5, 5]  # a header and 4 rows once the first trial ran
     env = fake.calls[0][2]
     assert "_D2L_RUN_DIR" not in env
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(sweep.PACKAGE_ROOT)
