@@ -77,6 +77,9 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         if section not in SECTIONS or not name:
             raise ConfigError(f"sweep {path}: parameter '{key}' must be written SECTION.KEY "
                               f"(sections: {', '.join(SECTIONS)})")
+        if key == "run.run_dir":
+            raise ConfigError(f"sweep {path}: run.run_dir cannot be swept: each trial runs in "
+                              "SWEEP_DIR/trial-N (--run-dir names SWEEP_DIR)")
         if not isinstance(p, dict):
             raise ConfigError(f"sweep {path}: parameter '{key}' needs values, value or a "
                               "distribution")
@@ -153,7 +156,7 @@ def plan(request: Request) -> tuple[dict[str, Any], Path, list[dict[str, Any]], 
     base = [*map(load_config_file, request.configs), request.cli]
     swept = set(spec["parameters"])
     for section, key, _ in request.cli.items():
-        if f"{section}.{key}" in swept and (section, key) != ("run", "run_dir"):
+        if f"{section}.{key}" in swept:
             raise ConfigError(f"{request.cli.sources[section, key]} sets '{section}.{key}', "
                               f"which the sweep {spec['path']} varies")
     folder = request.cli.values.get("run", {}).get("run_dir")
