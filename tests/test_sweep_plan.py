@@ -280,8 +280,11 @@ SECTIONS_LIST = "model, data, task, optim, trainer, run"
     ("method: grid\nmetric: {goal: up}\nparameters: {optim.lr: {values: [1.0]}}\n",
      "sweep s.yaml: metric must be a mapping with 'name' and a 'goal' of minimize or maximize"),
     ("method: random\nparameters: {optim.lr: {min: 0.1, max: 1.0}}\n",
-     "sweep s.yaml has no trials: a random search needs run_cap (the number of trials) of at "
-     "least 1"),
+     "sweep s.yaml has no trials: a random search needs run_cap (the number of trials)"),
+    ("method: grid\nrun_cap: 2.5\nparameters: {optim.lr: {values: [0.1, 0.2, 0.3]}}\n",
+     "sweep s.yaml has no trials: run_cap must be a whole number of at least 1, not 2.5"),
+    ("method: random\nrun_cap: true\nparameters: {optim.lr: {values: [0.1]}}\n",
+     "sweep s.yaml has no trials: run_cap must be a whole number of at least 1, not True"),
     ("method: grid\nparameters: {optim.lr: {values: [0.1], distribution: uniform}}\n",
      "sweep s.yaml: a grid needs values for 'optim.lr', not a distribution"),
     ("method: grid\nparameters: {run.run_dir: {values: [a, b]}}\n",
@@ -290,7 +293,7 @@ SECTIONS_LIST = "model, data, task, optim, trainer, run"
     ("method: grid\nparameters: {optim.lr: {values: [fast]}}\n",
      "sweep s.yaml (optim.lr): optim.lr: expected float, got 'fast'"),
     ("method: grid\nrun_cap: 0\nparameters: {optim.lr: {values: [0.1]}}\n",
-     "sweep s.yaml has no trials"),
+     "sweep s.yaml has no trials: run_cap must be a whole number of at least 1, not 0"),
 ])
 def test_each_refusal_is_its_whole_sentence(text, said, tmp_path, monkeypatch, capsys) -> None:
     from d2l_lightning.cli import train

@@ -69,6 +69,10 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     if spec.get("method") not in METHODS:
         raise ConfigError(f"sweep {path}: method must be one of {', '.join(METHODS)}, "
                           f"not {spec.get('method')!r}")
+    cap = spec.get("run_cap")
+    if cap is not None and (type(cap) is not int or cap < 1):
+        raise ConfigError(f"sweep {path} has no trials: run_cap must be a whole number of at "
+                          f"least 1, not {cap!r}")
     params = spec.get("parameters")
     if not isinstance(params, dict) or not params:
         raise ConfigError(f"sweep {path} has no trials: 'parameters' is empty")
@@ -127,12 +131,11 @@ def trials(spec: dict[str, Any], seed: int) -> list[dict[str, Any]]:
                                   "distribution")
             choices.append([p["value"]] if "value" in p else p["values"])
         out = [dict(zip(params, combo)) for combo in itertools.product(*choices)]
-        cap = spec.get("run_cap")
-        return out[:cap] if isinstance(cap, int) else out
+        return out[:spec.get("run_cap")]  # load_sweep checked it: None or at least 1
     cap = spec.get("run_cap")
-    if not isinstance(cap, int) or cap < 1:
+    if cap is None:
         raise ConfigError(f"sweep {path} has no trials: a random search needs run_cap (the "
-                          "number of trials) of at least 1")
+                          "number of trials)")
     rng = random.Random(seed)
     return [{key: _draw(rng, path, key, p) for key, p in params.items()} for _ in range(cap)]
 
@@ -163,9 +166,7 @@ def plan(request: Request) -> tuple[dict[str, Any], Path, list[dict[str, Any]], 
     sweep_dir = Path(folder) if folder else Path("runs") / f"sweep-{spec['path'].stem}"
     configs, notes = [], []
     seed = resolve(base, notes)["run"]["seed"]
-    values = trials(spec, seed)
-    if not values:
-        raise ConfigError(f"sweep {spec['path']} has no trials")
+    values = trials(spec, seed)  # at least one: load_sweep checked the values and run_cap
     for i, trial in enumerate(values):
         layer = Layer(f"sweep {spec['path']}")
         for dotted, value in trial.items():
