@@ -263,6 +263,8 @@ SECTIONS_LIST = "model, data, task, optim, trainer, run"
     ("method: grid\nearly_terminate: {type: hyperband}\nparameters: {optim.lr: {values: [1]}}\n",
      "sweep s.yaml: unknown key 'early_terminate' (keys: method, parameters, metric, run_cap, "
      "program, command, name, description, project, entity; early_terminate is not supported)"),
+    ("- method\n- parameters\n",
+     "sweep file s.yaml must hold a mapping (method, parameters, ...)"),
     ("method: bayes\nparameters: {optim.lr: {values: [0.1]}}\n",
      "sweep s.yaml: method must be one of grid, random, not 'bayes'"),
     ("method: grid\nparameters: {foo.lr: {values: [0.1]}}\n",
@@ -370,3 +372,20 @@ class LossTrials(Trials):
         lr = yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]
         (run / "results.json").write_text(json.dumps({"val/loss": lr}))
         return 0
+
+
+def test_a_random_sweep_draws_from_the_runs_seed(tmp_path, monkeypatch, capsys) -> None:
+    from d2l_lightning.cli import train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text("method: random\nrun_cap: 3\nparameters:\n"
+                                     "  optim.lr: {min: 0.0, max: 1.0}\n")
+    headers = {}
+    for seed in ("0", "0", "7"):
+        assert train.main(["--sweep", "r.yaml", "--model", "mlp", "--seed", seed,
+                           "--print-config"]) == 0
+        out = capsys.readouterr().out
+        headers.setdefault(seed, []).append([line for line in out.splitlines()
+                                             if line.startswith("# trial ")])
+    assert headers["0"][0] == headers["0"][1] != headers["7"][0]
+    assert len(headers["7"][0]) == 3

@@ -172,7 +172,8 @@ def plan(request: Request) -> tuple[dict[str, Any], Path, list[dict[str, Any]], 
         for dotted, value in trial.items():
             section, _, key = dotted.partition(".")
             layer.set(section, key, value, f"sweep {spec['path']} ({dotted})")
-        layer.set("run", "run_dir", str(sweep_dir / f"trial-{i:03d}"))
+        layer.set("run", "run_dir", str(sweep_dir / f"trial-{i:03d}"),
+                  f"sweep {spec['path']} (trial {i}'s folder)")
         configs.append(resolve([*base, layer], notes))
     for said in dict.fromkeys(notes):  # once, not once per trial
         log.warning(said)
