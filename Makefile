@@ -37,8 +37,9 @@ lint: install
 reproduce: install  ## reproduce the results tables (docs/records/, docs/*.md)
 	$(PY) -m bench.reproduce $(ARGS)
 
-# Not in CI: minutes per target. ARGS picks targets (bleu decoding generate metrics samplers
-# splits); survivors are written to build/mutation/TARGET/survivors.md, see docs/testing.md.
+# Not in CI: minutes per target. ARGS picks targets (python tools/mutation.py --list) or
+# --changed (those holding a module this branch changed against main); survivors are written
+# to build/mutation/TARGET/survivors.md, see docs/testing.md.
 mutation: install  ## mutation testing (mutmut) of the code behind the numbers in docs/
 	$(PY) -m pip install --quiet "mutmut==3.8.1"
 	$(PY) tools/mutation.py $(ARGS)

@@ -124,3 +124,60 @@ def test_a_checkpoint_is_refused_for_one_non_finite_weight_and_names_the_last_go
             TrainingMonitor().on_save_checkpoint(trainer, None, state)
         assert str(e.value).startswith("the weights became NaN or inf in step 41 (epoch 3)")
         assert f"the last good checkpoint is {ckpts / 'new.ckpt'} (step 40)" in str(e.value)
+
+
+def test_the_default_guards_warn_after_50_steps_above_10x_and_check_every_10th_step(
+        warnings) -> None:
+    assert feed(TrainingMonitor(), [1.0] + [10.5] * 50) == [51]
+    assert feed(TrainingMonitor(), [1.0] + [9.9] * 60) == []
+    checked = []
+    for step in range(25):
+        trainer = SimpleNamespace(global_step=step, current_epoch=0, checkpoint_callbacks=[])
+        try:
+            TrainingMonitor().on_before_backward(trainer, SimpleNamespace(
+                device=torch.device("meta")), torch.tensor(float("nan")))
+        except NonFiniteLossError:
+            checked.append(step)
+    assert checked == [0, 9, 19]
+
+
+def test_samples_add_up_over_batches() -> None:
+    monitor = TrainingMonitor()
+    trainer = SimpleNamespace(world_size=1)
+    for n in (3, 5):
+        monitor.on_train_batch_end(trainer, None, None, (torch.zeros(n), torch.zeros(n)), 0)
+    assert monitor.samples == 8
+
+
+def test_the_newest_checkpoint_of_every_checkpoint_callback_is_named(tmp_path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, step, mtime in ((first, 30, 2_000), (second, 20, 1_000)):
+        folder.mkdir()
+        torch.save({"global_step": step}, folder / "x.ckpt")
+        os.utime(folder / "x.ckpt", (mtime, mtime))
+    callbacks = [SimpleNamespace(dirpath=str(first)), SimpleNamespace(dirpath=None),
+                 SimpleNamespace(dirpath=str(second)), object()]  # not every callback has one
+    trainer = SimpleNamespace(checkpoint_callbacks=callbacks)
+    assert monitoring.last_good_checkpoint(trainer) == (
+        f"the last good checkpoint is {first / 'x.ckpt'} (step 30)")
+
+
+def test_a_checkpoint_that_needs_unpickling_is_named_without_its_step(tmp_path) -> None:
+    """The step is read with weights_only=True: a pickled object is never run for a message."""
+    torch.save({"global_step": 5, "obj": SimpleNamespace(a=1)}, tmp_path / "x.ckpt")
+    trainer = SimpleNamespace(checkpoint_callbacks=[SimpleNamespace(dirpath=str(tmp_path))])
+    assert monitoring.last_good_checkpoint(trainer) == (
+        f"the last checkpoint is {tmp_path / 'x.ckpt'}")
+
+
+def test_a_checkpoint_without_weights_or_with_other_values_is_saved() -> None:
+    trainer = SimpleNamespace(global_step=1, current_epoch=0, checkpoint_callbacks=[])
+    TrainingMonitor().on_save_checkpoint(trainer, None, {})
+    TrainingMonitor().on_save_checkpoint(trainer, None, {"state_dict": {
+        "w": torch.ones(2), "count": 3, "name": "x"}})
+    with pytest.raises(NonFiniteLossError) as e:
+        TrainingMonitor().on_save_checkpoint(trainer, None, {"state_dict": {
+            "w": torch.tensor([math.nan])}})
+    assert str(e.value) == ("the weights became NaN or inf in step 1 (epoch 0) and were not "
+                            "saved; no checkpoint was written; try a lower --lr or "
+                            "--gradient-clip-val")

@@ -131,6 +131,7 @@ def test_random_search_is_seeded_and_print_config_writes_nothing(tmp_path, monke
     ("method: grid\nparameters: {optim.lr: {values: [fast]}}\n", [], "optim.lr: expected float"),
     ("method: grid\nparameters: {}\n", [], "has no trials"),
     ("method: grid\nparameters: {optim.lr: {values: []}}\n", [], "has no trials"),
+    ("method: grid\nrun_cap: 0\nparameters: {optim.lr: {values: [0.1]}}\n", [], "has no trials"),
     ("method: random\nrun_cap: 0\nparameters: {optim.lr: {min: 0.1, max: 1.0}}\n", [],
      "has no trials"),
     ("method: grid\nparameters: {optim.lr: {min: 0.1, max: 1.0}}\n", [], "a grid needs values"),

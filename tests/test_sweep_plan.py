@@ -98,6 +98,9 @@ def _summary(tmp_path: Path, metric: str, goal: str, accs: list[float | None],
     assert text.splitlines()[0].split() == ["trial", "optim.lr", metric, "status",
                                             "train_time_sec"]
     assert [line.split()[0] for line in text.splitlines()[1:]] == [r["trial"] for r in rows]
+    for line, row in zip(text.splitlines()[1:], rows):  # numbers to 4 digits, "-" for none
+        cell = f"{float(row[metric]):.4g}" if row.get(metric) else "-"
+        assert line.split()[2] == cell and line.split()[1] == f"{float(row['optim.lr']):.4g}"
     return rows
 
 
@@ -126,11 +129,15 @@ class Trials:
     """Stands in for the trial processes: records each command and writes its results."""
 
     def __init__(self, codes: dict[str, int]) -> None:
-        self.codes, self.calls = codes, []
+        self.codes, self.calls, self.seen, self.orders = codes, [], [], []
 
     def __call__(self, cmd: list[str], env: dict[str, str]) -> int:
         run = Path(cmd[cmd.index("--run-dir") + 1])
         self.calls.append((run.name, cmd[1:], env))
+        summary = run.parent / "summary.csv"  # rewritten after each trial: progress is kept
+        self.seen.append(summary.read_text().count("\n") if summary.exists() else 0)
+        self.orders.append([line.split(",")[0] for line in
+                            summary.read_text().splitlines()[1:]] if summary.exists() else [])
         code = self.codes.get(run.name, 0)
         if code == 0:
             lr = yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]
@@ -167,6 +174,15 @@ def test_a_relaunch_skips_finished_trials_resumes_a_killed_one_and_starts_the_re
         ("trial-002", ["--config", "sw/trial-002/config.yaml", "--run-dir", "sw/trial-002"]),
         ("trial-003", ["--config", "sw/trial-003/config.yaml", "--run-dir", "sw/trial-003"])]
     assert fake.calls[0][1][:2] == ["-m", "d2l_lightning.cli.train"]
+    assert fake.seen == [0, 5, 5]  # a header and 4 rows once the first trial ran
+    assert fake.orders[2] == ["1", "2", "0", "3"]  # sorted by the goal while it runs, too
+    assert "\ntrial 3/4 (sw/trial-002): optim.lr=0.3\n" in out
+    assert out.endswith("sweep sw: 4 trials, sorted by val/acc (maximize)\n"
+                        "trial  optim.lr  val/acc  status           train_time_sec\n"
+                        "1      0.2       0.8      done             -\n"
+                        "2      0.3       0.7      done             -\n"
+                        "0      0.1       0.5      done             -\n"
+                        "3      0.4       -        failed (exit 3)  -\n")
     env = fake.calls[0][2]
     assert "_D2L_RUN_DIR" not in env
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(sweep.PACKAGE_ROOT)
@@ -199,9 +215,177 @@ def test_a_trial_folder_configured_differently_is_refused_before_anything_runs(
     fake = Trials({})
     monkeypatch.setattr(sweep.subprocess, "call", fake)
     assert train.main(["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw"]) == 2
-    assert "sw/trial-001 holds a trial configured differently" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("train.py: error: sw/trial-001 holds a trial configured "
+                                       "differently; choose another --run-dir for this sweep\n")
     assert fake.calls == [] and sorted(p.name for p in (tmp_path / "sw").iterdir()) == [
         "trial-001"]
     assert train.main(["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw",
                        "--resume", "last"]) == 2
-    assert "--resume cannot be given with --sweep" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("train.py: error: --resume cannot be given with --sweep: "
+                                       "re-launch the same sweep command to continue it\n")
+
+
+def test_keys_only_wandb_reads_are_accepted_and_a_metric_goal_defaults_to_minimize(
+        tmp_path) -> None:
+    s = spec(tmp_path, method="random", run_cap=1, metric={"name": "val/loss"},
+             program="train.py", command=["python", "${program}", "${args}"], name="n",
+             description="d", project="p", entity="e",
+             parameters={"optim.lr": {"min": 0, "max": 1.0}})
+    (trial,) = trials(s, seed=0)  # run_cap 1: one trial
+    # min 0 (an int) with max 1.0 (a float) is a uniform float draw, not an integer one
+    assert isinstance(trial["optim.lr"], float) and 0 < trial["optim.lr"] < 1
+
+
+def test_print_config_names_each_trial_folder_and_says_a_recipe_note_once(
+        tmp_path, monkeypatch, capsys) -> None:
+    from d2l_lightning.cli import train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grid.yaml").write_text("method: grid\nparameters:\n"
+                                        "  optim.lr: {values: [0.123456, 2]}\n")
+    assert train.main(["--sweep", "grid.yaml", "--model", "lstm", "--recipe", "wikitext",
+                       "--data", "time_machine", "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert "# trial 0: optim.lr=0.1235\n" in out and "# trial 1: optim.lr=2\n" in out
+    assert "run_dir: runs/sweep-grid/trial-000\n" in out  # the default sweep folder
+    assert "run_dir: runs/sweep-grid/trial-001\n" in out
+    assert err.count("warning: recipe 'wikitext' of lstm is made for data 'wikitext2'") == 1
+
+
+SECTIONS_LIST = "model, data, task, optim, trainer, run"
+
+
+@pytest.mark.parametrize("text, said", [
+    (None, "sweep file s.yaml is neither a file nor a shipped config (the shipped ones: "
+           "train.py --list-configs)"),
+    ("method: grid\nparameters: {optim.lr: {values: [0.1]\n",
+     "sweep file s.yaml does not parse as YAML (while parsing a flow mapping)"),
+    ("method: grid\nearly_terminate: {type: hyperband}\nparameters: {optim.lr: {values: [1]}}\n",
+     "sweep s.yaml: unknown key 'early_terminate' (keys: method, parameters, metric, run_cap, "
+     "program, command, name, description, project, entity; early_terminate is not supported)"),
+    ("- method\n- parameters\n",
+     "sweep file s.yaml must hold a mapping (method, parameters, ...)"),
+    ("method: bayes\nparameters: {optim.lr: {values: [0.1]}}\n",
+     "sweep s.yaml: method must be one of grid, random, not 'bayes'"),
+    ("method: grid\nparameters: {foo.lr: {values: [0.1]}}\n",
+     f"sweep s.yaml: parameter 'foo.lr' must be written SECTION.KEY (sections: {SECTIONS_LIST})"),
+    ("method: grid\nparameters: {optim.: {values: [0.1]}}\n",
+     f"sweep s.yaml: parameter 'optim.' must be written SECTION.KEY (sections: {SECTIONS_LIST})"),
+    ("method: grid\nparameters: {optim.lr: 0.1}\n",
+     "sweep s.yaml: parameter 'optim.lr' needs values, value or a distribution"),
+    ("method: grid\nparameters: {optim.lr: {values: 5}}\n",
+     "sweep s.yaml has no trials: 'optim.lr' has no values"),
+    ("method: random\nrun_cap: 1\nparameters: {optim.lr: {distribution: normal, min: 0.0, "
+     "max: 1.0}}\n",
+     "sweep s.yaml: distribution 'normal' of 'optim.lr' is not supported locally (supported: "
+     "constant, categorical, uniform, int_uniform, log_uniform_values)"),
+    ("method: grid\nmetric: {goal: up}\nparameters: {optim.lr: {values: [1.0]}}\n",
+     "sweep s.yaml: metric must be a mapping with 'name' and a 'goal' of minimize or maximize"),
+    ("method: random\nparameters: {optim.lr: {min: 0.1, max: 1.0}}\n",
+     "sweep s.yaml has no trials: a random search needs run_cap (the number of trials)"),
+    ("method: grid\nrun_cap: 2.5\nparameters: {optim.lr: {values: [0.1, 0.2, 0.3]}}\n",
+     "sweep s.yaml has no trials: run_cap must be a whole number of at least 1, not 2.5"),
+    ("method: random\nrun_cap: true\nparameters: {optim.lr: {values: [0.1]}}\n",
+     "sweep s.yaml has no trials: run_cap must be a whole number of at least 1, not True"),
+    ("method: grid\nparameters: {optim.lr: {values: [0.1], distribution: uniform}}\n",
+     "sweep s.yaml: a grid needs values for 'optim.lr', not a distribution"),
+    ("method: grid\nparameters: {run.run_dir: {values: [a, b]}}\n",
+     "sweep s.yaml: run.run_dir cannot be swept: each trial runs in SWEEP_DIR/trial-N "
+     "(--run-dir names SWEEP_DIR)"),
+    ("method: grid\nparameters: {optim.lr: {values: [fast]}}\n",
+     "sweep s.yaml (optim.lr): optim.lr: expected float, got 'fast'"),
+    ("method: grid\nrun_cap: 0\nparameters: {optim.lr: {values: [0.1]}}\n",
+     "sweep s.yaml has no trials: run_cap must be a whole number of at least 1, not 0"),
+])
+def test_each_refusal_is_its_whole_sentence(text, said, tmp_path, monkeypatch, capsys) -> None:
+    from d2l_lightning.cli import train
+
+    monkeypatch.chdir(tmp_path)
+    if text is not None:
+        (tmp_path / "s.yaml").write_text(text)
+    assert train.main(["--sweep", "s.yaml", "--model", "mlp"]) == 2
+    assert capsys.readouterr().err == f"train.py: error: {said}\n"
+
+
+def test_a_nested_key_is_swept_and_the_summary_table_is_aligned(tmp_path, monkeypatch,
+                                                                capsys) -> None:
+    from d2l_lightning.cli import train
+    from d2l_lightning.training import sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", "/users/own")
+    (tmp_path / "g.yaml").write_text(
+        "method: grid\nmetric: {name: val/acc}\nparameters:\n"
+        "  trainer.callbacks.EarlyStopping.patience: {values: [2]}\n"
+        "  optim.lr: {values: [0.5]}\n")
+    fake = Trials({})
+    monkeypatch.setattr(sweep.subprocess, "call", fake)
+    assert train.main(["--sweep", "g.yaml", "--model", "mlp", "--run-dir", "a/b/sw"]) == 0
+    cfg = yaml.safe_load((tmp_path / "a/b/sw/trial-000/config.yaml").read_text())
+    assert cfg["trainer"]["callbacks"]["EarlyStopping"]["patience"] == 2
+    first = (tmp_path / "a/b/sw/trial-000/config.yaml").read_text().splitlines()[0]
+    assert first == ("# trial 0 of the sweep g.yaml: trainer.callbacks.EarlyStopping.patience=2 "
+                     "optim.lr=0.5")
+    assert fake.calls[0][2]["PYTHONPATH"] == os.pathsep.join([str(sweep.PACKAGE_ROOT),
+                                                              "/users/own"])
+    out = capsys.readouterr().out
+    assert ("trial 1/1 (a/b/sw/trial-000): trainer.callbacks.EarlyStopping.patience=2 "
+            "optim.lr=0.5\n") in out
+    # one trial: the table's columns are as wide as their longest cell or header
+    assert out.endswith(
+        "sweep a/b/sw: 1 trials, sorted by val/acc (minimize)\n"
+        "trial  trainer.callbacks.EarlyStopping.patience  optim.lr  val/acc  status  "
+        "train_time_sec\n"
+        "0      2                                         0.5       0.5      done    -\n")
+
+
+@pytest.mark.parametrize("model, metric, expected", [
+    ("linear_regression", None, "sorted by val/loss (minimize)"),
+    ("mlp", "{name: val/loss, goal: maximize}", "sorted by val/loss (maximize)"),
+])
+def test_the_summary_follows_the_sweeps_metric_or_the_tasks(model, metric, expected, tmp_path,
+                                                            monkeypatch, capsys) -> None:
+    from d2l_lightning.cli import train
+    from d2l_lightning.training import sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.yaml").write_text(
+        "method: grid\n" + (f"metric: {metric}\n" if metric else "")
+        + "parameters:\n  optim.lr: {values: [0.1, 0.3, 0.2]}\n")
+    monkeypatch.setattr(sweep.subprocess, "call", LossTrials())
+    assert train.main(["--sweep", "g.yaml", "--model", model, "--run-dir", "sw"]) == 0
+    out = capsys.readouterr().out
+    assert expected in out
+    with open(tmp_path / "sw/summary.csv", newline="") as f:
+        order = [r["trial"] for r in csv.DictReader(f)]
+    assert order == (["1", "2", "0"] if "maximize" in expected else ["0", "2", "1"])
+
+
+class LossTrials(Trials):
+    """Trials whose val/loss is their learning rate."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    def __call__(self, cmd: list[str], env: dict[str, str]) -> int:
+        run = Path(cmd[cmd.index("--run-dir") + 1])
+        lr = yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]
+        (run / "results.json").write_text(json.dumps({"val/loss": lr}))
+        return 0
+
+
+def test_a_random_sweep_draws_from_the_runs_seed(tmp_path, monkeypatch, capsys) -> None:
+    from d2l_lightning.cli import train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text("method: random\nrun_cap: 3\nparameters:\n"
+                                     "  optim.lr: {min: 0.0, max: 1.0}\n")
+    headers = {}
+    for seed in ("0", "0", "7"):
+        assert train.main(["--sweep", "r.yaml", "--model", "mlp", "--seed", seed,
+                           "--print-config"]) == 0
+        out = capsys.readouterr().out
+        headers.setdefault(seed, []).append([line for line in out.splitlines()
+                                             if line.startswith("# trial ")])
+    assert headers["0"][0] == headers["0"][1] != headers["7"][0]
+    assert len(headers["7"][0]) == 3

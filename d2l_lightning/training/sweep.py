@@ -69,6 +69,10 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     if spec.get("method") not in METHODS:
         raise ConfigError(f"sweep {path}: method must be one of {', '.join(METHODS)}, "
                           f"not {spec.get('method')!r}")
+    cap = spec.get("run_cap")
+    if cap is not None and (type(cap) is not int or cap < 1):
+        raise ConfigError(f"sweep {path} has no trials: run_cap must be a whole number of at "
+                          f"least 1, not {cap!r}")
     params = spec.get("parameters")
     if not isinstance(params, dict) or not params:
         raise ConfigError(f"sweep {path} has no trials: 'parameters' is empty")
@@ -77,6 +81,9 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         if section not in SECTIONS or not name:
             raise ConfigError(f"sweep {path}: parameter '{key}' must be written SECTION.KEY "
                               f"(sections: {', '.join(SECTIONS)})")
+        if key == "run.run_dir":
+            raise ConfigError(f"sweep {path}: run.run_dir cannot be swept: each trial runs in "
+                              "SWEEP_DIR/trial-N (--run-dir names SWEEP_DIR)")
         if not isinstance(p, dict):
             raise ConfigError(f"sweep {path}: parameter '{key}' needs values, value or a "
                               "distribution")
@@ -124,12 +131,11 @@ def trials(spec: dict[str, Any], seed: int) -> list[dict[str, Any]]:
                                   "distribution")
             choices.append([p["value"]] if "value" in p else p["values"])
         out = [dict(zip(params, combo)) for combo in itertools.product(*choices)]
-        cap = spec.get("run_cap")
-        return out[:cap] if isinstance(cap, int) else out
+        return out[:spec.get("run_cap")]  # load_sweep checked it: None or at least 1
     cap = spec.get("run_cap")
-    if not isinstance(cap, int) or cap < 1:
+    if cap is None:
         raise ConfigError(f"sweep {path} has no trials: a random search needs run_cap (the "
-                          "number of trials) of at least 1")
+                          "number of trials)")
     rng = random.Random(seed)
     return [{key: _draw(rng, path, key, p) for key, p in params.items()} for _ in range(cap)]
 
@@ -153,22 +159,21 @@ def plan(request: Request) -> tuple[dict[str, Any], Path, list[dict[str, Any]], 
     base = [*map(load_config_file, request.configs), request.cli]
     swept = set(spec["parameters"])
     for section, key, _ in request.cli.items():
-        if f"{section}.{key}" in swept and (section, key) != ("run", "run_dir"):
+        if f"{section}.{key}" in swept:
             raise ConfigError(f"{request.cli.sources[section, key]} sets '{section}.{key}', "
                               f"which the sweep {spec['path']} varies")
     folder = request.cli.values.get("run", {}).get("run_dir")
     sweep_dir = Path(folder) if folder else Path("runs") / f"sweep-{spec['path'].stem}"
-    seed = resolve(base)["run"]["seed"]
-    values = trials(spec, seed)
-    if not values:
-        raise ConfigError(f"sweep {spec['path']} has no trials")
     configs, notes = [], []
+    seed = resolve(base, notes)["run"]["seed"]
+    values = trials(spec, seed)  # at least one: load_sweep checked the values and run_cap
     for i, trial in enumerate(values):
         layer = Layer(f"sweep {spec['path']}")
         for dotted, value in trial.items():
             section, _, key = dotted.partition(".")
             layer.set(section, key, value, f"sweep {spec['path']} ({dotted})")
-        layer.set("run", "run_dir", str(sweep_dir / f"trial-{i:03d}"))
+        layer.set("run", "run_dir", str(sweep_dir / f"trial-{i:03d}"),
+                  f"sweep {spec['path']} (trial {i}'s folder)")
         configs.append(resolve([*base, layer], notes))
     for said in dict.fromkeys(notes):  # once, not once per trial
         log.warning(said)
