@@ -47,7 +47,10 @@ def test_list_model_shows_its_header_and_each_recipe_as_a_config(capsys) -> None
 def test_a_model_train_py_cannot_train_lists_its_recipes_and_why(capsys) -> None:
     spec = get_spec("bi_lstm")
     assert train.main(["--list", "bi_lstm"]) == 0
-    lines = capsys.readouterr().out.split("\n")
+    out = capsys.readouterr().out
+    lines = out.split("\n")
+    assert lines[0].startswith("bi_lstm: sequence_encoding, d2l §")
+    assert out.endswith(")\n")  # the last recipe's reason ends the listing
     recipe = next(iter(spec.recipes))
     i = lines.index(f"recipe '{recipe}': {recipe_summary(spec.recipe(recipe))}")
     assert lines[i + 1].startswith("  (model 'bi_lstm' cannot train with train.py: ")
@@ -68,3 +71,16 @@ def test_list_without_a_model_is_the_registry_table_and_a_pointer(capsys) -> Non
     assert capsys.readouterr().out == (format_table() + "\n\n`train.py --list MODEL` shows a "
                                        "model's options and each recipe resolved into the "
                                        "config sections.\n")
+
+
+def test_a_config_without_a_title_is_listed_without_trailing_spaces(tmp_path, monkeypatch,
+                                                                   capsys) -> None:
+    from d2l_lightning.training import listing
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/long-name.yaml").write_text("# A title\nmodel: {name: mlp}\n")
+    (tmp_path / "a/x.yaml").write_text("\nmodel: {name: mlp}\n")  # no title line
+    monkeypatch.setattr(listing, "CONFIGS", tmp_path)
+    monkeypatch.setattr(listing, "shipped_configs", lambda: ["a/long-name", "a/x"])
+    assert listing.list_configs().split("\n")[:2] == ["a/long-name  A title",
+                                                      "a/x"]
