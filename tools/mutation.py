@@ -130,6 +130,10 @@ TARGETS: dict[str, Target] = {
         ["training/sweep.py"],
         ["tests/test_sweep_plan.py", "tests/test_sweep.py"],
         "not grid_sweep_runs and not killed_sweep"),
+    # train.py --list [MODEL] and --list-configs
+    "listing": Target(
+        ["training/listing.py"],
+        ["tests/test_listing.py", "tests/test_config.py"], "list"),
     # the non-finite and divergence guards, the sample count and the clock
     "monitoring": Target(
         ["callbacks/monitoring.py"],
