@@ -47,7 +47,7 @@ def locate_run(run: str | Path | None, ckpt: str | Path | None,
         raise ConfigError(f"{what}: {run_dir} has no checkpoint to evaluate ({ckpt} does not "
                           "exist)")
     layers, _ = run_layers(run_dir)
-    arch, _, _ = read_checkpoint(ckpt, what)
+    arch, *_ = read_checkpoint(ckpt, what)
     check_arch(arch, ckpt, layers, config, what)
     return run_dir, ckpt, layers
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import SECTIONS, Config, Layer, dump_config, load_config_file, resolve
 from .errors import ConfigError
-from .runs import RUN_DIR_ENV, ResumePlan, choose_run_dir, make_run_dir
+from .runs import RUN_DIR_ENV, ResumePlan, RunFolder, choose_run_dir, make_run_dir
 
 ConfigLike = Mapping[str, Any] | str | Path
 
@@ -99,7 +99,7 @@ def build_trainer(cfg: Config, run_dir: Path, module: Any, evaluate: bool = Fals
 
     from d2l_lightning.callbacks import ExportCallback, TrainingMonitor
     from d2l_lightning.callbacks.dispatch import skip_idle_batch_hooks
-    from d2l_lightning.callbacks.faults import AtomicCheckpointIO, SigtermCheckpoint
+    from d2l_lightning.callbacks.faults import AtomicCheckpointIO, SigtermCheckpoint, StepCheckpoint
     from d2l_lightning.callbacks.plots import RunPlots
     from d2l_lightning.callbacks.progress import LineProgress, terminal_progress_bar
 
@@ -135,9 +135,9 @@ def build_trainer(cfg: Config, run_dir: Path, module: Any, evaluate: bool = Fals
                 ModelCheckpoint(ckpt_dir, filename="last", monitor=None, save_top_k=1,
                                 enable_version_counter=False)]
             if run["ckpt_every_n_steps"]:
-                callbacks.append(ModelCheckpoint(
+                callbacks.append(StepCheckpoint(
                     ckpt_dir, every_n_train_steps=run["ckpt_every_n_steps"], save_top_k=0,
-                    save_last=True))
+                    save_last=True, enable_version_counter=False))
         if cfg["optim"]["scheduler"] != "none" and tr["logger"]:
             callbacks.append(LearningRateMonitor("step"))
     if run["compile"]:
@@ -200,7 +200,7 @@ def fit(config: ConfigLike, overrides: Mapping[str, Any] | None = None,
         ConfigError: the config, or a Trainer argument Lightning refuses, before anything is
             written.
         DataError: the data is missing and cannot be downloaded.
-        TerminatedError: SIGTERM stopped the run (the message says how to continue it).
+        TerminatedError: SIGTERM or SIGINT stopped the run (the message says how to continue).
     """
     cfg = load_config(config, overrides)
     hands_off_run_dir = RUN_DIR_ENV not in os.environ  # else a DDP child of such a run
@@ -236,14 +236,7 @@ def prepare(cfg: Config, fresh: bool) -> tuple[Any, Any, str]:
 
 
 def _fit(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from d2l_lightning.callbacks.faults import terminated_message
-    from d2l_lightning.callbacks.progress import model_summary
-    from d2l_lightning.callbacks.wandb_logging import start_wandb, wandb_logger
-
-    from .faults import TerminatedError, check_hardware
-    from .hparams import flatten, log_run_config, run_hparams, run_metadata
+    from .faults import check_hardware
 
     dm, module, init = prepare(cfg, fresh=resume is None)
     if init:
@@ -254,7 +247,26 @@ def _fit(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     trainer = build_trainer(cfg, run_dir, module)  # Lightning's refusals: nothing written yet
     if str(trainer.precision) != cfg["trainer"]["precision"]:  # e.g. None runs 32-true
         cfg["trainer"]["precision"] = str(trainer.precision)  # config.yaml records what ran
-    make_run_dir(folder)
+    make_run_dir(folder, resume)  # takes the folder's lock: one writer per run
+    try:
+        return _run_in(folder, cfg, resume, dm, module, trainer)
+    finally:
+        folder.release()
+
+
+def _run_in(folder: RunFolder, cfg: Config, resume: ResumePlan | None, dm: Any, module: Any,
+            trainer: Any) -> dict[str, Any] | None:
+    """Train, test and publish in the locked run folder (:func:`fit`'s second half)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from d2l_lightning.callbacks.faults import stop_signal, terminated_message
+    from d2l_lightning.callbacks.progress import model_summary
+    from d2l_lightning.callbacks.wandb_logging import start_wandb, wandb_logger
+
+    from .faults import TerminatedError
+    from .hparams import flatten, log_run_config, run_hparams, run_metadata
+
+    run_dir = folder.path
     if trainer.is_global_zero:
         print(f"run folder: {run_dir}\n{model_summary(module.model, cfg['model']['name'])}",
               flush=True)
@@ -281,7 +293,8 @@ def _fit(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
             tested = trainer.test(module, datamodule=dm, verbose=False)[0]
             test = {k: float(v) for k, v in tested.items()}
     except SIGTERMException:
-        raise TerminatedError(terminated_message(trainer, run_dir)) from None
+        raise TerminatedError(terminated_message(trainer, run_dir),
+                              stop_signal(trainer)) from None
     results = {
         "model": cfg["model"]["name"], "data": cfg["data"]["name"],
         "recipe": cfg["model"]["recipe"],

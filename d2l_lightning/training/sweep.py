@@ -22,6 +22,7 @@ import itertools
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +38,11 @@ from .config import (
     dump_config,
     load_config_file,
     log,
+    read_yaml,
     resolve,
 )
-from .runs import RUN_DIR_ENV, same_config
+from .lock import FolderLock, check_free
+from .runs import RUN_DIR_ENV, remove_partial_files, same_config
 
 #: a trial's process: ``train.py`` of this package, found where this process found it
 TRAIN = ("-m", "d2l_lightning.cli.train")
@@ -51,14 +54,8 @@ W_AND_B_ONLY = ("program", "command", "name", "description", "project", "entity"
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
     """Read and check a sweep file; any problem is one :class:`ConfigError` sentence."""
-    import yaml
-
     path = config_path(path, "sweep file")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"sweep file {path} does not parse as YAML "
-                          f"({str(e).strip().splitlines()[0]})") from None
+    spec = read_yaml(path, "sweep file")
     if not isinstance(spec, dict):
         raise ConfigError(f"sweep file {path} must hold a mapping (method, parameters, ...)")
     known = ("method", "parameters", "metric", "run_cap", *W_AND_B_ONLY)
@@ -195,7 +192,20 @@ def run_sweep(request: Request) -> int:
         if config.exists() and not same_config(config, cfg):
             raise ConfigError(f"{config.parent} holds a trial configured differently; "
                               "choose another --run-dir for this sweep")
+    check_free(sweep_dir, "sweep")  # another sweep in this folder: refused, nothing written
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(sweep_dir, "sweep")
+    lock.acquire()
+    try:
+        return _run_trials(spec, sweep_dir, values, configs)
+    finally:
+        lock.release()
+
+
+def _run_trials(spec: dict[str, Any], sweep_dir: Path, values: list[dict[str, Any]],
+                configs: list[Config]) -> int:
+    """Run the trials not finished yet, one after another (the sweep folder's lock held)."""
+    remove_partial_files(sweep_dir)
     record = sweep_dir / "sweep.yaml"
     if not record.exists():
         record.write_text(spec["path"].read_text(encoding="utf-8"), encoding="utf-8")
@@ -221,12 +231,40 @@ def run_sweep(request: Request) -> int:
                     encoding="utf-8")
             args = ["--config", str(trial_dir / "config.yaml"), "--run-dir", str(trial_dir)]
         print(head, flush=True)
-        rc = subprocess.call([sys.executable, *TRAIN, *args], env=env)
+        rc, signum = _trial([sys.executable, *TRAIN, *args], env)
         statuses.append("done" if rc == 0 else f"failed (exit {rc})")
         write_summary(sweep_dir, values, configs, statuses, metric, goal)
+        if signum is not None:
+            name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
+            print(f"error: sweep stopped by {name} during trial {i + 1}, which kept its "
+                  f"checkpoint; run the same sweep command again to continue it",
+                  file=sys.stderr, flush=True)
+            return 128 + signum
     table = write_summary(sweep_dir, values, configs, statuses, metric, goal)
     print(f"\nsweep {sweep_dir}: {len(configs)} trials, sorted by {metric} ({goal})\n{table}")
     return 0 if all(s == "done" for s in statuses) else 1
+
+
+def _trial(argv: list[str], env: dict[str, str]) -> tuple[int, int | None]:
+    """Run one trial; SIGTERM or SIGINT to the sweep is passed on to it (exit status, signal).
+
+    The trial runs in its own session, so a Ctrl-C at the terminal reaches it once, through
+    the sweep, and it stops as a run does: a checkpoint, then its exit status.
+    """
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    got: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        got.append(signum)
+        proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return rc, (got[0] if got else None)
 
 
 def _fmt(trial: dict[str, Any]) -> str:

@@ -1,0 +1,248 @@
+"""The fault table (docs/reliability.md), part 3: the life of a run folder.
+
+One writer per run and per sweep folder, resumes checked before anything is written, signals
+(SIGTERM, Ctrl-C) at every phase keeping a checkpoint from which the run continues with every
+epoch trained and validated, and partial files of a killed writer cleaned at the next start.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, read_results
+from d2l_lightning.callbacks.faults import SigtermCheckpoint
+from d2l_lightning.cli import train
+from faults_helpers import TINY, assert_unchanged, one_error_line, snapshot
+
+TWO_EPOCHS = [*TINY[:TINY.index("--max-epochs")], "--max-epochs", "2",
+              *TINY[TINY.index("--max-epochs") + 2:]]
+TWO_EPOCHS[TWO_EPOCHS.index("--limit-val-batches") + 1] = "3"  # a validation of 3 batches
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    """Another process that holds ``folder``'s lock, as a live train.py would."""
+    code = ("import sys, time; from d2l_lightning.training.lock import FolderLock; "
+            "FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _val_epochs(run: Path) -> list[str]:
+    return [r["epoch"] for r in _rows(run) if r.get("val/loss")]
+
+
+@pytest.fixture(scope="module")
+def finished(data_root, tmp_path_factory) -> Path:
+    """A finished 2-epoch run (28 steps) to resume."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert train.main([*TWO_EPOCHS, "--data-dir", str(data_root), "--run-dir", str(run)]) == 0
+    return run
+
+
+def test_second_writer_of_a_run_folder_is_refused_naming_the_first(data_root, finished,
+                                                                   capsys) -> None:
+    proc = _holder(finished)
+    before = snapshot(finished)  # with the holder's pid in .lock
+    names = sorted(p.name for p in finished.iterdir())
+    try:
+        for argv in ([*TINY, "--data-dir", str(data_root), "--run-dir", str(finished)],
+                     ["--resume", "last", "--run-dir", str(finished)]):
+            code = train.main(argv)
+            line = one_error_line(capsys.readouterr().err)
+            assert code == 2 and f"in use by process {proc.pid}" in line, line
+            assert_unchanged(before, finished)
+            assert sorted(p.name for p in finished.iterdir()) == names  # no config.resume.yaml
+    finally:
+        proc.kill()
+        proc.wait()
+    # the killed holder's lock does not block the next start
+    assert train.main(["--resume", "last", "--run-dir", str(finished)]) == 0
+
+
+def test_two_train_processes_on_one_folder(data_root, tmp_path, capsys) -> None:
+    """A real train.py writes the folder; a second one started meanwhile is refused at once."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "train.py", *TWO_EPOCHS, "--limit-train-batches",
+                              "60", "--data-dir", str(data_root), "--run-dir", str(run)],
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "config.yaml").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    code = train.main([*TINY, "--data-dir", str(data_root), "--run-dir", str(run)])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and f"in use by process {first.pid}" in line, line
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    steps = [r["step"] for r in _rows(run) if r.get("train/loss")]
+    assert steps and len(steps) == len(set(steps))  # every row written once
+
+
+def test_second_sweep_in_one_folder_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grid.yaml").write_text("method: grid\nparameters:\n"
+                                        "  optim.lr: {values: [0.1, 0.2]}\n")
+    (tmp_path / "sw").mkdir()
+    proc = _holder(tmp_path / "sw")
+    try:
+        code = train.main(["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw"])
+    finally:
+        proc.kill()
+        proc.wait()
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and f"in use by process {proc.pid}" in line and "sweep" in line, line
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == [".lock"]
+
+
+def test_resume_shorter_than_what_was_trained_changes_nothing(finished, capsys) -> None:
+    """Was: a traceback after writing config.resume*.yaml, and every later resume failed."""
+    before = snapshot(finished)
+    for _ in range(2):
+        code = train.main(["--resume", "last", "--run-dir", str(finished), "--max-epochs", "1"])
+        line = one_error_line(capsys.readouterr().err)
+        assert code == 2 and "--max-epochs 1 is shorter than" in line, line
+        assert "at epoch 2, step 28" in line and "at least 2" in line, line
+        assert_unchanged(before, finished)
+        assert not list(finished.glob("config.resume*.yaml"))
+    code = train.main(["--resume", "last", "--run-dir", str(finished), "--max-steps", "27"])
+    assert code == 2 and "--max-steps 27 is shorter" in one_error_line(capsys.readouterr().err)
+
+
+def _signal_at(monkeypatch, signum: int, phase: str) -> None:
+    """Send ``signum`` to this process in the first epoch: at its last training step, during
+    its validation, or during the test."""
+    def last_step(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == 0 and batch_idx + 1 == trainer.num_training_batches:
+            os.kill(os.getpid(), signum)
+
+    def in_validation(self, trainer, module, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == 0 and batch_idx == 0:
+            os.kill(os.getpid(), signum)
+
+    def in_test(self, trainer, module, batch, batch_idx, dataloader_idx=0) -> None:
+        os.kill(os.getpid(), signum)
+
+    hook, fn = {"last training step": ("on_train_batch_end", last_step),
+                "validation": ("on_validation_batch_start", in_validation),
+                "test": ("on_test_batch_start", in_test)}[phase]
+    monkeypatch.setattr(SigtermCheckpoint, hook, fn, raising=False)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+@pytest.mark.parametrize("phase", ["last training step", "validation"])
+def test_signal_keeps_a_checkpoint_and_the_resumed_run_misses_no_epoch(
+        signum, phase, data_root, tmp_path, monkeypatch, capsys) -> None:
+    """Was: Ctrl-C kept nothing and said nothing; SIGTERM at an epoch's end resumed into the
+    test with epoch 2 never trained and epoch 1 never validated."""
+    run = tmp_path / "run"
+    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
+    with monkeypatch.context() as m:
+        _signal_at(m, signum, phase)
+        code = train.main([*TWO_EPOCHS, "--data-dir", str(data_root), "--run-dir", str(run)])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 128 + signum and f"stopped by {name} at step 14" in line, line
+    assert f"--resume last --run-dir {run}" in line
+    assert _val_epochs(run) == ["0"]  # the signal waited for the validation to end
+    assert train.main(["--resume", "last", "--run-dir", str(run)]) == 0
+    res = read_results(run)
+    assert (res["global_step"], res["epochs"]) == (28, 2)
+    assert _val_epochs(run) == ["0", "1"]
+    assert list(run.glob("checkpoints/best-*.ckpt"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_signal_during_the_test_says_how_to_test_again(signum, data_root, tmp_path,
+                                                       monkeypatch, capsys) -> None:
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _signal_at(m, signum, "test")
+        code = train.main([*TINY, "--limit-test-batches", "3", "--data-dir", str(data_root),
+                           "--run-dir", str(run)])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 128 + signum and "after training, before results.json" in line, line
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "results.json").exists()
+
+
+def test_step_checkpoints_skip_an_epochs_last_step(data_root, tmp_path) -> None:
+    """A checkpoint between an epoch's last step and its validation would resume into the
+    next epoch with both skipped; the epoch-end last.ckpt (after validation) stands for it."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    saved = []
+    real = ModelCheckpoint._save_checkpoint
+
+    def record(self, trainer, filepath) -> None:
+        saved.append((type(self).__name__, trainer.global_step))
+        real(self, trainer, filepath)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ModelCheckpoint, "_save_checkpoint", record)
+        assert train.main([*TINY, "--ckpt-every-n-steps", "7", "--data-dir", str(data_root),
+                           "--run-dir", str(tmp_path / "run")]) == 0
+    assert [s for name, s in saved if name == "StepCheckpoint"] == [7]  # not 14, the last
+
+
+def test_partial_files_of_a_killed_writer_are_removed_at_the_next_start(finished,
+                                                                        capsys) -> None:
+    partial = [finished / "checkpoints" / ".last.ckpt.k3x9_q2a", finished / ".metrics.csv.4242.tmp",
+               finished / "export" / ".model.safetensors.abcd1234"]
+    kept = [finished / "checkpoints" / ".notes", finished / "my.ckpt.backup"]
+    for p in [*partial, *kept]:
+        p.write_bytes(b"partial")
+    assert train.main(["--resume", "last", "--run-dir", str(finished)]) == 0
+    out = capsys.readouterr().out
+    assert "removed 3 partial file(s)" in out, out
+    assert not any(p.exists() for p in partial) and all(p.exists() for p in kept)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_sweep_passes_a_signal_to_its_trial(signum, tmp_path, monkeypatch, capsys) -> None:
+    """Was: the sweep exited and its trial went on training alone."""
+    import threading
+
+    from d2l_lightning.training import sweep
+
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+             "signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n"
+             "open(sys.argv[1], 'w').close()\n"
+             "time.sleep(60)\n")
+    ready = tmp_path / "ready"
+    threading.Thread(target=lambda: (_wait_for(ready), os.kill(os.getpid(), signum)),
+                     daemon=True).start()
+    started = time.monotonic()
+    rc, got = sweep._trial([sys.executable, "-c", child, str(ready)], dict(os.environ))
+    assert (rc, got) == (128 + signum, signum) and time.monotonic() - started < 30
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grid.yaml").write_text("method: grid\nparameters:\n"
+                                        "  optim.lr: {values: [0.1, 0.2]}\n")
+    calls = []
+    monkeypatch.setattr(sweep, "_trial", lambda argv, env: calls.append(argv) or (rc, got))
+    code = train.main(["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw"])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 128 + signum and len(calls) == 1, (code, calls)  # the second trial waits
+    assert "during trial 1" in line and "run the same sweep command again" in line, line
+    assert (tmp_path / "sw" / "summary.csv").is_file()
+
+
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
