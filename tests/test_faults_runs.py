@@ -246,3 +246,23 @@ def _wait_for(path: Path) -> None:
     deadline = time.monotonic() + 30
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def test_resumed_run_reports_the_whole_runs_time_and_epoch_means(data_root, tmp_path,
+                                                                   monkeypatch) -> None:
+    """Was: train_time_sec 0.0 and a train/acc of the batches after the resume only."""
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert train.main([*TINY, "--data-dir", str(data_root), "--run-dir", str(whole)]) == 0
+
+    def stop_at_7(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as m:
+        m.setattr(SigtermCheckpoint, "on_train_batch_end", stop_at_7, raising=False)
+        assert train.main([*TINY, "--data-dir", str(data_root), "--run-dir", str(stopped)]) == 143
+    assert train.main(["--resume", "last", "--run-dir", str(stopped)]) == 0
+    a, b = read_results(whole), read_results(stopped)
+    for key in ("train/acc", "train/loss_epoch"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6), key
+    assert b["train_time_sec"] > 0 and b["train_samples_per_sec"] > 0
