@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except TerminatedError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return 128 + e.signum
+    except KeyboardInterrupt as e:  # Ctrl-C outside Lightning's loops, e.g. in a download
+        print(f"error: {e or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        return 128 + signal.SIGINT
     except OSError as e:
         if e.errno not in WRITE_ERRNOS:
             raise
