@@ -266,3 +266,43 @@ def test_resumed_run_reports_the_whole_runs_time_and_epoch_means(data_root, tmp_
     for key in ("train/acc", "train/loss_epoch"):
         assert b[key] == pytest.approx(a[key], rel=1e-6), key
     assert b["train_time_sec"] > 0 and b["train_samples_per_sec"] > 0
+
+
+@pytest.mark.parametrize("model, data, extra, split", [
+    ("mlp", "mnist", {}, "test"),
+    ("mlp", "mnist", {"setting": "book"}, "validation"),  # the test set is the validation set
+    ("gru", "time_machine", {}, "validation"),  # a held-out tail serves both
+    ("gru", "wikitext2", {}, "test"),
+])
+def test_test_numbers_say_which_split_they_are_on(model, data, extra, split, tmp_path) -> None:
+    """Was: results.json and the console reported test/* for data without a test split."""
+    from test_language_modeling import BOOK, write_wikitext
+
+    from conftest import make_idx_dataset
+    from d2l_lightning.training.run import build_data, load_config, test_split
+
+    make_idx_dataset(tmp_path / "mnist", n_train=60, n_test=20)
+    (tmp_path / "timemachine").mkdir()
+    (tmp_path / "timemachine" / "timemachine.txt").write_text(BOOK * 6, encoding="utf-8")
+    write_wikitext(tmp_path / "wikitext-2")
+    cfg = load_config({"model": {"name": model},
+                       "data": {"name": data, "data_dir": str(tmp_path), **extra}})
+    dm = build_data(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert test_split(dm) == split
+
+
+def test_results_and_console_label_validation_numbers_reported_as_test(tmp_path, capsys) -> None:
+    from test_language_modeling import BOOK
+
+    (tmp_path / "timemachine").mkdir()
+    (tmp_path / "timemachine" / "timemachine.txt").write_text(BOOK * 6, encoding="utf-8")
+    run = tmp_path / "run"
+    assert train.main(["--model", "gru", "--data", "time_machine", "--num-hiddens", "8",
+                       "--max-steps", "2", "--limit-val-batches", "1", "--limit-test-batches",
+                       "1", "--no-progress-bar", "--data-dir", str(tmp_path),
+                       "--run-dir", str(run)]) == 0
+    res = read_results(run)
+    assert res["test_split"] == res["meta"]["test_split"] == "validation"
+    assert "test/* is on the validation split" in capsys.readouterr().out

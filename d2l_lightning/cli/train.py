@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = {k: round(v, 4) for k, v in results.items()
                  if k.startswith(("val/", "test/")) and isinstance(v, float)}
         print(f"\n{results['model']} on {results['data']}: {shown}")
+        if results.get("test_split") == "validation" and any(k.startswith("test/") for k in shown):
+            print("test/* is on the validation split: this data has no separate test split")
         print(f"train: {results['train_samples_per_sec']:.0f} samples/s, "
               f"{results['epochs']} epochs, {results['train_time_sec']:.1f} s")
         print(f"run folder: {results['run_dir']}")

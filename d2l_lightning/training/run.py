@@ -183,6 +183,31 @@ def _dataset_sizes(dm: Any) -> dict[str, int]:
     return sizes
 
 
+def test_split(dm: Any) -> str:
+    """``"test"``, or ``"validation"`` where the data's test split is its validation split.
+
+    The Time Machine (a held-out tail), the book's fra-eng and Fashion-MNIST settings and an
+    image folder without ``test/`` have no separate test data; their ``test/*`` numbers are
+    then validation numbers, and ``results.json``, the loggers and the console say so.
+    """
+    import torch
+
+    flag = getattr(dm, "test_is_val", None)
+    if flag is not None:
+        return "validation" if flag else "test"
+    corpora = getattr(dm, "corpora", None) or {}
+    pairs = [(corpora.get("val"), corpora.get("test"))]
+    pairs.append((getattr(dm, "val_set", None), getattr(dm, "test_set", None)))
+    for val, test in pairs:
+        if val is None or test is None:
+            continue
+        val, test = ([val], [test]) if isinstance(val, torch.Tensor) else (val, test)
+        if len(val) == len(test) and all(
+                a is b or a.shape == b.shape and torch.equal(a, b) for a, b in zip(val, test)):
+            return "validation"
+    return "test"
+
+
 def fit(config: ConfigLike, overrides: Mapping[str, Any] | None = None,
         resume: ResumePlan | None = None) -> dict[str, Any] | None:
     """Train, test and export one run; return what its ``results.json`` holds.
@@ -303,7 +328,7 @@ def _run_in(folder: RunFolder, cfg: Config, resume: ResumePlan | None, dm: Any, 
         "train_time_sec": round(summary.get("run/train_time_sec", 0.0), 3),
         "train_samples_per_sec": round(summary.get("run/train_samples_per_sec", 0.0), 1),
         **batches, **train, **val, **test,
-        "dataset_sizes": _dataset_sizes(dm),
+        "dataset_sizes": _dataset_sizes(dm), "test_split": test_split(dm),
         "resumed_from": str(ckpt) if ckpt else None,
         "run_dir": str(run_dir), "export_dir": str(run_dir / "export"),
     }
@@ -312,6 +337,7 @@ def _run_in(folder: RunFolder, cfg: Config, resume: ResumePlan | None, dm: Any, 
         cm = trainer.callback_metrics.get("test/confusion_matrix")
     if cm is not None:
         results["test/confusion_matrix"] = cm.tolist()
+    meta["test_split"] = results["test_split"]  # the loggers' copy of the run's settings
     results["meta"] = meta
     if trainer.is_global_zero:  # hparams with the final metrics, figures, the model artifact
         from d2l_lightning.callbacks.media import publish_run
