@@ -306,3 +306,33 @@ def test_results_and_console_label_validation_numbers_reported_as_test(tmp_path,
     res = read_results(run)
     assert res["test_split"] == res["meta"]["test_split"] == "validation"
     assert "test/* is on the validation split" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("phase", ["data preparation", "after the test"])
+def test_sigterm_outside_the_trainer_is_one_sentence(phase, data_root, tmp_path, monkeypatch,
+                                                     capsys) -> None:
+    """Was: the default action, a silent death with exit -15 and no word of what was kept."""
+    from d2l_lightning.callbacks import media
+    from d2l_lightning.datamodules.vision import MNISTDataModule
+
+    def term(*args, **kwargs) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if phase == "data preparation":
+        monkeypatch.setattr(MNISTDataModule, "prepare_data", term)
+    else:
+        monkeypatch.setattr(media, "publish_run", term)
+    run = tmp_path / "run"
+    before = snapshot(data_root)
+    safety = signal.signal(signal.SIGTERM, lambda *a: None)  # were train.py's handler missing
+    try:
+        code = train.main([*TINY, "--data-dir", str(data_root), "--run-dir", str(run)])
+        given_back = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, safety)
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 143 and "stopped by SIGTERM outside training" in line, line
+    assert_unchanged(before, data_root)
+    assert not (run / "results.json").exists()
+    assert run.exists() == (phase == "after the test")  # nothing written before training
+    assert given_back.__name__ == "<lambda>"  # the handler before train.py's, given back

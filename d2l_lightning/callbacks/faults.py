@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from d2l_lightning.models.export import atomic_write
+from d2l_lightning.training.faults import SIGTERM_OUTSIDE_TRAINING
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -82,11 +83,13 @@ class SigtermCheckpoint(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Take over SIGINT for the stage (only the main thread may set handlers)."""
+        SIGTERM_OUTSIDE_TRAINING.trainer_active = True  # Lightning's handler takes SIGTERM
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Give SIGINT back."""
+        SIGTERM_OUTSIDE_TRAINING.trainer_active = False
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None

@@ -151,7 +151,25 @@ def _show_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
+    """CLI entry point; returns the exit code.
+
+    SIGTERM outside a trainer's loops ends the command with one sentence (exit 143); inside
+    them, Lightning's handler and ours keep a checkpoint.
+    """
+    import threading
+
+    from d2l_lightning.training.faults import SIGTERM_OUTSIDE_TRAINING
+
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, SIGTERM_OUTSIDE_TRAINING)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     from d2l_lightning.training.console import quiet_warnings
     from d2l_lightning.training.faults import WRITE_ERRNOS, TerminatedError
 

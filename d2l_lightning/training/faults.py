@@ -89,3 +89,27 @@ class TerminatedError(Exception):
     def __init__(self, message: str, signum: int = 15) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class SigtermOutsideTraining:
+    """SIGTERM outside the trainer's loops (data preparation, a download, export): one sentence.
+
+    ``train.py`` installs it for the whole command. While a trainer runs, :class:`~d2l_lightning.
+    callbacks.faults.SigtermCheckpoint` marks it inactive: Lightning's own handler (which calls
+    this one too) then stops the loops and a checkpoint is kept.
+    """
+
+    def __init__(self) -> None:
+        self.trainer_active = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        """Stop the command, unless a trainer handles the signal."""
+        if not self.trainer_active:
+            raise TerminatedError(
+                "stopped by SIGTERM outside training (data preparation, test set-up or "
+                "export); nothing was left half-written: run the command again (with "
+                "--resume last --run-dir RUN if the run has a checkpoint)", 15)
+
+
+#: the handler ``train.py`` installs
+SIGTERM_OUTSIDE_TRAINING = SigtermOutsideTraining()

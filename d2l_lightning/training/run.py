@@ -352,5 +352,7 @@ def _run_in(folder: RunFolder, cfg: Config, resume: ResumePlan | None, dm: Any, 
     if path.exists():  # a resumed run that had finished before: keep where it ended then
         earlier = json.loads(path.read_text())
         results["earlier"] = [*earlier.pop("earlier", []), earlier]
-    path.write_text(json.dumps(results, indent=2))
+    from d2l_lightning.models.export import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     return results
