@@ -267,3 +267,25 @@ def test_plot_of_a_malformed_metrics_csv_is_one_sentence(make, needle, tiny_run,
     assert code == 1 and needle in line and str(run / "metrics.csv") in line, line
     assert_unchanged(before, run)
     assert not (tmp_path / "curves.png").exists() and out == ""
+
+
+def test_ctrl_c_in_predict_and_export_is_one_line(tiny_run, text_exports, tmp_path,
+                                                  monkeypatch, capsys) -> None:
+    """Was: a KeyboardInterrupt traceback from predict.py (e.g. a long generation) and
+    export.py."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    from d2l_lightning.models import generate
+
+    monkeypatch.setattr(generate, "generate", interrupt)  # mid-generation
+    code, _, err = call(predict.main, "generate", "--export", text_exports["lm"], "--prefix", "go",
+                        capsys=capsys)
+    assert code == 130 and "stopped by SIGINT (Ctrl-C)" in one_error_line(err)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run" / "checkpoints", run / "checkpoints")
+    before = snapshot(run)
+    monkeypatch.setattr(export, "export_checkpoint", interrupt)
+    code, _, err = call(export.main, run / "checkpoints" / "last.ckpt", capsys=capsys)
+    assert code == 130 and "no file in" in one_error_line(err)
+    assert_unchanged(before, run)

@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileExistsError, CheckpointError, ExportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # each file is written atomically: none is left half-written
+        print(f"error: stopped by SIGINT (Ctrl-C); no file in {out} is half-written, but run "
+              "the command again (with --force) for a complete export", file=sys.stderr)
+        return 130
     print(f"exported {ckpt} to {path}")
     return 0
 

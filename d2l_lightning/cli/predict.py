@@ -396,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a download or a long generation: one line, no traceback
+        print("error: stopped by SIGINT (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
