@@ -336,3 +336,22 @@ def test_sigterm_outside_the_trainer_is_one_sentence(phase, data_root, tmp_path,
     assert not (run / "results.json").exists()
     assert run.exists() == (phase == "after the test")  # nothing written before training
     assert given_back.__name__ == "<lambda>"  # the handler before train.py's, given back
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--resume", "{bad}"], "--resume: {bad} is not a readable checkpoint of train.py"),
+    (["test", "--ckpt", "{bad}"], "train.py test: {bad} is not a readable checkpoint"),
+    ([*TINY, "--run-dir", "{bad}"], "--run-dir {bad} is a file, not a folder"),
+], ids=["resume", "test", "run-dir"])
+def test_a_file_that_is_not_what_the_flag_takes_is_named(argv, needle, data_root, tmp_path,
+                                                         capsys) -> None:
+    """Was: "/tmp is not a run folder" (the folder above the file) and, for --run-dir, a
+    FileExistsError traceback."""
+    bad = tmp_path / "notes.ckpt"
+    bad.write_text("not a checkpoint")
+    before = snapshot(tmp_path, data_root)
+    argv = [a.replace("{bad}", str(bad)) for a in argv]
+    code = train.main([*argv, "--data-dir", str(data_root)] if "--model" in argv else argv)
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and needle.replace("{bad}", str(bad)) in line, line
+    assert_unchanged(before, tmp_path, data_root)

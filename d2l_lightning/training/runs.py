@@ -131,6 +131,7 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
         ckpt = Path(resume)
         if not ckpt.is_file():
             raise ConfigError(f"--resume: checkpoint {ckpt} does not exist")
+        read_checkpoint(ckpt, "--resume")  # a file that is no checkpoint is named as such
         run_dir = Path(inherited) if inherited else ckpt.parent.parent
         if given_dir and Path(given_dir).resolve() != run_dir.resolve():
             raise ConfigError(f"--resume: checkpoint {ckpt} belongs to the run {run_dir}, "
@@ -312,6 +313,9 @@ def choose_run_dir(cfg: Config, resuming: bool) -> RunFolder:
             run_dir = Path("runs") / f"{base}-{n}"
         run["run_dir"] = str(run_dir)
     config = run_dir / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a folder; choose a folder "
+                          "(it is created if it does not exist)")
     check_free(run_dir)  # another process writes it: refused, whatever the folder holds
     written = config.exists()
     if not resuming and written:
