@@ -82,17 +82,39 @@ class SigtermCheckpoint(Callback):
         self._pending: int | None = None  # a signal that came during it
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Take over SIGINT for the stage (only the main thread may set handlers)."""
-        SIGTERM_OUTSIDE_TRAINING.trainer_active = True  # Lightning's handler takes SIGTERM
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        """From here on Lightning's handler takes SIGTERM (train.py's would stop at once)."""
+        SIGTERM_OUTSIDE_TRAINING.trainer_active = True
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Give SIGINT back."""
+        """Give SIGINT and SIGTERM back."""
+        self._end()
+
+    # SIGINT is taken once Lightning has recorded the handlers it restores when the call ends
+    # (so it never restores ours): before the sanity check, training and the test.
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Take over SIGINT."""
+        self._take_sigint()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Take over SIGINT (no sanity check ran)."""
+        self._take_sigint()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Take over SIGINT during the test as well."""
+        self._take_sigint()
+
+    def _take_sigint(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            current = signal.signal(signal.SIGINT, self._on_sigint)
+            if current != self._on_sigint:
+                self._previous = current
+
+    def _end(self) -> None:
+        """Give SIGINT back and forget the call's state (teardown, or an exception)."""
         SIGTERM_OUTSIDE_TRAINING.trainer_active = False
-        if self._previous is not None:
+        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
             signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        self._previous, self._held, self._pending = None, {}, None
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Hold signals during a fit's validation, so no checkpoint is taken halfway through it.
@@ -140,7 +162,11 @@ class SigtermCheckpoint(Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
                      exception: BaseException) -> None:
-        """Save ``last.ckpt`` when the exception is Lightning's SIGTERM stop during fit."""
+        """Save ``last.ckpt`` when the exception is Lightning's SIGTERM stop during fit.
+
+        Lightning calls no ``teardown`` after an exception: the signal state ends here.
+        """
+        self._end()
         if not isinstance(exception, SIGTERMException):
             return
         if self.signum is None:

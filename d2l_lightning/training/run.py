@@ -284,6 +284,7 @@ def _run_in(folder: RunFolder, cfg: Config, resume: ResumePlan | None, dm: Any, 
     """Train, test and publish in the locked run folder (:func:`fit`'s second half)."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from d2l_lightning.callbacks import TrainingMonitor
     from d2l_lightning.callbacks.faults import stop_signal, terminated_message
     from d2l_lightning.callbacks.progress import model_summary
     from d2l_lightning.callbacks.wandb_logging import start_wandb, wandb_logger
@@ -320,13 +321,17 @@ def _run_in(folder: RunFolder, cfg: Config, resume: ResumePlan | None, dm: Any, 
     except SIGTERMException:
         raise TerminatedError(terminated_message(trainer, run_dir),
                               stop_signal(trainer)) from None
+    # a resume of a run whose training had ended trains nothing: its totals are the checkpoint's
+    monitor = next((c for c in trainer.callbacks if isinstance(c, TrainingMonitor)), None) \
+        or TrainingMonitor()
     results = {
         "model": cfg["model"]["name"], "data": cfg["data"]["name"],
         "recipe": cfg["model"]["recipe"],
-        "epochs": int(summary.get("run/epochs", 0)),
-        "global_step": int(summary.get("run/global_step", 0)),
-        "train_time_sec": round(summary.get("run/train_time_sec", 0.0), 3),
-        "train_samples_per_sec": round(summary.get("run/train_samples_per_sec", 0.0), 1),
+        "epochs": int(summary.get("run/epochs", trainer.current_epoch)),
+        "global_step": int(summary.get("run/global_step", trainer.global_step)),
+        "train_time_sec": round(summary.get("run/train_time_sec", monitor.elapsed), 3),
+        "train_samples_per_sec": round(summary.get("run/train_samples_per_sec",
+                                                   monitor.samples_per_sec), 1),
         **batches, **train, **val, **test,
         "dataset_sizes": _dataset_sizes(dm), "test_split": test_split(dm),
         "resumed_from": str(ckpt) if ckpt else None,

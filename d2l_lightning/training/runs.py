@@ -140,7 +140,8 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
         run_dir = Path(inherited or given_dir or newest_run(runs_root))
         ckpt = run_dir / "checkpoints" / "last.ckpt"
     config = run_dir / "config.yaml"
-    check_free(run_dir)  # a run another process is writing: refused before anything else
+    if not inherited and not is_follower(2):  # rank 0 (or the only process) checks the lock
+        check_free(run_dir)  # a run another process is writing: refused before anything else
     if not config.is_file():
         raise ConfigError(f"--resume: {run_dir} is not a run folder of train.py "
                           "(it has no config.yaml)")
