@@ -202,6 +202,64 @@ def terminated_message(trainer: L.Trainer, run_dir: Path) -> str:
     return f"stopped by {name} before the first training step; nothing to resume in {run_dir}"
 
 
+class DistributedSignals(Callback):
+    """Under DDP, a signal takes effect on every rank at the same step.
+
+    Lightning's SIGTERM handler broadcasts from inside the signal handler, which can interrupt a
+    collective of rank 0 (a metric's sync) and hang every rank, and its checks of the flag in the
+    evaluation loops and at an epoch's end run on each rank alone (one rank leaves a loop the
+    others are still in). Here the handler only notes the signal (and passes it on to the other
+    local processes, as Lightning's does); after each training or test step the ranks agree with
+    one all-reduce, and Lightning's flag is set on all of them at once.
+    """
+
+    def __init__(self) -> None:
+        self.noted = False
+        self._trainer: L.Trainer | None = None
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Replace Lightning's SIGTERM handler (registered by now; Lightning restores it)."""
+        self._take(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The same, when no sanity check ran (a signal noted in it is kept)."""
+        noted = self.noted
+        self._take(trainer)
+        self.noted = noted
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The same for the test."""
+        self._take(trainer)
+
+    def _take(self, trainer: L.Trainer) -> None:
+        self._trainer, self.noted = trainer, False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+        if not self.noted and launcher is not None:
+            launcher.kill(signum)
+        self.noted = True
+
+    def _agree(self, trainer: L.Trainer) -> None:
+        flag = torch.tensor([float(self.noted)], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and hasattr(trainer, "_signal_connector"):
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Agree on the signal after each training step."""
+        self._agree(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                          outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        """Agree on the signal after each test step."""
+        self._agree(trainer)
+
+
 class StepCheckpoint(ModelCheckpoint):
     """``last.ckpt`` every ``every_n_train_steps`` steps, except at an epoch's last step.
 

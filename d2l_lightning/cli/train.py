@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    from d2l_lightning.training.cluster import RUN_DIR_ENV
     from d2l_lightning.training.console import quiet_warnings
     from d2l_lightning.training.faults import WRITE_ERRNOS, TerminatedError
 
@@ -180,6 +182,7 @@ def _main(argv: list[str] | None) -> int:
     if argv and argv[0] == stage:
         argv = argv[1:]
     run_dir = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--run-dir"), "RUN")
+    ddp_child = RUN_DIR_ENV in os.environ  # a process Lightning started (its parent chose)
     try:
         if stage in EVALUATIONS:
             return _evaluate(stage, argv)
@@ -193,7 +196,8 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except TerminatedError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not ddp_child:  # the processes Lightning started share stderr: one line, rank 0's
+            print(f"error: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt as e:  # Ctrl-C outside Lightning's loops, e.g. in a download
         print(f"error: {e or 'interrupted (Ctrl-C)'}", file=sys.stderr)

@@ -156,6 +156,10 @@ def build_trainer(cfg: Config, run_dir: Path, module: Any, evaluate: bool = Fals
         setup_strategy(trainer, run["dist_timeout"])  # --dist-timeout; torchrun's count
     except (ValueError, RuntimeError, TypeError, MisconfigurationException) as e:
         raise ConfigError(f"lightning.Trainer: {str(e).strip().splitlines()[0]}") from None
+    if trainer.world_size > 1 and tr["enable_checkpointing"] is not False:
+        from d2l_lightning.callbacks.faults import DistributedSignals
+
+        trainer.callbacks.append(DistributedSignals())  # Lightning's SIGTERM under DDP hangs
     skip_idle_batch_hooks(trainer.callbacks)  # ~15 µs per callback per step (docs/results.md)
     return trainer
 
