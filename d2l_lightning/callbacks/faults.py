@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from d2l_lightning.models.export import atomic_write
-from d2l_lightning.training.faults import SIGTERM_OUTSIDE_TRAINING
+from d2l_lightning.training.faults import SIGTERM_OUTSIDE_TRAINING, signal_name
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -175,11 +175,6 @@ class SigtermCheckpoint(Callback):
             return
         trainer.save_checkpoint(self.path, weights_only=False)
         self.step = trainer.global_step
-
-
-def signal_name(signum: int | None) -> str:
-    """``SIGTERM``, ``SIGINT (Ctrl-C)``."""
-    return "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
 
 
 def stop_signal(trainer: L.Trainer) -> int:

@@ -49,8 +49,10 @@ def read_module(ckpt: Path) -> Any:
     from d2l_lightning.models import get_spec
 
     try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():  # a plain pickle (not torch.save's): torch warns that
+            # its protocol is not torch's default before refusing it, which we do in one sentence
+            warnings.filterwarnings("ignore", message="Detected pickle protocol",
+                                    category=UserWarning)
             saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))

@@ -91,6 +91,13 @@ class TerminatedError(Exception):
         self.signum = signum
 
 
+def signal_name(signum: int | None) -> str:
+    """``SIGTERM``, ``SIGINT (Ctrl-C)``."""
+    import signal
+
+    return "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
+
+
 class SigtermOutsideTraining:
     """SIGTERM outside the trainer's loops (data preparation, a download, export): one sentence.
 

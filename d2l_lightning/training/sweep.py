@@ -41,6 +41,7 @@ from .config import (
     read_yaml,
     resolve,
 )
+from .faults import signal_name
 from .lock import FolderLock, check_free
 from .runs import RUN_DIR_ENV, remove_partial_files, same_config
 
@@ -270,9 +271,8 @@ def _run_trials(spec: dict[str, Any], sweep_dir: Path, values: list[dict[str, An
         statuses.append("done" if rc == 0 else f"failed (exit {rc})")
         write_summary(sweep_dir, values, configs, statuses, metric, goal)
         if signum is not None:
-            name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
-            print(f"error: sweep stopped by {name} during trial {i + 1}, which kept its "
-                  f"checkpoint; run the same sweep command again to continue it",
+            print(f"error: sweep stopped by {signal_name(signum)} during trial {i + 1}, which "
+                  "kept its checkpoint; run the same sweep command again to continue it",
                   file=sys.stderr, flush=True)
             return 128 + signum
     table = write_summary(sweep_dir, values, configs, statuses, metric, goal)
