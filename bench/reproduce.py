@@ -10,7 +10,11 @@ hardware and the software versions are kept in ``docs/records/PROFILE/`` and the
 ``docs/`` are regenerated from the records (see ``bench/tables.py``). Re-running skips a row
 whose run folder is complete for the same config; a row killed after its first checkpoint is
 resumed. With ``--budget-s`` each row first trains a few steps (a timed warm-up on this
-hardware), and a row whose predicted time does not fit what is left is skipped and listed.
+hardware), and a row whose predicted time does not fit what is left is skipped and listed; a
+resumed row is predicted for the steps its ``last.ckpt`` has still to go. The budget bounds every
+process the command starts: a warm-up or a row still training when it runs out gets SIGTERM
+(``train.py`` then writes ``last.ckpt`` and exits 143, so the next run resumes it), and SIGKILL
+``GRACE_S`` seconds later if it has not ended.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ import fnmatch
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,12 @@ EVAL_FRACTION = 0.35
 SMOKE_FLAGS = ["--max-epochs", "1", "--max-steps", "-1", "--limit-train-batches", "2",
                "--limit-val-batches", "1", "--limit-test-batches", "1",
                "--batch-size", "4"]
+#: seconds a process stopped by ``--budget-s`` (SIGTERM) has to write ``last.ckpt`` and exit
+GRACE_S = 30.0
+#: the training command after ``python`` (tests put a fake of ``train.py`` here)
+TRAIN = ["train.py"]
+#: why a row is skipped when the budget runs out during its warm-up
+WARMUP_CUT = "skipped: --budget-s ran out during the warm-up"
 
 
 @dataclass
@@ -51,6 +63,17 @@ class Prediction:
     startup_s: float
     train_batches: int
     warmup_wall_s: float
+    #: training and validation batches of one epoch
+    per_epoch: int = 1
+    val_batches: int = 0
+
+    def after(self, done: int) -> Prediction:
+        """The prediction for what is left once ``done`` training batches have run (a resume)."""
+        left = max(self.train_batches - done, 0)
+        epochs = -(-left // max(self.per_epoch, 1))
+        seconds = self.startup_s + self.step_s * (
+            left + EVAL_FRACTION * self.val_batches * (epochs + 1))
+        return replace(self, seconds=seconds, train_batches=left)
 
 
 def select(profile: str, only: str | None) -> list[Row]:
@@ -106,30 +129,55 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _train(argv: list[str], log: Path) -> tuple[int, float]:
-    """Run ``train.py argv`` as a process, output to ``log``; ``(exit code, wall seconds)``."""
+def _train(argv: list[str], log: Path,
+           deadline: float | None = None) -> tuple[int, float, bool]:
+    """Run ``train.py argv`` as a process, output to ``log``; ``(exit code, wall s, stopped)``.
+
+    At ``deadline`` (a ``time.perf_counter()`` value) a process still running gets SIGTERM, so
+    that it writes ``last.ckpt``, and SIGKILL ``GRACE_S`` seconds later; ``stopped`` says so.
+    """
     t0 = time.perf_counter()
     with log.open("a", encoding="utf-8") as out:
         out.write(f"\n$ python train.py {' '.join(argv)}\n")
         out.flush()
-        code = subprocess.call([sys.executable, "train.py", *argv], cwd=ROOT, env=_env(),
-                               stdout=out, stderr=subprocess.STDOUT)
-    return code, time.perf_counter() - t0
+        with subprocess.Popen([sys.executable, *TRAIN, *argv], cwd=ROOT, env=_env(),
+                              stdout=out, stderr=subprocess.STDOUT) as proc:
+            try:
+                wait = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
+                return proc.wait(wait), time.perf_counter() - t0, False
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    code = proc.wait(GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    code = proc.wait()
+            except BaseException:  # Ctrl-C: as subprocess.call, leave no process behind
+                proc.kill()
+                proc.wait()
+                raise
+    with log.open("a", encoding="utf-8") as out:
+        out.write(f"--budget-s ran out: stopped with SIGTERM (exit {code})\n")
+    return code, time.perf_counter() - t0, True
 
 
-def predict(row: Row, data_dir: str | None, steps: int, log: Path) -> Prediction | str:
+def predict(row: Row, data_dir: str | None, steps: int, log: Path,
+            deadline: float | None = None) -> Prediction | str:
     """Train ``steps`` steps of ``row`` in a scratch folder and extrapolate (or say why not).
 
     The warm-up's steps give the seconds per training step; the rest of its wall time (start,
     data, sanity validation, export) is counted once. Evaluation batches are counted at
-    ``EVAL_FRACTION`` of a step, the test split as one more validation.
+    ``EVAL_FRACTION`` of a step, the test split as one more validation. A warm-up still running
+    at ``deadline`` is stopped and ``WARMUP_CUT`` returned.
     """
     scratch = Path(tempfile.mkdtemp(prefix="reproduce-warmup-"))
     try:
         argv = [*row_argv(row, scratch / "run", data_dir), "--max-steps", str(steps),
                 "--no-test", "--max-epochs", "1"]
-        code, wall = _train(argv, log)
+        code, wall, stopped = _train(argv, log, deadline)
         results = scratch / "run" / "results.json"
+        if stopped and not (code == 0 and results.is_file()):
+            return WARMUP_CUT
         if code != 0 or not results.is_file():
             return f"warm-up failed (exit {code}; see {log})"
         res = json.loads(results.read_text())
@@ -141,15 +189,25 @@ def predict(row: Row, data_dir: str | None, steps: int, log: Path) -> Prediction
     batches = per_epoch * max(tr["max_epochs"], 1)
     if tr["max_steps"] and tr["max_steps"] > 0:
         batches = min(batches, tr["max_steps"] * tr["accumulate_grad_batches"])
-    epochs = -(-batches // max(per_epoch, 1))
-    eval_batches = res.get("val_batches_per_epoch", 0) * (epochs + 1)
     startup = max(wall - res["train_time_sec"], 0.0)
-    seconds = startup + step_s * (batches + EVAL_FRACTION * eval_batches)
-    return Prediction(seconds, step_s, startup, batches, wall)
+    return Prediction(0.0, step_s, startup, batches, wall, per_epoch,
+                      res.get("val_batches_per_epoch", 0)).after(0)
 
 
-def run_row(row: Row, a: argparse.Namespace, left_s: float | None) -> dict[str, Any]:
-    """Run (or skip, or resume) one row; return its record."""
+def done_batches(row: Row, run_dir: Path) -> int:
+    """Training batches behind the run's ``last.ckpt`` (0 when it cannot be read)."""
+    from d2l_lightning.training.config import ConfigError
+    from d2l_lightning.training.runs import read_checkpoint
+
+    try:
+        step = read_checkpoint(run_dir / "checkpoints" / "last.ckpt", "--resume")[1]
+    except ConfigError:  # train.py says why when it resumes; predict the whole row meanwhile
+        return 0
+    return step * resolved(row)["trainer"]["accumulate_grad_batches"]
+
+
+def run_row(row: Row, a: argparse.Namespace, deadline: float | None) -> dict[str, Any]:
+    """Run (or skip, or resume) one row by ``deadline`` (``time.perf_counter()``); its record."""
     run_dir = Path(a.runs_dir) / row.profile / row.name
     log = run_dir.parent / f"{run_dir.name}.log"
     stamp = run_dir.parent / f"{run_dir.name}.reproduce.json"
@@ -167,35 +225,51 @@ def run_row(row: Row, a: argparse.Namespace, left_s: float | None) -> dict[str, 
     if results.is_file():
         print(f"{row.name}: complete in {run_dir}", flush=True)
         return _done(base, row, results, json.loads(stamp.read_text()))
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
     resume = any(run_dir.glob("checkpoints/*.ckpt"))
-    plan: dict[str, Any] = {}
-    if left_s is not None and left_s <= 0:
+    if deadline is not None and deadline <= time.perf_counter():
         return {**base, "status": "skipped", "reason": "skipped: --budget-s spent"}
-    if left_s is not None and not resume:
-        t0 = time.perf_counter()
-        pred = predict(row, a.data_dir, a.warmup_steps, log)
-        left_s -= time.perf_counter() - t0
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    plan: dict[str, Any] = {}
+    if deadline is not None:
+        pred = predict(row, a.data_dir, a.warmup_steps, log, deadline)
         if isinstance(pred, str):
-            return {**base, "status": "failed", "reason": pred}
-        plan = {"predicted_s": round(pred.seconds, 1), "warmup_s": round(pred.warmup_wall_s, 1),
-                "step_s": pred.step_s}
-        print(f"{row.name}: predicted {pred.seconds:,.0f} s ({pred.train_batches:,} steps of "
-              f"{pred.step_s * 1e3:.1f} ms + {pred.startup_s:.0f} s); {left_s:,.0f} s left",
-              flush=True)
+            return {**base, "status": "skipped" if pred == WARMUP_CUT else "failed",
+                    "reason": pred}
+        whole, done = pred, done_batches(row, run_dir) if resume else 0
+        pred = pred.after(done)
+        left_s = deadline - time.perf_counter()
+        rest = f"the {pred.train_batches:,} steps left after step {done:,}" if resume \
+            else f"{pred.train_batches:,} steps"
+        plan = ({"predicted_rest_s": round(pred.seconds, 1)} if resume else
+                {"predicted_s": round(pred.seconds, 1)})
+        plan |= {"warmup_s": round(whole.warmup_wall_s, 1), "step_s": whole.step_s}
+        print(f"{row.name}: predicted {pred.seconds:,.0f} s ({rest} of {pred.step_s * 1e3:.1f} "
+              f"ms + {pred.startup_s:.0f} s); {left_s:,.0f} s left", flush=True)
         if pred.seconds > left_s:
+            what = "the resumed run" if resume else "the row"
             return {**base, **plan, "status": "skipped",
-                    "reason": f"skipped: predicted {pred.seconds:,.0f} s > {max(left_s, 0):,.0f}"
-                              " s left of --budget-s"}
-    stamp.write_text(json.dumps({"fingerprint": fp, **plan}))
+                    "reason": f"skipped: predicted {pred.seconds:,.0f} s for {what} > "
+                              f"{max(left_s, 0):,.0f} s left of --budget-s"}
+    stamp.write_text(json.dumps({**old, "fingerprint": fp, **plan}))
     argv = (["--resume", "last", "--run-dir", str(run_dir)] if resume
             else row_argv(row, run_dir, a.data_dir))
     print(f"{row.name}: {'resuming' if resume else 'running'} python train.py "
           f"{' '.join(argv)} (log: {log})", flush=True)
-    code, wall = _train(argv, log)
+    code, wall, stopped = _train(argv, log, deadline)
+    spent = old.get("spent_s", 0.0) + wall  # earlier parts of a resumed row, stopped by budgets
+    if stopped and not (code == 0 and results.is_file()):
+        stamp.write_text(json.dumps({**old, "fingerprint": fp, **plan,
+                                     "spent_s": round(spent, 1)}))
+        kept = ("its last.ckpt is kept and the next run resumes it"
+                if (run_dir / "checkpoints" / "last.ckpt").is_file()
+                else "it had no checkpoint yet and the next run starts it again")
+        return {**base, **plan, "status": "skipped",
+                "reason": f"skipped: --budget-s ran out after {wall:,.0f} s of this row, "
+                          f"stopped with SIGTERM (exit {code}); {kept}"}
     if code != 0 or not results.is_file():
         return {**base, "status": "failed", "reason": f"exit {code}; see {log}"}
-    stamp.write_text(json.dumps({"fingerprint": fp, **plan, "wall_s": round(wall, 1)}))
+    stamp.write_text(json.dumps({**old, "fingerprint": fp, **plan, "wall_s": round(spent, 1)}))
     return _done(base, row, results, json.loads(stamp.read_text()))
 
 
@@ -240,17 +314,45 @@ def smoke(rows: list[Row], data_dir: str | None, profile: str) -> list[str]:
     return failures
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not the whole usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _seconds(text: str) -> float:
+    """A ``--budget-s`` value: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"expected a positive, finite number of seconds, got '{text}'; leave --budget-s "
+            "out for no budget")
+    return value
+
+
+def _steps(text: str) -> int:
+    """A ``--warmup-steps`` value: a positive whole number."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps >= 1, got '{text}'")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (1: a row failed)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    start = time.perf_counter()  # --budget-s counts from here
+    p = _Parser(prog="python -m bench.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--device-profile", choices=("cpu", "gpu"), default=None,
                    help="the row set sized for this hardware (default: gpu if CUDA is there)")
     p.add_argument("--only", help="comma-separated row names or globs, e.g. 'lenet*,*/gpt'")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="skip (and list) rows whose predicted time does not fit what is left")
+    p.add_argument("--budget-s", type=_seconds, default=None,
+                   help="seconds for everything this command runs: rows whose predicted time "
+                        "does not fit what is left are skipped (and listed), a row still "
+                        "training when it runs out is stopped resumable (SIGTERM)")
     p.add_argument("--smoke", action="store_true", help="every row for 2 steps, in-process")
     p.add_argument("--plan", action="store_true", help="print predicted times only")
-    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--warmup-steps", type=_steps, default=20)
     p.add_argument("--runs-dir", default="runs/reproduce")
     p.add_argument("--records-dir", default=str(RECORDS))
     p.add_argument("--data-dir", default=None, help="data root (default: $D2L_DATA_DIR, ./data)")
@@ -259,8 +361,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="only regenerate the profile's tables of docs/ from the records")
     p.add_argument("--docs-root", default=str(ROOT), help=argparse.SUPPRESS)  # for tests
     a = p.parse_args(argv)
-    if a.budget_s is not None and a.budget_s <= 0:
-        p.error("--budget-s must be positive")
+    for flag, why in (("smoke", "runs its rows in this process"), ("tables", "runs nothing")):
+        if a.budget_s is not None and getattr(a, flag):
+            p.error(f"--budget-s cannot be given with --{flag}, which {why}")
+    deadline = None if a.budget_s is None else start + a.budget_s
     if a.device_profile is None:
         import torch
 
@@ -274,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; failed: {', '.join(failed)}" if failed else ""))
         return 1 if failed else 0
     if a.plan:
-        return _plan(rows, a)
+        return _plan(rows, a, deadline)
     if a.tables:
         changed = update_docs(a.device_profile, Path(a.records_dir), Path(a.docs_root))
         print("updated: " + (", ".join(map(str, changed)) or "nothing"))
@@ -282,10 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     records = Path(a.records_dir)
     print(f"{a.device_profile} profile: {len(rows)} rows; runs in {a.runs_dir}; "
           f"{hardware()}", flush=True)
-    start, outcome = time.perf_counter(), {}
+    outcome = {}
     for row in rows:
-        left = None if a.budget_s is None else a.budget_s - (time.perf_counter() - start)
-        rec = run_row(row, a, left)
+        rec = run_row(row, a, deadline)
         outcome[row.name] = rec
         write_record(row, rec, records)
         if not a.no_docs:
@@ -298,14 +401,16 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r["status"] == "failed" for r in outcome.values()) else 0
 
 
-def _plan(rows: list[Row], a: argparse.Namespace) -> int:
+def _plan(rows: list[Row], a: argparse.Namespace, deadline: float | None) -> int:
     log = Path(a.runs_dir) / a.device_profile / "plan.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     total = 0.0
     print(f"{'row':48} {'predicted s':>12} {'cumulative':>11}  (timed warm-up of "
           f"{a.warmup_steps} steps on this machine)", flush=True)
     for row in rows:
-        pred = predict(row, a.data_dir, a.warmup_steps, log)
+        spent = deadline is not None and deadline <= time.perf_counter()
+        pred = "skipped: --budget-s spent" if spent else predict(
+            row, a.data_dir, a.warmup_steps, log, deadline)
         if isinstance(pred, str):
             print(f"{row.name:48} {pred}", flush=True)
             continue

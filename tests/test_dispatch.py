@@ -89,7 +89,7 @@ def test_train_py_trainer_dispatches_only_the_batch_hooks_its_callbacks_use(data
     assert live_hooks() == used  # the per-epoch best and last checkpoints are idle per batch
     # a checkpoint every N steps is not
     assert live_hooks("--ckpt-every-n-steps", "5") == sorted(
-        [*used, ("ModelCheckpoint", "on_train_batch_end")])
+        [*used, ("StepCheckpoint", "on_train_batch_end")])
 
 
 def test_lenet_throughput_bench_prints_the_three_way_split(data_root, tmp_path) -> None:

@@ -126,12 +126,13 @@ def test_a_minimized_metric_puts_the_smallest_first_and_a_done_trial_without_res
 
 
 class Trials:
-    """Stands in for the trial processes: records each command and writes its results."""
+    """Stands in for the trial processes (``sweep._trial``): records each command and writes its
+    results; returns ``(exit status, signal passed on)``."""
 
     def __init__(self, codes: dict[str, int]) -> None:
         self.codes, self.calls, self.seen, self.orders = codes, [], [], []
 
-    def __call__(self, cmd: list[str], env: dict[str, str]) -> int:
+    def __call__(self, cmd: list[str], env: dict[str, str]) -> tuple[int, None]:
         run = Path(cmd[cmd.index("--run-dir") + 1])
         self.calls.append((run.name, cmd[1:], env))
         summary = run.parent / "summary.csv"  # rewritten after each trial: progress is kept
@@ -142,7 +143,7 @@ class Trials:
         if code == 0:
             lr = yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]
             (run / "results.json").write_text(json.dumps({"val/acc": 1 - lr}))
-        return code
+        return code, None
 
 
 def test_a_relaunch_skips_finished_trials_resumes_a_killed_one_and_starts_the_rest(
@@ -165,7 +166,7 @@ def test_a_relaunch_skips_finished_trials_resumes_a_killed_one_and_starts_the_re
     (killed / "checkpoints/last.ckpt").write_bytes(b"")
     (killed / "config.yaml").write_text(cfgs[1].split("\n", 1)[1])
     fake = Trials({"trial-003": 3})
-    monkeypatch.setattr(sweep.subprocess, "call", fake)
+    monkeypatch.setattr(sweep, "_trial", fake)
 
     assert train.main(argv) == 1  # trial 3 failed
     out = capsys.readouterr().out
@@ -213,7 +214,7 @@ def test_a_trial_folder_configured_differently_is_refused_before_anything_runs(
     (tmp_path / "sw/trial-001").mkdir(parents=True)
     (tmp_path / "sw/trial-001/config.yaml").write_text("model: {name: lenet}\n")
     fake = Trials({})
-    monkeypatch.setattr(sweep.subprocess, "call", fake)
+    monkeypatch.setattr(sweep, "_trial", fake)
     assert train.main(["--sweep", "grid.yaml", "--model", "mlp", "--run-dir", "sw"]) == 2
     assert capsys.readouterr().err == ("train.py: error: sw/trial-001 holds a trial configured "
                                        "differently; choose another --run-dir for this sweep\n")
@@ -319,7 +320,7 @@ def test_a_nested_key_is_swept_and_the_summary_table_is_aligned(tmp_path, monkey
         "  trainer.callbacks.EarlyStopping.patience: {values: [2]}\n"
         "  optim.lr: {values: [0.5]}\n")
     fake = Trials({})
-    monkeypatch.setattr(sweep.subprocess, "call", fake)
+    monkeypatch.setattr(sweep, "_trial", fake)
     assert train.main(["--sweep", "g.yaml", "--model", "mlp", "--run-dir", "a/b/sw"]) == 0
     cfg = yaml.safe_load((tmp_path / "a/b/sw/trial-000/config.yaml").read_text())
     assert cfg["trainer"]["callbacks"]["EarlyStopping"]["patience"] == 2
@@ -352,7 +353,7 @@ def test_the_summary_follows_the_sweeps_metric_or_the_tasks(model, metric, expec
     (tmp_path / "g.yaml").write_text(
         "method: grid\n" + (f"metric: {metric}\n" if metric else "")
         + "parameters:\n  optim.lr: {values: [0.1, 0.3, 0.2]}\n")
-    monkeypatch.setattr(sweep.subprocess, "call", LossTrials())
+    monkeypatch.setattr(sweep, "_trial", LossTrials())
     assert train.main(["--sweep", "g.yaml", "--model", model, "--run-dir", "sw"]) == 0
     out = capsys.readouterr().out
     assert expected in out
@@ -367,11 +368,11 @@ class LossTrials(Trials):
     def __init__(self) -> None:
         super().__init__({})
 
-    def __call__(self, cmd: list[str], env: dict[str, str]) -> int:
+    def __call__(self, cmd: list[str], env: dict[str, str]) -> tuple[int, None]:
         run = Path(cmd[cmd.index("--run-dir") + 1])
         lr = yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]
         (run / "results.json").write_text(json.dumps({"val/loss": lr}))
-        return 0
+        return 0, None
 
 
 def test_a_random_sweep_draws_from_the_runs_seed(tmp_path, monkeypatch, capsys) -> None:

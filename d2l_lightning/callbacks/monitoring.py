@@ -167,6 +167,19 @@ class TrainingMonitor(Callback):
                    "run/global_step": trainer.global_step, "run/epochs": trainer.current_epoch}
         trainer.callback_metrics.update({k: torch.tensor(float(v)) for k, v in summary.items()})
 
+    def state_dict(self) -> dict[str, float]:
+        """Training time and samples so far, kept in checkpoints.
+
+        A resumed run's ``train_time_sec`` and ``train_samples_per_sec`` cover the whole run.
+        """
+        running = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+        return {"elapsed": self.elapsed + running, "samples": self.samples}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from a checkpoint's totals."""
+        self.elapsed = float(state_dict.get("elapsed", 0.0))
+        self.samples = int(state_dict.get("samples", 0))
+
     @property
     def samples_per_sec(self) -> float:
         """Samples per second so far, the epoch in progress included (0 before any step)."""

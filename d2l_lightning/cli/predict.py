@@ -28,6 +28,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 #: the keys of ``datamodules.idx.IDX_DATASETS`` (a test checks), so that ``--help`` imports
 #: no torch
 IDX_DATA = ("fashion_mnist", "mnist")
+MAX_BATCH_VALUES = 2**27  #: most floats of one preprocessed batch (512 MB; large images: fewer)
 #: what each task's commands read from config.json
 REQUIRED = {"image_classification": ("preprocess", "class_names"),
             "seq2seq": ("preprocess", "src_vocab", "tgt_vocab", "num_steps", "max_decode_len"),
@@ -69,6 +70,12 @@ def require(config: dict, export: str) -> None:
             "mean", "std", "resize", "image_size", "in_channels"} <= pre.keys()):
         raise ExportError(f"{Path(export) / 'config.json'}: 'preprocess' must hold mean, std, "
                           "resize, image_size and in_channels; re-export it with export.py")
+    if task == "language_modeling":
+        from d2l_lightning.datamodules.text import TEXT_PREPROCESSORS as KNOWN
+
+        if not isinstance(config["text"], dict) or config["text"].get("preprocess") not in KNOWN:
+            raise ExportError(f"{Path(export) / 'config.json'}: 'text.preprocess' must be one "
+                              f"of {', '.join(KNOWN)}; re-export it with export.py")
 
 
 def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]]:
@@ -99,7 +106,10 @@ def load_images(paths: list[str], config: dict) -> tuple[torch.Tensor, list[str]
             arr = read_idx(path)
             if arr.dim() != 3:
                 raise DataError(f"{path} holds shape {tuple(arr.shape)}, not (N, H, W) images")
-            batches.append(arr[:, None])  # (N, H, W) -> (N, 1, H, W)
+            if tuple(arr.shape[1:]) == (size, size) and channels == 1:
+                batches.append(arr[:, None])  # (N, H, W) -> (N, 1, H, W)
+            else:  # another size or an RGB model: each image as the training data was
+                batches.append(torch.stack([fit_image(im, size, channels) for im in arr]))
             names += [f"{path}#{i}" for i in range(len(arr))]
     return torch.cat(batches), names
 
@@ -112,6 +122,9 @@ def classify_logits(model: torch.nn.Module, config: dict, images: torch.Tensor,
     from d2l_lightning.models import preprocess_images
 
     pre = config["preprocess"]
+    side = pre["resize"] or max(images.shape[-2:], default=1)
+    values = (pre.get("channels") or images.shape[1]) * side * side  # of one preprocessed image
+    batch_size = max(1, min(batch_size, MAX_BATCH_VALUES // values))
     out = []
     for i in range(0, len(images), batch_size):
         x = preprocess_images(images[i:i + batch_size].to(device), pre["mean"], pre["std"],
@@ -383,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a download or a long generation: one line, no traceback
+        print("error: stopped by SIGINT (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -121,14 +121,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         torch_flags,
         with_saved_dtype,
     )
-    from d2l_lightning.models import ExportError, load_exported, read_export_config
+    from d2l_lightning.models import ExportError, load_exported
+    from d2l_lightning.models.export import check_export
 
     why = _device(args.device)
     if why:
         print(f"predict.py eval: error: --device {args.device}: {why}", file=sys.stderr)
         return 2
     export = Path(args.export)
-    config = read_export_config(export)
+    config, _ = check_export(export)  # every field, before the data is read
     task = config.get("task")
     if task == "text_encoding":
         raise ExportError(f"{export} holds a BERT encoder, which was not evaluated on its own; "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -151,7 +152,26 @@ def _show_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
+    """CLI entry point; returns the exit code.
+
+    SIGTERM outside a trainer's loops ends the command with one sentence (exit 143); inside
+    them, Lightning's handler and ours keep a checkpoint.
+    """
+    import threading
+
+    from d2l_lightning.training.faults import SIGTERM_OUTSIDE_TRAINING
+
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, SIGTERM_OUTSIDE_TRAINING)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
+    from d2l_lightning.training.cluster import RUN_DIR_ENV
     from d2l_lightning.training.console import quiet_warnings
     from d2l_lightning.training.faults import WRITE_ERRNOS, TerminatedError
 
@@ -162,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == stage:
         argv = argv[1:]
     run_dir = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--run-dir"), "RUN")
+    ddp_child = RUN_DIR_ENV in os.environ  # a process Lightning started (its parent chose)
     try:
         if stage in EVALUATIONS:
             return _evaluate(stage, argv)
@@ -175,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except TerminatedError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        if not ddp_child:  # the processes Lightning started share stderr: one line, rank 0's
+            print(f"error: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt as e:  # Ctrl-C outside Lightning's loops, e.g. in a download
+        print(f"error: {e or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        return 128 + signal.SIGINT
     except OSError as e:
         if e.errno not in WRITE_ERRNOS:
             raise
@@ -207,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = {k: round(v, 4) for k, v in results.items()
                  if k.startswith(("val/", "test/")) and isinstance(v, float)}
         print(f"\n{results['model']} on {results['data']}: {shown}")
+        if results.get("test_split") == "validation" and any(k.startswith("test/") for k in shown):
+            print("test/* is on the validation split: this data has no separate test split")
         print(f"train: {results['train_samples_per_sec']:.0f} samples/s, "
               f"{results['epochs']} epochs, {results['train_time_sec']:.1f} s")
         print(f"run folder: {results['run_dir']}")

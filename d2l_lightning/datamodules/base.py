@@ -7,7 +7,26 @@ from typing import Any
 import lightning as L
 import torch
 
+from .download import DataError
 from .loader import TensorBatchLoader, check_on_device, eval_loader, resident_device
+
+
+def check_val_size(val_size: int | None, n: int | None = None, of: str = "") -> None:
+    """Refuse a validation size below 1, or one that leaves nothing of ``n`` to train on.
+
+    ``None`` is the DataModule's default; ``n`` (the training set's size) may be unknown.
+
+    Raises:
+        DataError: one sentence naming ``data.val_size`` and ``of`` (the training set).
+    """
+    if val_size is None:
+        return
+    if val_size < 1:
+        raise DataError(f"data.val_size must be at least 1 (validation examples), got "
+                        f"{val_size}; leave it unset for the default, 1/12 of the training set")
+    if n is not None and val_size >= n:
+        raise DataError(f"data.val_size {val_size} must be less than {of} (at most {n - 1}), "
+                        "so that some are left to train on")
 
 
 class DataModule(L.LightningDataModule):

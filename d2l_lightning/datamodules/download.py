@@ -9,6 +9,7 @@ and only then renamed into place; when that fails (no network here) the user get
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
 import tempfile
@@ -24,6 +25,10 @@ ENV_VAR = "D2L_DATA_DIR"
 
 class DataError(Exception):
     """Missing, corrupt or undownloadable data; the message is meant for the user as is."""
+
+
+class DownloadInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a download; the message (for the user) says what was kept."""
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -60,18 +65,43 @@ def file_digest(path: str | os.PathLike, algo: str) -> str:
 
 #: seconds a dataset's downloads may wait, in all, for mirrors that do not answer
 DEFAULT_TIMEOUT = 20.0
+#: the most ``$D2L_DOWNLOAD_TIMEOUT`` may say (an hour of waiting for silent mirrors)
+MAX_TIMEOUT = 3600.0
 TIMEOUT_ENV = "D2L_DOWNLOAD_TIMEOUT"
 _TIMEOUT_TYPES = (TimeoutError, socket.timeout, ConnectionError, socket.gaierror)
 
 
 def download_timeout() -> float:
-    """``$D2L_DOWNLOAD_TIMEOUT`` seconds, else :data:`DEFAULT_TIMEOUT`."""
+    """``$D2L_DOWNLOAD_TIMEOUT`` seconds, else :data:`DEFAULT_TIMEOUT`.
+
+    Raises:
+        DataError: not a number, or not in ``(0, MAX_TIMEOUT]`` (0, negative, inf, nan).
+    """
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
     try:
-        value = float(os.environ.get(TIMEOUT_ENV, "") or DEFAULT_TIMEOUT)
+        value = float(raw or DEFAULT_TIMEOUT)
     except ValueError:
         raise DataError(f"${TIMEOUT_ENV} must be a number of seconds, got "
                         f"{os.environ[TIMEOUT_ENV]!r}") from None
-    return value if value > 0 else DEFAULT_TIMEOUT
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
+        raise DataError(f"${TIMEOUT_ENV} must be a number of seconds above 0 and at most "
+                        f"{MAX_TIMEOUT:g}, got {os.environ[TIMEOUT_ENV]!r}; unset it for the "
+                        f"default {DEFAULT_TIMEOUT:g} s")
+    return value
+
+
+def check_folder_path(folder: Path) -> None:
+    """Refuse a data folder whose path runs into a file (``--data-dir`` naming a file).
+
+    Raises:
+        DataError: ``folder`` or a folder above it is a file; nothing is created.
+    """
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise DataError(f"{p} is a file, not a folder: point --data-dir (or "
+                                f"${ENV_VAR}) at the folder that holds {folder.name}/")
+            return
 
 
 class _Budget:
@@ -159,6 +189,11 @@ def download(remote: RemoteFile, folder: Path, timeout: float | None = None,
             budget.left -= time.monotonic() - t0
             if _is_mirror_wide(e):
                 budget.dead[base] = f"did not answer ({why})"
+        except KeyboardInterrupt:  # the partial file goes (finally); complete files stay
+            raise DownloadInterrupted(
+                f"interrupted while downloading {remote.name} into {folder}: no partial file "
+                "is left and the files already complete are kept; run the command again to "
+                "download the rest") from None
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
@@ -181,6 +216,8 @@ def ensure_files(
     source, and says how to point the project at a local copy.
     """
     missing = [f for f, p in zip(files, present) if p is None]
+    if missing:
+        check_folder_path(folder)
     budget = _Budget(download_timeout()) if missing else None
     failure = None
     for remote in missing:

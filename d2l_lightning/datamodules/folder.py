@@ -5,10 +5,14 @@ folders of ``train/``. Images are decoded once (PIL) into one uint8 ``(N, C, S, 
 as ``root/.d2l-cache/<fingerprint>/images.npy`` and memory-mapped afterwards; the fingerprint
 covers every file's path, size and modification time plus the decoding settings, so adding,
 removing or changing a file rebuilds the cache (older caches of the folder are removed; nothing
-else is ever deleted).
+else is ever deleted). A folder that cannot be written (read-only storage) is never written to:
+its cache goes to ``$XDG_CACHE_HOME/d2l-lightning/folders/<hash of the folder's path>/`` (else
+``~/.cache/...``), said in one line. A damaged cache (a truncated or missing file, an index that
+is not JSON) is rebuilt, said in one line.
 
-Bad input: an empty or missing folder, a class folder without images, or a ``val``/``test``
-class that ``train`` lacks is refused (:class:`DataError`, one sentence, nothing written).
+Bad input: an empty or missing folder (or a file), fewer than two classes, a class folder without
+images, or a ``val``/``test`` class that ``train`` lacks is refused (:class:`DataError`, one
+sentence, nothing written).
 Non-image files and images that do not decode are *skipped* with one warning listing them.
 Images of other sizes are resized (shorter side to ``S``, then centre-cropped), with one note.
 """
@@ -37,6 +41,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "val", "test")
 CACHE_DIR = ".d2l-cache"
 _CACHE_VERSION = 1
+#: what reading a damaged cache raises (a missing or truncated file, an index that is not one)
+_DAMAGED = (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError)
 
 
 @dataclass
@@ -86,6 +92,9 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
             images, or a ``val``/``test`` class that ``train`` lacks.
     """
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"image folder {root} is a file, not a folder: point --data-dir at the "
+                        "folder that holds train/<class>/")
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     if not (root / "train").is_dir():
@@ -96,6 +105,9 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
     if not classes:
         raise DataError(f"{root / 'train'} holds no class folders (expected "
                         f"{root}/train/<class>/*.png|jpg)")
+    if len(classes) < 2:
+        raise DataError(f"{root / 'train'} holds one class folder ('{classes[0]}'), and a "
+                        "classifier needs at least two classes: add a folder of images per class")
     scan = FolderScan(root, classes)
     for split in SPLITS:
         folder = root / split
@@ -172,7 +184,9 @@ class FolderCache:
     classes: list[str]
     path: Path
     built: bool
+    root: Path | None = None  # the image folder
     index: dict | None = None  # set while decoded but not yet written
+    places: tuple[Path, ...] = ()  # where it may be written: root/.d2l-cache, the user's
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels of one split."""
@@ -180,11 +194,54 @@ class FolderCache:
         return self.images[start:end], self.labels[start:end]
 
     def persist(self) -> FolderCache:
-        """Write a cache decoded with ``write=False``; the memory-mapped cache."""
+        """Write a cache decoded with ``write=False``; the memory-mapped cache.
+
+        The first place that can be written wins (``root/.d2l-cache``, then the user's cache
+        folder, said in one line); where none can, the images stay in memory (said too).
+        """
         if self.index is None:
             return self
-        _write(self.path, self.images, self.labels, self.index)
-        return _open(self.path, built=True)
+        why = "no write permission"
+        for i, folder in enumerate(self.places or (self.path,)):
+            if not _can_write(folder.parent):
+                continue
+            try:
+                _write(folder, self.images, self.labels, self.index)
+            except OSError as e:
+                why = e.strerror or str(e)
+                continue
+            if i:
+                print(f"note: {self.root} cannot be written ({why}): its image cache is in "
+                      f"{folder}", flush=True)
+            return _open(folder, self.root, built=True)
+        print(f"note: no cache folder of {self.root} can be written ({why}): the decoded "
+              "images stay in memory for this run (set $XDG_CACHE_HOME to a writable folder "
+              "to keep them)", flush=True)
+        self.index = None
+        return self
+
+
+def user_cache_dir(root: Path) -> Path | None:
+    """The cache of a folder that cannot be written: one folder per resolved path of ``root``.
+
+    ``$XDG_CACHE_HOME/d2l-lightning/folders/<hash>`` (else ``~/.cache/...``); ``None`` when
+    there is no home folder.
+    """
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    try:
+        home = Path(base) if base and Path(base).is_absolute() else Path.home() / ".cache"
+    except RuntimeError:  # no home folder to be found
+        return None
+    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    return home / "d2l-lightning" / "folders" / key
+
+
+def _can_write(folder: Path) -> bool:
+    """Whether ``folder`` can be created or written: its nearest existing folder can be."""
+    p = folder
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
 
 
 def load_folder(root: str | os.PathLike, image_size: int | None = None,
@@ -204,9 +261,24 @@ def load_folder(root: str | os.PathLike, image_size: int | None = None,
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}")
     scan = scan_folder(root)
-    folder = scan.root / CACHE_DIR / scan.fingerprint(image_size, channels)
-    if (folder / "index.json").is_file():
-        return _open(folder, built=False)
+    fingerprint = scan.fingerprint(image_size, channels)
+    user = user_cache_dir(scan.root)
+    places = (scan.root / CACHE_DIR / fingerprint,
+              *((user / fingerprint,) if user is not None else ()))
+    damaged = []
+    for folder in places:
+        if not folder.exists():
+            continue
+        try:
+            cache = _open(folder, scan.root, built=False)
+        except _DAMAGED as e:
+            damaged.append(f"note: the image cache {folder} is damaged ({e}): rebuilding it")
+            continue
+        if cache.classes == scan.classes:
+            return cache
+        damaged.append(f"note: the image cache {folder} names other classes: rebuilding it")
+    for line in damaged[:1]:
+        print(line, flush=True)
     side, found = (image_size, channels) if image_size and channels else _probe(scan)
     side, chans = image_size or side, channels or found
     mode = "RGB" if chans == 3 else "L"
@@ -238,23 +310,30 @@ def load_folder(root: str | os.PathLike, image_size: int | None = None,
         print(f"note: {scan.root}: {resized} image(s) not {side}x{side} were resized (shorter "
               "side, then centre crop)", flush=True)
     cache = FolderCache(np.stack(images), np.asarray(labels, dtype=np.int64), splits,
-                        scan.classes, folder, built=True,
+                        scan.classes, places[0], built=True, root=scan.root,
                         index={"splits": splits, "classes": scan.classes, "side": side,
-                               "channels": chans, "skipped": [str(p) for p in bad]})
+                               "channels": chans, "skipped": [str(p) for p in bad]},
+                        places=places)
     return cache.persist() if write else cache
 
 
 def _write(folder: Path, images: np.ndarray, labels: np.ndarray, index: dict) -> None:
-    """Write the cache into a temporary folder, rename it into place, drop older caches."""
+    """Write the cache into a temporary folder, rename it into place, drop older caches.
+
+    A damaged cache at ``folder`` is replaced; an intact one (another process wrote the same
+    cache meanwhile) is kept.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     try:
         np.save(tmp / "images.npy", images)
         np.save(tmp / "labels.npy", labels)
         (tmp / "index.json").write_text(json.dumps(index))
-        if (folder / "index.json").is_file():  # another process wrote the same cache
+        if _intact(folder):
             shutil.rmtree(tmp)
         else:
+            if folder.exists():
+                shutil.rmtree(folder)  # a damaged cache: ours
             os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -264,12 +343,30 @@ def _write(folder: Path, images: np.ndarray, labels: np.ndarray, index: dict) ->
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _open(folder: Path, built: bool) -> FolderCache:
+def _intact(folder: Path) -> bool:
+    try:
+        _open(folder, None, built=False)
+    except _DAMAGED:
+        return False
+    return True
+
+
+def _open(folder: Path, root: Path | None, built: bool) -> FolderCache:
+    """Memory-map the cache in ``folder``.
+
+    Raises:
+        One of ``_DAMAGED``: a damaged cache.
+    """
     index = json.loads((folder / "index.json").read_text())
     images = np.load(folder / "images.npy", mmap_mode="c")  # copy-on-write: writable for torch
     labels = np.load(folder / "labels.npy")
-    return FolderCache(images, labels, {k: tuple(v) for k, v in index["splits"].items()},
-                       index["classes"], folder, built)
+    splits = {str(k): (int(a), int(b)) for k, (a, b) in index["splits"].items()}
+    classes = [str(c) for c in index["classes"]]
+    n = len(labels)
+    if (images.ndim != 4 or images.dtype != np.uint8 or labels.ndim != 1 or len(images) != n
+            or "train" not in splits or max(b for _, b in splits.values()) != n):
+        raise ValueError("its arrays do not match its index")
+    return FolderCache(images, labels, splits, classes, folder, built, root=root)
 
 
 def folder_splits(cache: FolderCache, seed: int = 0, val_size: int | None = None,
@@ -299,8 +396,8 @@ def folder_splits(cache: FolderCache, seed: int = 0, val_size: int | None = None
         val = tensors("val")
     else:
         if len(labels) < 2:
-            raise DataError(f"{cache.path.parent.parent / 'train'} needs at least 2 images to "
-                            "hold out a validation split (or add val/)")
+            raise DataError(f"{(cache.root or cache.path.parent.parent) / 'train'} needs at "
+                            "least 2 images to hold out a validation split (or add val/)")
         train_idx, val_idx = split_indices(
             len(labels), val_size or default_val_size(len(labels)), seed)
         val = (images[val_idx], labels[val_idx])

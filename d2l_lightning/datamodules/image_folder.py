@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .base import TensorDataModule
+from .base import TensorDataModule, check_val_size
 from .download import DataError
 from .folder import FolderCache, folder_splits, load_folder
 from .idx import subsample
@@ -16,11 +16,12 @@ from .idx import subsample
 class ImageFolderDataModule(TensorDataModule):
     """``root/{train,val[,test]}/<class>/*.{png,jpg,jpeg}`` as uint8 tensors (d2l §14.2).
 
-    Images are decoded once into ``root/.d2l-cache/`` (see :mod:`datamodules.folder`) and
-    batches come from tensor indexing, as for MNIST. Without ``val/``, a seeded ``val_size``
-    share of ``train/`` validates; without ``test/``, the test metrics are the validation
-    split's (said once). Augmentation runs on the device in the task module: a random resized
-    crop and flip for training, a centre crop for evaluation, at the same size.
+    Images are decoded once into ``root/.d2l-cache/`` (a read-only folder's into the user's
+    cache folder; see :mod:`datamodules.folder`) and batches come from tensor indexing, as for
+    MNIST. Without ``val/``, a seeded ``val_size`` share of ``train/`` validates; without
+    ``test/``, the test metrics are the validation split's (said once). Augmentation runs on
+    the device in the task module: a random resized crop and flip for training, a centre crop
+    for evaluation, at the same size.
 
     Args:
         root: the dataset folder (``data.root``); ``--data-dir`` may give it instead.
@@ -28,7 +29,7 @@ class ImageFolderDataModule(TensorDataModule):
         batch_size: batch size.
         seed: seed of the split, the label subset and the shuffling.
         val_size: validation images taken from ``train/`` when there is no ``val/`` (default:
-            1/12).
+            1/12; at least 1 and fewer than ``train/``'s images; refused with ``val/``).
         image_size: cached side length (default: the first training image's shorter side).
         channels: 1 or 3 (default: 3 if any image has colour, else 1).
         augment: random resized crop + flip for training (centre crop for evaluation).
@@ -51,6 +52,7 @@ class ImageFolderDataModule(TensorDataModule):
             raise DataError("image_folder needs its folder: --data-dir PATH or data.root")
         if not 0 < min_crop <= 1:
             raise DataError(f"min_crop must be in (0, 1], got {min_crop}")
+        check_val_size(val_size)
         subsample(2, train_fraction, seed)  # refuse a bad fraction before anything is written
         self.root = Path(root or data_dir).expanduser()
         self.val_size, self.image_size_arg, self.channels = val_size, image_size, channels
@@ -60,8 +62,20 @@ class ImageFolderDataModule(TensorDataModule):
         self.test_is_val = False
 
     def prepare_data(self) -> None:
-        """Scan and decode the folder (or reuse its cache); a new cache is written in setup."""
-        self._load()
+        """Scan and decode the folder (or reuse its cache); a new cache is written in setup.
+
+        Raises:
+            DataError: a bad folder (see :func:`datamodules.folder.load_folder`), or a
+                ``val_size`` that does not fit it (before anything is written).
+        """
+        cache = self._load()
+        if self.val_size is None:
+            return
+        if "val" in cache.splits:
+            raise DataError(f"data.val_size {self.val_size} does not apply: {self.root} has a "
+                            "val/ folder, which is the validation split; drop --val-size")
+        n = cache.splits["train"][1] - cache.splits["train"][0]
+        check_val_size(self.val_size, n, f"the {n} training images of {self.root / 'train'}")
 
     def _load(self) -> FolderCache:
         if self.cache is None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from .base import TensorDataModule
+from .base import TensorDataModule, check_val_size
 from .download import resolve_data_dir
 from .idx import (
     FASHION_MNIST,
     MNIST,
     IDXDataset,
+    _count,
     check_setting,
+    find_file,
     idx_splits,
     prepare_idx,
     subsample,
@@ -31,7 +33,8 @@ class IDXDataModule(TensorDataModule):
         batch_size: batch size.
         seed: seed of the train/val split and the shuffling.
         val_size: validation examples taken from the official training set (default: 1/12,
-            i.e. the 55k/5k split of the full data).
+            i.e. the 55k/5k split of the full data; at least 1 and fewer than the training
+            set).
         train_fraction: keep this seeded fraction of the training split (a label budget for
             transfer learning, d2l §14.2); validation and test stay whole.
         setting: ``"split"`` (default: the seeded split above, pixels normalised by the
@@ -50,14 +53,25 @@ class IDXDataModule(TensorDataModule):
                  on_device: bool | str = "auto") -> None:
         super().__init__(batch_size, seed, on_device)
         check_setting(setting, val_size)  # refused before anything is written
+        check_val_size(val_size)
         self.data_dir = resolve_data_dir(data_dir)
         self.val_size, self.setting = val_size, setting
         self.train_fraction = train_fraction
         subsample(2, train_fraction, seed)  # refuse a bad fraction before anything is written
 
     def prepare_data(self) -> None:
-        """Download missing files (rank 0 only, as Lightning calls it)."""
-        prepare_idx(self.dataset, self.data_dir)
+        """Download missing files (rank 0 only, as Lightning calls it); check ``val_size``.
+
+        Raises:
+            DataError: missing files that cannot be downloaded, or a ``val_size`` that leaves
+                no training image (before the run folder is made).
+        """
+        folder = prepare_idx(self.dataset, self.data_dir)
+        labels = find_file(folder, "train-labels-idx1-ubyte")
+        n = _count(labels) if labels is not None else -1  # from the header; -1: read later
+        if n > 0:
+            check_val_size(self.val_size, n, f"the {n} training images of "
+                           f"{self.dataset.title} in {folder}")
 
     def setup(self, stage: str | None = None) -> None:
         """Decode the IDX files (once per process) and split train/val (book: val is test)."""

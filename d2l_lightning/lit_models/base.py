@@ -189,7 +189,7 @@ class TaskModule(L.LightningModule):
         return self
 
     def on_train_start(self) -> None:
-        """Continue a resumed run exactly: the loader's position and the random-number state.
+        """Continue a resumed run exactly: loader position, random numbers, the epoch's sums.
 
         ``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` for the cosine and
         one-cycle schedules, which builds the training loader before a checkpoint is restored;
@@ -208,6 +208,13 @@ class TaskModule(L.LightningModule):
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+        # A mid-epoch resume gets no on_train_epoch_start: the epoch's sums continue from the
+        # checkpoint's (one process; under DDP each rank's own sums are not saved).
+        saved = self.__dict__.pop("_resume_sums", None)
+        if saved is not None and saved["world_size"] == self.trainer.world_size == 1 \
+                and len(saved["sums"]) == len(self._train_sums):
+            self._train_sums = saved["sums"].to(self.device, self._train_sums.dtype).clone()
+            self._train_sum_views = self._train_sums.unbind()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the random-number state, so dropout after a resume draws what it would have."""
@@ -215,6 +222,9 @@ class TaskModule(L.LightningModule):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["rng_states"] = rng
+        if self._trainer is not None:  # the epoch's sums so far, for a resume in mid-epoch
+            checkpoint["train_sums"] = {"epoch": self.current_epoch, "sums": self._train_sums.cpu(),
+                                        "world_size": self.trainer.world_size}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Map weights saved before the shared Transformer blocks; keep the saved RNG state.
@@ -224,6 +234,8 @@ class TaskModule(L.LightningModule):
         checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
         if "rng_states" in checkpoint:
             self._resume_rng = checkpoint["rng_states"]
+        if "train_sums" in checkpoint:  # restored in on_train_start
+            self._resume_sums = checkpoint["train_sums"]
 
     def test_confusion_matrix(self) -> torch.Tensor | None:
         """The last test's confusion matrix (classifiers; ``None`` for other tasks)."""

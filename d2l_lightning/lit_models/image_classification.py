@@ -20,7 +20,9 @@ from d2l_lightning.models.transfer import (
     IMAGENET_STD,
     apply_initial_weights,
     describe_init,
-    read_source,
+    head_choice,
+    load_source,
+    recorded_names,
     torchvision_name,
 )
 from d2l_lightning.models.transfer import freeze as freeze_prefixes
@@ -56,8 +58,8 @@ class ImageClassificationTask(TaskModule):
             channels (grey-scale batches are repeated).
         freeze: module-name prefixes whose parameters are frozen (``backbone``: all but the
             head); frozen batch-norm layers stay in eval mode.
-        new_head: re-initialise the head even when its shape matches the source (``None``:
-            only when the number of classes differs).
+        new_head: re-initialise the head (``True``) or keep it (``False``); ``None``: keep it
+            only when the source's class names are this data's, in the same order.
         augment: from the data: minimum crop area of the on-device training augmentation
             (random resized crop + flip; evaluation: centre crop), ``None`` for none.
         flip: from the data: the training augmentation flips half the images horizontally.
@@ -122,17 +124,22 @@ class ImageClassificationTask(TaskModule):
         return (x, *rest)
 
     def load_initial_weights(self) -> str:
-        """Load ``init_from`` into the model (new head if the classes differ); describe it.
+        """Load ``init_from`` into the model; describe it in one line.
+
+        The head is new unless the source's class names are this data's in the same order
+        (:func:`models.transfer.head_choice`; ``new_head`` overrides).
 
         Raises:
             models.transfer.TransferError: a source that does not fit (one sentence).
         """
-        source = self.hparams.init_from
-        if source is None:
+        hp = self.hparams
+        if hp.init_from is None:
             return ""
-        state, _ = read_source(source, self.task)
-        report = apply_initial_weights(self.model, state, source, self.hparams.new_head)
-        return describe_init(report, source)
+        source = load_source(hp.init_from, self.task)
+        replace, why = head_choice(source.class_names, recorded_names(hp.class_names),
+                                   hp.new_head)
+        report = apply_initial_weights(self.model, source.state, hp.init_from, replace)
+        return describe_init(report, hp.init_from, why)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         """Cross-entropy on logits (``train/loss`` every ``log_every_n_steps``)."""

@@ -172,12 +172,14 @@ class Mamba(nn.Module):
                  dt_rank: int | str = "auto", dropout: float = 0.0, tie_weights: bool = True,
                  scan: str = "chunked") -> None:
         super().__init__()
+        for name, size in (("vocab_size", vocab_size), ("num_hiddens", num_hiddens),
+                           ("d_state", d_state), ("expand", expand), ("d_conv", d_conv)):
+            if size < 1:  # else a traceback deep inside (d_state 0 divides by zero in the scan)
+                raise ValueError(f"{name} must be at least 1, got {size}")
         if dt_rank == "auto":
             dt_rank = math.ceil(num_hiddens / 16)
         if not isinstance(dt_rank, int) or dt_rank < 1:
             raise ValueError(f"dt_rank must be a positive int or 'auto', got {dt_rank!r}")
-        if d_conv < 1:
-            raise ValueError(f"d_conv must be >= 1, got {d_conv}")
         self.embedding = nn.Embedding(vocab_size, num_hiddens)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(

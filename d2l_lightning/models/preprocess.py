@@ -9,6 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+#: the largest image side an export's ``preprocess`` may ask for (``image_size``, ``resize``):
+#: a 4096 x 4096 RGB image is 200 MB as floats; the d2l models take 28 to 224
+MAX_IMAGE_SIDE = 4096
 
 
 def preprocess_images(
@@ -150,3 +155,80 @@ def prepare_images(images: Any, preprocess: dict[str, Any]) -> torch.Tensor:
     return preprocess_images(batch, preprocess["mean"], preprocess["std"],
                              preprocess.get("resize"), channels=preprocess.get("channels"),
                              center_crop=preprocess.get("center_crop"))
+
+
+def check_preprocess(pre: Any, model: nn.Module) -> int | None:
+    """Check an export's ``preprocess`` against its image model; returns the model's outputs.
+
+    Every field is checked before an image is touched: sides are whole numbers up to
+    :data:`MAX_IMAGE_SIDE`, ``mean`` and ``std`` finite (``std`` positive) with one value per
+    channel the model takes, and the model (on the ``meta`` device: nothing is allocated) takes
+    a batch of that shape.
+
+    Args:
+        pre: ``config["preprocess"]``.
+        model: the exported model, on the ``meta`` device.
+
+    Returns:
+        The number of classes the model outputs, or ``None`` when ``pre`` lacks the sizes.
+
+    Raises:
+        ValueError: one clause naming the field, e.g. ``'preprocess.std' must be ...``.
+    """
+    if not isinstance(pre, dict):
+        raise ValueError("'preprocess' must be a mapping")
+    for key, low in (("image_size", 1), ("resize", 1), ("in_channels", 1), ("channels", 1)):
+        value = pre.get(key)
+        if value is not None and not (_whole(value) and low <= value <= MAX_IMAGE_SIDE):
+            raise ValueError(f"'preprocess.{key}' must be a whole number from {low} to "
+                             f"{MAX_IMAGE_SIDE}, got {_short(value)}")
+    data, channels = pre.get("in_channels"), pre.get("channels")
+    if data is not None and data not in (1, 3):
+        raise ValueError(f"'preprocess.in_channels' must be 1 or 3, got {data}")
+    if channels not in (None, data) and (data, channels) != (1, 3):
+        raise ValueError(f"'preprocess.channels' {channels!r} cannot be made of "
+                         f"{data!r}-channel images")
+    c = channels if channels is not None else data
+    for key in ("mean", "std"):
+        values = pre.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and (key == "mean" or v > 0) for v in values):
+            what = "positive numbers" if key == "std" else "finite numbers"
+            raise ValueError(f"'preprocess.{key}' must be a list of {what}, got "
+                             f"{_short(values)}")
+        if c is not None and len(values) != c:
+            raise ValueError(f"'preprocess.{key}' holds {len(values)} value"
+                             f"{'' if len(values) == 1 else 's'}, but the model takes "
+                             f"{c}-channel images (one value per channel)")
+    crop = pre.get("center_crop")
+    if crop is not None and not (isinstance(crop, (int, float)) and not isinstance(crop, bool)
+                                 and 0 < crop <= 1):
+        raise ValueError(f"'preprocess.center_crop' must be a fraction in (0, 1], got "
+                         f"{_short(crop)}")
+    side = pre.get("resize") or pre.get("image_size")
+    if c is None or side is None:
+        return None
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.empty(1, c, side, side, device="meta"))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(f"'preprocess' describes {c}-channel {side}x{side} inputs, which the "
+                         f"model does not take ({first})") from None
+    if out.dim() != 2:
+        raise ValueError(f"'preprocess' describes {c}-channel {side}x{side} inputs, for which "
+                         f"the model outputs shape {tuple(out.shape)}, not (batch, classes)")
+    return int(out.shape[1])
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    """``value`` for a message, at most 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -116,9 +116,39 @@ def get_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
+#: constructor arguments that are sizes or counts of every model taking them: at least 1 (a
+#: list, e.g. MLP widths, in each element); ``embed_size`` is not one (0: one-hot inputs)
+POSITIVE_SIZES = frozenset({
+    "num_hiddens", "num_layers", "num_heads", "ffn_num_hiddens", "mlp_num_hiddens", "num_blks",
+    "patch_size", "growth_rate", "num_channels", "ratio", "num_inputs", "num_classes",
+    "in_channels", "image_size", "max_len", "vocab_size", "src_vocab_size", "tgt_vocab_size",
+    "d_state", "expand", "d_conv"})
+
+
+def check_sizes(kwargs: dict[str, Any]) -> None:
+    """Refuse a size or count of :data:`POSITIVE_SIZES` below 1 (a traceback deep inside).
+
+    Raises:
+        ValueError: one sentence naming the argument.
+    """
+    for key, value in kwargs.items():
+        if key not in POSITIVE_SIZES:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and v < 1 for v in values):
+            raise ValueError(f"constructor argument {key} must be at least 1, got {value!r}")
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model with constructor keyword arguments."""
-    return get_spec(name).builder(**kwargs)
+    """Build a registered model with constructor keyword arguments.
+
+    Raises:
+        KeyError: an unknown model.
+        ValueError: a size of :data:`POSITIVE_SIZES` below 1, or options the model refuses.
+    """
+    spec = get_spec(name)
+    check_sizes(kwargs)
+    return spec.builder(**kwargs)
 
 
 def recipe_summary(recipe: Recipe) -> str:

@@ -16,6 +16,7 @@ the only part whose shape may differ from the source (a new head when the classe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,8 @@ def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
     """Set ``requires_grad=False`` under each prefix; return the frozen parameter names.
 
     Raises:
-        TransferError: a prefix that matches no parameter.
+        TransferError: a prefix that matches no parameter, or prefixes that leave no parameter
+            to train (the optimizer would get none).
     """
     head = head_prefix(model)
     frozen = []
@@ -102,6 +104,11 @@ def freeze(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
                                 f"module name: {_top_modules(model)})")
         frozen += hit
     named = dict(model.named_parameters())
+    if named and set(frozen) == named.keys():
+        raise TransferError(f"--freeze {' '.join(prefixes)} freezes every parameter of "
+                            f"{type(model).__name__}, which leaves nothing to train; leave at "
+                            f"least one module unfrozen (e.g. --freeze {BACKBONE} trains the "
+                            "head)")
     for name in frozen:
         named[name].requires_grad_(False)
     return sorted(set(frozen))
@@ -163,8 +170,26 @@ def parameter_summary(model: nn.Module) -> str:
             + (f"; {bn} frozen batch-norm layers stay in eval mode" if bn else ""))
 
 
+@dataclass(frozen=True)
+class Source:
+    """What an ``--init-from`` source holds: weights, architecture, class names (if recorded)."""
+
+    state: dict[str, torch.Tensor]
+    arch: str
+    class_names: list[str] | None = None
+
+
 def read_source(source: str, task: str) -> tuple[dict[str, torch.Tensor], str]:
-    """The state dict of an export folder, checkpoint or torchvision name, and its arch.
+    """The state dict of an export folder, checkpoint or torchvision name, and its arch."""
+    read = load_source(source, task)
+    return read.state, read.arch
+
+
+def load_source(source: str, task: str) -> Source:
+    """Read an export folder, checkpoint or torchvision name (see :class:`Source`).
+
+    The class names come from an export's ``config.json`` or a checkpoint's hyper-parameters;
+    torchvision's ImageNet weights record none here.
 
     Raises:
         TransferError: a missing or unreadable source, another task family, or torchvision
@@ -172,7 +197,7 @@ def read_source(source: str, task: str) -> tuple[dict[str, torch.Tensor], str]:
     """
     tv = torchvision_name(source)
     if tv is not None:
-        return read_torchvision(tv), TORCHVISION_WEIGHTS[tv][0]
+        return Source(read_torchvision(tv), TORCHVISION_WEIGHTS[tv][0])
     path = Path(source)
     if path.is_dir():
         from safetensors import SafetensorError
@@ -190,7 +215,8 @@ def read_source(source: str, task: str) -> tuple[dict[str, torch.Tensor], str]:
             upgrade_state_dict,  # exports of the old blocks, as load_exported
         )
 
-        return upgrade_state_dict(state), cfg["arch"]
+        return Source(upgrade_state_dict(state), cfg["arch"],
+                      recorded_names(cfg.get("class_names")))
     if path.is_file():
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -201,7 +227,8 @@ def read_source(source: str, task: str) -> tuple[dict[str, torch.Tensor], str]:
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             raise TransferError(f"--init-from {source} is not a train.py checkpoint (no "
                                 "'state_dict')")
-        arch = str(ckpt.get("hyper_parameters", {}).get("arch", "?"))
+        hparams = ckpt.get("hyper_parameters") or {}
+        arch = str(hparams.get("arch", "?"))
         from .registry import get_spec
 
         try:
@@ -213,7 +240,7 @@ def read_source(source: str, task: str) -> tuple[dict[str, torch.Tensor], str]:
 
         state = {k[len("model."):]: v for k, v in upgrade_state_dict(ckpt["state_dict"]).items()
                  if k.startswith("model.")}
-        return state, arch
+        return Source(state, arch, recorded_names(hparams.get("class_names")))
     raise TransferError(f"--init-from {source} is neither an export folder, a checkpoint file "
                         f"nor a torchvision name ({', '.join(TORCHVISION_WEIGHTS)})")
 
@@ -324,9 +351,53 @@ def apply_initial_weights(model: nn.Module, state: Mapping[str, torch.Tensor], s
     return {"loaded": sorted(loaded), "new": new}
 
 
-def describe_init(report: Mapping[str, list[str]], source: str) -> str:
-    """One line: how many tensors came from ``source`` and which are new."""
+def recorded_names(value: Any) -> list[str] | None:
+    """Class names as a source records them; ``None`` when it records none.
+
+    An export of a model without names lists ``0, 1, ...`` (the integers, not names).
+    """
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    if all(type(v) is int for v in value) and list(value) == list(range(len(value))):
+        return None
+    return [str(v) for v in value]
+
+
+def head_choice(source_names: Sequence[str] | None, target_names: Sequence[str] | None,
+                new_head: bool | None = None) -> tuple[bool, str]:
+    """Whether the head is replaced, and why (for the ``init from`` line).
+
+    Each row of a head scores one class: it is kept only for the same labels in the same
+    order. Labels that cannot be compared (none recorded) get a new head too; ``new_head``
+    True / False decides instead, whatever the labels.
+    """
+    src = list(source_names) if source_names else None
+    dst = list(target_names) if target_names else None
+    if src is None or dst is None:
+        differ, why = None, (f"{'the source' if src is None else 'this data'} records no "
+                             "class names, so the classes cannot be compared; --task-arg "
+                             "new_head=false keeps the source's head")
+    elif len(src) != len(dst):
+        differ = why = f"the source has {len(src)} classes, this data {len(dst)}"
+    elif src == dst:
+        differ, why = None, f"the same {len(src)} classes in the same order"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(src, dst)) if a != b)
+        what = "the same classes in another order" if sorted(src) == sorted(dst) else (
+            "other classes")
+        differ = why = f"{what}: class {i} is '{src[i]}' there, '{dst[i]}' here"
+    if new_head is None:
+        return not (src is not None and src == dst), why
+    said = f"new_head={str(new_head).lower()}"
+    if not new_head and differ:
+        said += f", although {differ}"
+    return new_head, said
+
+
+def describe_init(report: Mapping[str, list[str]], source: str, why: str = "") -> str:
+    """One line: how many tensors came from ``source``, which are new, and why (the head)."""
     new = report["new"]
     return (f"init from {source}: loaded {len(report['loaded'])} tensors; "
-            + (f"new (head): {', '.join(new)}" if new else "head loaded too (same shape)"))
+            + (f"new (head): {', '.join(new)}" + (f" ({why})" if why else "") if new
+               else f"head loaded too ({why or 'same shape'})"))
 

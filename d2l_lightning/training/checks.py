@@ -156,6 +156,12 @@ def check_values(cfg: dict[str, dict[str, Any]], sources: Sources) -> None:
     Raises:
         ConfigError: one sentence naming the source of the value.
     """
+    val_size = cfg.get("data", {}).get("val_size")  # image data validate on 1 or more
+    if (cfg.get("data", {}).get("name") in ("mnist", "fashion_mnist", "image_folder")
+            and isinstance(val_size, (int, float)) and val_size < 1):
+        _fail(sources, "data", "val_size", "data.val_size must be at least 1 (validation "
+              f"examples), got {val_size}; leave it unset for the default, 1/12 of the "
+              "training set")
     for (section, key), check in CONSTRUCTOR_RULES.items():
         said = check.problem(cfg.get(section, {}).get(key))
         if said:

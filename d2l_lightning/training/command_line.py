@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import SECTIONS, Config, Layer, load_config_file, resolve
 from .flags import build_parser
+from .types import YamlRefusedError, load_yaml
 
 
 @dataclass
@@ -82,7 +83,9 @@ def parse_command_line(argv: Sequence[str] | None = None) -> Request:
                 parser.error(f"argument {token}: expected a value")
             text, i = rest[i + 1], i + 1
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)  # a key twice or an alias bomb: refused (see .types)
+        except YamlRefusedError as e:
+            parser.error(f"argument --{name}: {e}")
         except yaml.YAMLError:
             parser.error(f"argument --{name}: cannot read the value {text!r}")
         put(section, key, value, f"--{name}")

@@ -125,11 +125,19 @@ def config_path(name: str | Path, what: str = "config") -> Path:
 
 
 def read_yaml(path: Path, what: str) -> Any:
-    """A YAML file's data; a file that cannot be read or parsed is one ConfigError sentence."""
+    """A YAML file's data; a file that cannot be read or parsed is one ConfigError sentence.
+
+    A key given twice, an alias bomb and runaway nesting are refused too (see
+    :func:`.types.load_yaml`).
+    """
     import yaml
 
+    from .types import YamlRefusedError, load_yaml
+
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except YamlRefusedError as e:
+        raise ConfigError(f"{what} {path}: {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{what} {path} does not parse as YAML ({first})") from None

@@ -25,7 +25,8 @@ def check_hardware(cfg: Config) -> None:
     where torch emulates it (usually much slower than float32: pytorch/pytorch#118499, #146508).
 
     Raises:
-        ConfigError: ``--accelerator gpu`` (or ``mps``) where there is none.
+        ConfigError: ``--accelerator gpu`` (or ``mps``) where there is none; ``--devices -1``
+            or device indices (GPUs) for a run on the CPU, where Lightning takes only a count.
     """
     import torch
 
@@ -38,6 +39,13 @@ def check_hardware(cfg: Config) -> None:
         raise ConfigError("--accelerator mps: this machine has no MPS device; choose "
                           "--accelerator cpu (or auto)")
     on_cpu = acc == "cpu" or acc == "auto" and not torch.cuda.is_available()
+    devices = tr["devices"]
+    if (acc == "cpu" or on_cpu and not torch.backends.mps.is_available()) and not (
+            devices == "auto" or isinstance(devices, int) and devices >= 1
+            or isinstance(devices, str) and devices.strip().isdigit() and int(devices) >= 1):
+        raise ConfigError(f"--devices {devices}: -1 (every GPU) and device indices such as 0,1 "
+                          "select GPUs, and this run trains on the CPU; give a number of CPU "
+                          "processes of at least 1, or auto")
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count() or 1)
     if on_cpu and isinstance(tr["devices"], int) and tr["devices"] > cores \
@@ -71,4 +79,44 @@ def remove_empty_folders(folder: Path) -> None:
 
 
 class TerminatedError(Exception):
-    """The run received SIGTERM (a scheduler's stop); the message says how to continue."""
+    """SIGTERM (a scheduler's stop) or SIGINT (Ctrl-C) stopped the run.
+
+    Args:
+        message: where it stopped and how to continue.
+        signum: the signal (the exit status is 128 + signum).
+    """
+
+    def __init__(self, message: str, signum: int = 15) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def signal_name(signum: int | None) -> str:
+    """``SIGTERM``, ``SIGINT (Ctrl-C)``."""
+    import signal
+
+    return "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
+
+
+class SigtermOutsideTraining:
+    """SIGTERM outside the trainer's loops (data preparation, a download, export): one sentence.
+
+    ``train.py`` installs it for the whole command. While a trainer runs, :class:`~d2l_lightning.
+    callbacks.faults.SigtermCheckpoint` marks it inactive: Lightning's own handler (which calls
+    this one too) then stops the loops and a checkpoint is kept.
+    """
+
+    def __init__(self) -> None:
+        self.trainer_active = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        """Stop the command, unless a trainer handles the signal."""
+        if not self.trainer_active:
+            raise TerminatedError(
+                "stopped by SIGTERM outside training (data preparation, test set-up or "
+                "export); nothing was left half-written: run the command again (with "
+                "--resume last --run-dir RUN if the run has a checkpoint)", 15)
+
+
+#: the handler ``train.py`` installs
+SIGTERM_OUTSIDE_TRAINING = SigtermOutsideTraining()

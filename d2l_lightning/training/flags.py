@@ -38,11 +38,15 @@ def key_value(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` with a YAML-typed value (``3``, ``0.5``, ``true``, ``word``, ``[1, 2]``)."""
     import yaml
 
+    from .types import YamlRefusedError, load_yaml
+
     key, sep, value = text.partition("=")
     if not sep or not all(part.isidentifier() for part in key.split(".")):
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
     try:
-        return key, yaml.safe_load(value)
+        return key, load_yaml(value)
+    except YamlRefusedError as e:
+        raise argparse.ArgumentTypeError(f"{key}: {e}") from None
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"{key}: cannot read the value {value!r}") from None
 

@@ -1,6 +1,7 @@
 """Learning-curve plots from ``metrics.csv``: one run's ``curves.png``, or several runs overlaid.
 
-    python -m training.plot RUN [RUN ...] [--metric val/acc] [--out F.png]
+    d2l-plot RUN [RUN ...] [--metric val/acc] [--out F.png]
+    python -m d2l_lightning.training.plot RUN [RUN ...]     (the same, from a checkout)
 
 A RUN may be a sweep folder: its trials (sub-folders holding ``metrics.csv``) are overlaid.
 Lightning-free; matplotlib is imported only when a figure is drawn.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,10 @@ class PlotError(Exception):
     """A folder that is not a run, a run without metrics, a metric that was not logged."""
 
 
+class MetricsFileError(PlotError):
+    """A ``metrics.csv`` that cannot be read: a fault in a file, not in the command line."""
+
+
 def read_curves(run_dir: str | Path) -> dict[str, Series]:
     """Every metric of ``RUN/metrics.csv`` as ``(epoch, value)`` points.
 
@@ -31,36 +37,81 @@ def read_curves(run_dir: str | Path) -> dict[str, Series]:
     the first); step rows (``train/loss``, ``lr-*``) at their fraction of the epochs.
 
     Raises:
-        PlotError: no ``metrics.csv``, or one without a metric row.
+        PlotError: no ``metrics.csv``.
+        MetricsFileError: a ``metrics.csv`` that is empty, not text, without a ``step`` column
+            or a metric row, or with a value that is not a number (the sentence names the line).
     """
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         what = "has no metrics yet" if (Path(run_dir) / "config.yaml").is_file() else (
             "is not a run folder of train.py")
         raise PlotError(f"{run_dir} {what} (no metrics.csv)")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = _read_rows(path)
     epoch_end: dict[int, int] = {}
-    for row in rows:
+    for line, row in rows:
         if row.get("epoch") not in (None, ""):
-            e = int(float(row["epoch"]))
-            epoch_end[e] = max(epoch_end.get(e, -1), int(float(row["step"])))
+            e = _whole(path, line, row, "epoch")
+            epoch_end[e] = max(epoch_end.get(e, -1), _whole(path, line, row, "step"))
     per_epoch = (max(epoch_end.values()) + 1) / (max(epoch_end) + 1) if epoch_end else None
     curves: dict[str, Series] = {}
-    for row in rows:
-        epoch = row.get("epoch")
-        if epoch not in (None, ""):
-            x = int(float(epoch)) + 1.0
+    for line, row in rows:
+        step = _whole(path, line, row, "step")
+        if row.get("epoch") not in (None, ""):
+            x = _whole(path, line, row, "epoch") + 1.0
         elif per_epoch:
-            x = (int(float(row["step"])) + 1) / per_epoch
+            x = (step + 1) / per_epoch
         else:
-            x = float(row["step"])  # no epoch finished yet
+            x = float(step)  # no epoch finished yet
         for key, value in row.items():
             if key not in ("step", "epoch") and value not in (None, ""):
-                curves.setdefault(key, []).append((x, float(value)))
+                try:
+                    curves.setdefault(key, []).append((x, float(value)))
+                except ValueError:
+                    raise MetricsFileError(f"{path}, line {line}: {key} is {value!r}, not a "
+                                           "number; fix or delete that line") from None
     if not curves:
-        raise PlotError(f"{run_dir} has no metrics yet (metrics.csv holds no row)")
+        raise MetricsFileError(f"{path} holds no metric value yet (no row has one)")
     return curves
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a ``metrics.csv`` with their line numbers, checked for their form."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [(reader.line_num, row) for row in reader]
+            header = reader.fieldnames
+    except UnicodeDecodeError:
+        raise MetricsFileError(f"{path} is not a text file (not UTF-8); delete it or point at "
+                               "another run") from None
+    except csv.Error as e:
+        raise MetricsFileError(f"{path} is not a CSV file ({e}); delete it or point at another "
+                               "run") from None
+    if not header:
+        raise MetricsFileError(f"{path} is empty (not even a header line)")
+    if "step" not in header:
+        raise MetricsFileError(f"{path} has no 'step' column in its header line, so it is not "
+                               "a metrics.csv of train.py")
+    if not rows:
+        raise MetricsFileError(f"{path} holds a header line but no metric row yet")
+    for line, row in rows:
+        if None in row:  # DictReader puts the values beyond the header under None
+            raise MetricsFileError(f"{path}, line {line}: more values than the header line "
+                                   "has columns; fix or delete that line")
+    return rows
+
+
+def _whole(path: Path, line: int, row: dict[str, str], key: str) -> int:
+    """``row[key]`` as a step or epoch count (``3`` or ``3.0``), or one sentence naming it."""
+    value = row.get(key)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or number != int(number):
+        raise MetricsFileError(f"{path}, line {line}: {key} is {value!r}, not a whole number; "
+                               "fix or delete that line")
+    return int(number)
 
 
 def _pyplot():
@@ -230,8 +281,8 @@ def plot_runs(runs: Sequence[str | Path], metric: str | None, out: str | Path) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit code (2: refused, one sentence on stderr)."""
-    p = argparse.ArgumentParser(prog="python -m training.plot",
+    """CLI entry point; returns the exit code (2: refused, 1: an unreadable ``metrics.csv``)."""
+    p = argparse.ArgumentParser(prog="d2l-plot",
                                 description="Overlay the learning curves of one or more runs.")
     p.add_argument("runs", nargs="+", metavar="RUN",
                    help="run folder, or a folder of runs such as a sweep's")
@@ -242,9 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         labels = plot_runs(find_runs(args.runs), args.metric, args.out)
-    except PlotError as e:
+    except PlotError as e:  # 1: a file that cannot be read; 2: a refused command line
         print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, MetricsFileError) else 2
     print(f"{args.out}: {len(labels)} run(s)")
     return 0
 

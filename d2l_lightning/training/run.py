@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import SECTIONS, Config, Layer, dump_config, load_config_file, resolve
 from .errors import ConfigError
-from .runs import RUN_DIR_ENV, ResumePlan, choose_run_dir, make_run_dir
+from .runs import RUN_DIR_ENV, ResumePlan, RunFolder, choose_run_dir, make_run_dir
 
 ConfigLike = Mapping[str, Any] | str | Path
 
@@ -99,7 +99,7 @@ def build_trainer(cfg: Config, run_dir: Path, module: Any, evaluate: bool = Fals
 
     from d2l_lightning.callbacks import ExportCallback, TrainingMonitor
     from d2l_lightning.callbacks.dispatch import skip_idle_batch_hooks
-    from d2l_lightning.callbacks.faults import AtomicCheckpointIO, SigtermCheckpoint
+    from d2l_lightning.callbacks.faults import AtomicCheckpointIO, SigtermCheckpoint, StepCheckpoint
     from d2l_lightning.callbacks.plots import RunPlots
     from d2l_lightning.callbacks.progress import LineProgress, terminal_progress_bar
 
@@ -135,9 +135,9 @@ def build_trainer(cfg: Config, run_dir: Path, module: Any, evaluate: bool = Fals
                 ModelCheckpoint(ckpt_dir, filename="last", monitor=None, save_top_k=1,
                                 enable_version_counter=False)]
             if run["ckpt_every_n_steps"]:
-                callbacks.append(ModelCheckpoint(
+                callbacks.append(StepCheckpoint(
                     ckpt_dir, every_n_train_steps=run["ckpt_every_n_steps"], save_top_k=0,
-                    save_last=True))
+                    save_last=True, enable_version_counter=False))
         if cfg["optim"]["scheduler"] != "none" and tr["logger"]:
             callbacks.append(LearningRateMonitor("step"))
     if run["compile"]:
@@ -156,6 +156,10 @@ def build_trainer(cfg: Config, run_dir: Path, module: Any, evaluate: bool = Fals
         setup_strategy(trainer, run["dist_timeout"])  # --dist-timeout; torchrun's count
     except (ValueError, RuntimeError, TypeError, MisconfigurationException) as e:
         raise ConfigError(f"lightning.Trainer: {str(e).strip().splitlines()[0]}") from None
+    if trainer.world_size > 1 and tr["enable_checkpointing"] is not False:
+        from d2l_lightning.callbacks.faults import DistributedSignals
+
+        trainer.callbacks.append(DistributedSignals())  # Lightning's SIGTERM under DDP hangs
     skip_idle_batch_hooks(trainer.callbacks)  # ~15 µs per callback per step (docs/results.md)
     return trainer
 
@@ -183,6 +187,31 @@ def _dataset_sizes(dm: Any) -> dict[str, int]:
     return sizes
 
 
+def test_split(dm: Any) -> str:
+    """``"test"``, or ``"validation"`` where the data's test split is its validation split.
+
+    The Time Machine (a held-out tail), the book's fra-eng and Fashion-MNIST settings and an
+    image folder without ``test/`` have no separate test data; their ``test/*`` numbers are
+    then validation numbers, and ``results.json``, the loggers and the console say so.
+    """
+    import torch
+
+    flag = getattr(dm, "test_is_val", None)
+    if flag is not None:
+        return "validation" if flag else "test"
+    corpora = getattr(dm, "corpora", None) or {}
+    pairs = [(corpora.get("val"), corpora.get("test"))]
+    pairs.append((getattr(dm, "val_set", None), getattr(dm, "test_set", None)))
+    for val, test in pairs:
+        if val is None or test is None:
+            continue
+        val, test = ([val], [test]) if isinstance(val, torch.Tensor) else (val, test)
+        if len(val) == len(test) and all(
+                a is b or a.shape == b.shape and torch.equal(a, b) for a, b in zip(val, test)):
+            return "validation"
+    return "test"
+
+
 def fit(config: ConfigLike, overrides: Mapping[str, Any] | None = None,
         resume: ResumePlan | None = None) -> dict[str, Any] | None:
     """Train, test and export one run; return what its ``results.json`` holds.
@@ -200,7 +229,7 @@ def fit(config: ConfigLike, overrides: Mapping[str, Any] | None = None,
         ConfigError: the config, or a Trainer argument Lightning refuses, before anything is
             written.
         DataError: the data is missing and cannot be downloaded.
-        TerminatedError: SIGTERM stopped the run (the message says how to continue it).
+        TerminatedError: SIGTERM or SIGINT stopped the run (the message says how to continue).
     """
     cfg = load_config(config, overrides)
     hands_off_run_dir = RUN_DIR_ENV not in os.environ  # else a DDP child of such a run
@@ -236,14 +265,7 @@ def prepare(cfg: Config, fresh: bool) -> tuple[Any, Any, str]:
 
 
 def _fit(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from d2l_lightning.callbacks.faults import terminated_message
-    from d2l_lightning.callbacks.progress import model_summary
-    from d2l_lightning.callbacks.wandb_logging import start_wandb, wandb_logger
-
-    from .faults import TerminatedError, check_hardware
-    from .hparams import flatten, log_run_config, run_hparams, run_metadata
+    from .faults import check_hardware
 
     dm, module, init = prepare(cfg, fresh=resume is None)
     if init:
@@ -254,7 +276,27 @@ def _fit(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     trainer = build_trainer(cfg, run_dir, module)  # Lightning's refusals: nothing written yet
     if str(trainer.precision) != cfg["trainer"]["precision"]:  # e.g. None runs 32-true
         cfg["trainer"]["precision"] = str(trainer.precision)  # config.yaml records what ran
-    make_run_dir(folder)
+    make_run_dir(folder, resume)  # takes the folder's lock: one writer per run
+    try:
+        return _run_in(folder, cfg, resume, dm, module, trainer)
+    finally:
+        folder.release()
+
+
+def _run_in(folder: RunFolder, cfg: Config, resume: ResumePlan | None, dm: Any, module: Any,
+            trainer: Any) -> dict[str, Any] | None:
+    """Train, test and publish in the locked run folder (:func:`fit`'s second half)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from d2l_lightning.callbacks import TrainingMonitor
+    from d2l_lightning.callbacks.faults import stop_signal, terminated_message
+    from d2l_lightning.callbacks.progress import model_summary
+    from d2l_lightning.callbacks.wandb_logging import start_wandb, wandb_logger
+
+    from .faults import TerminatedError
+    from .hparams import flatten, log_run_config, run_hparams, run_metadata
+
+    run_dir = folder.path
     if trainer.is_global_zero:
         print(f"run folder: {run_dir}\n{model_summary(module.model, cfg['model']['name'])}",
               flush=True)
@@ -281,16 +323,21 @@ def _fit(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
             tested = trainer.test(module, datamodule=dm, verbose=False)[0]
             test = {k: float(v) for k, v in tested.items()}
     except SIGTERMException:
-        raise TerminatedError(terminated_message(trainer, run_dir)) from None
+        raise TerminatedError(terminated_message(trainer, run_dir),
+                              stop_signal(trainer)) from None
+    # a resume of a run whose training had ended trains nothing: its totals are the checkpoint's
+    monitor = next((c for c in trainer.callbacks if isinstance(c, TrainingMonitor)), None) \
+        or TrainingMonitor()
     results = {
         "model": cfg["model"]["name"], "data": cfg["data"]["name"],
         "recipe": cfg["model"]["recipe"],
-        "epochs": int(summary.get("run/epochs", 0)),
-        "global_step": int(summary.get("run/global_step", 0)),
-        "train_time_sec": round(summary.get("run/train_time_sec", 0.0), 3),
-        "train_samples_per_sec": round(summary.get("run/train_samples_per_sec", 0.0), 1),
+        "epochs": int(summary.get("run/epochs", trainer.current_epoch)),
+        "global_step": int(summary.get("run/global_step", trainer.global_step)),
+        "train_time_sec": round(summary.get("run/train_time_sec", monitor.elapsed), 3),
+        "train_samples_per_sec": round(summary.get("run/train_samples_per_sec",
+                                                   monitor.samples_per_sec), 1),
         **batches, **train, **val, **test,
-        "dataset_sizes": _dataset_sizes(dm),
+        "dataset_sizes": _dataset_sizes(dm), "test_split": test_split(dm),
         "resumed_from": str(ckpt) if ckpt else None,
         "run_dir": str(run_dir), "export_dir": str(run_dir / "export"),
     }
@@ -299,6 +346,7 @@ def _fit(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
         cm = trainer.callback_metrics.get("test/confusion_matrix")
     if cm is not None:
         results["test/confusion_matrix"] = cm.tolist()
+    meta["test_split"] = results["test_split"]  # the loggers' copy of the run's settings
     results["meta"] = meta
     if trainer.is_global_zero:  # hparams with the final metrics, figures, the model artifact
         from d2l_lightning.callbacks.media import publish_run
@@ -313,5 +361,7 @@ def _fit(cfg: Config, resume: ResumePlan | None) -> dict[str, Any] | None:
     if path.exists():  # a resumed run that had finished before: keep where it ended then
         earlier = json.loads(path.read_text())
         results["earlier"] = [*earlier.pop("earlier", []), earlier]
-    path.write_text(json.dumps(results, indent=2))
+    from d2l_lightning.models.export import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     return results

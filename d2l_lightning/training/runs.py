@@ -9,12 +9,14 @@ changed), so a killed run continues with no flags repeated.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .cluster import RUN_DIR_ENV, is_follower
 from .config import Config, ConfigError, Layer, dump_config, load_config_file
+from .lock import LOCK_NAME, FolderLock, check_free
 
 #: what may change when a run is resumed: how long it runs and what it writes or shows
 RESUMABLE = {
@@ -41,6 +43,7 @@ class ResumePlan:
         changes: what this command line changes (run-length and logging keys only).
         record: the file that will record ``changes`` (``config.resume2.yaml``...).
         step: the checkpoint's global step.
+        epoch: the checkpoint's epoch (0-based: the epoch it was written in).
     """
 
     run_dir: Path
@@ -49,9 +52,24 @@ class ResumePlan:
     changes: Layer
     record: Path
     step: int
+    epoch: int = 0
 
     def check(self, cfg: Config) -> None:
-        """Refuse a length change of a schedule sized to the original length."""
+        """Refuse what cannot continue, before anything is written.
+
+        A length shorter than what the checkpoint trained, and a length change of a schedule
+        sized to the original length.
+        """
+        tr = cfg["trainer"]
+        for key, need in (("max_epochs", self.epoch + 1), ("max_steps", self.step)):
+            value = tr.get(key)
+            if value not in (None, -1) and value < need:
+                flag = self.changes.sources.get(("trainer", key), f"trainer.{key}")
+                raise ConfigError(
+                    f"{flag} {value} is shorter than what {self.run_dir} has trained already "
+                    f"({self.ckpt.name} is at epoch {self.epoch + 1}, step {self.step}); give "
+                    f"at least {need}, or branch off a shorter run with --config "
+                    f"{self.run_dir / 'config.yaml'} --run-dir NEW")
         scheduler = cfg["optim"].get("scheduler")
         if scheduler in LENGTH_SCHEDULES:
             for section, key in LENGTH_KEYS:
@@ -61,6 +79,18 @@ class ResumePlan:
                         f"run with the {scheduler} schedule, which was sized to the run's "
                         f"original length; start a new run with --config "
                         f"{self.run_dir / 'config.yaml'} instead")
+
+    def check_unchanged(self) -> None:
+        """Refuse when the run moved on since this plan was made (another process resumed it).
+
+        Called once this process holds the run's lock.
+        """
+        _, record = run_layers(self.run_dir)
+        _, step, _, _ = read_checkpoint(self.ckpt, "--resume")
+        if record != self.record or step != self.step:
+            raise ConfigError(f"{self.run_dir} changed while this command was starting "
+                              f"(another process continued it to step {step}); run the "
+                              "command again")
 
     def write_record(self, header: str) -> None:
         """Write ``config.resume*.yaml`` with only what changed."""
@@ -101,6 +131,7 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
         ckpt = Path(resume)
         if not ckpt.is_file():
             raise ConfigError(f"--resume: checkpoint {ckpt} does not exist")
+        read_checkpoint(ckpt, "--resume")  # a file that is no checkpoint is named as such
         run_dir = Path(inherited) if inherited else ckpt.parent.parent
         if given_dir and Path(given_dir).resolve() != run_dir.resolve():
             raise ConfigError(f"--resume: checkpoint {ckpt} belongs to the run {run_dir}, "
@@ -109,6 +140,8 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
         run_dir = Path(inherited or given_dir or newest_run(runs_root))
         ckpt = run_dir / "checkpoints" / "last.ckpt"
     config = run_dir / "config.yaml"
+    if not inherited and not is_follower(2):  # rank 0 (or the only process) checks the lock
+        check_free(run_dir)  # a run another process is writing: refused before anything else
     if not config.is_file():
         raise ConfigError(f"--resume: {run_dir} is not a run folder of train.py "
                           "(it has no config.yaml)")
@@ -121,7 +154,7 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
         raise ConfigError(f"--resume: {run_dir} has no checkpoint to continue from "
                           f"({ckpt} does not exist)")
     layers, record = run_layers(run_dir)
-    arch, step, packed = read_checkpoint(ckpt, "--resume")
+    arch, step, packed, epoch = read_checkpoint(ckpt, "--resume")
     if packed:
         raise ConfigError(f"--resume: {ckpt} holds '{arch}' attention blocks of an earlier "
                           "version, whose optimizer state cannot continue in today's blocks; "
@@ -131,7 +164,7 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
     changes = Layer(cli.label, {s: {k: v for k, v in values.items() if (s, k) != ("run", "run_dir")}
                                 for s, values in cli.values.items()}, dict(cli.sources))
     changes.values = {s: values for s, values in changes.values.items() if values}
-    return ResumePlan(run_dir, ckpt, layers, changes, record, step)
+    return ResumePlan(run_dir, ckpt, layers, changes, record, step, epoch)
 
 
 def run_layers(run_dir: Path) -> tuple[list[Layer], Path]:
@@ -146,8 +179,8 @@ def run_layers(run_dir: Path) -> tuple[list[Layer], Path]:
     return layers, record
 
 
-def read_checkpoint(ckpt: Path, what: str) -> tuple[str, int, bool]:
-    """A checkpoint's architecture, global step and whether it holds old attention blocks.
+def read_checkpoint(ckpt: Path, what: str) -> tuple[str, int, bool, int]:
+    """A checkpoint's architecture, global step, whether it holds old attention blocks, epoch.
 
     Raises:
         ConfigError: the file is no readable checkpoint of train.py.
@@ -159,7 +192,7 @@ def read_checkpoint(ckpt: Path, what: str) -> tuple[str, int, bool]:
     try:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
         return (saved["hyper_parameters"]["arch"], int(saved["global_step"]),
-                has_packed_attention(saved["state_dict"]))
+                has_packed_attention(saved["state_dict"]), int(saved.get("epoch", 0)))
     except Exception as e:  # any unreadable or foreign file: one sentence
         raise ConfigError(f"{what}: {ckpt} is not a readable checkpoint of train.py "
                           f"({type(e).__name__})") from None
@@ -187,7 +220,8 @@ def same_config(path: Path, cfg: Config) -> bool:
 
 
 #: what a run writes into its folder before its first checkpoint
-RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "tensorboard", "wandb", "lightning_logs")
+RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "tensorboard", "wandb", "lightning_logs",
+             LOCK_NAME)
 
 
 def failed_start(run_dir: Path) -> bool:
@@ -215,7 +249,8 @@ def set_aside(run_dir: Path) -> Path:
     while (run_dir / f"attempt-{n}").exists():
         n += 1
     kept = run_dir / f"attempt-{n}"
-    entries = [p for p in run_dir.iterdir() if not p.name.startswith("attempt-")]
+    entries = [p for p in run_dir.iterdir()
+               if not p.name.startswith("attempt-") and p.name != LOCK_NAME]
     kept.mkdir()
     for p in entries:
         p.rename(kept / p.name)
@@ -231,12 +266,20 @@ class RunFolder:
         config_written: its ``config.yaml`` is there already (a resume, a reused folder).
         set_aside: earlier files of a failed start are to be moved to ``attempt-N/``.
         create: this process creates the folder (not a DDP child, not a follower of rank 0).
+        lock: the folder's lock, held from :func:`make_run_dir` until :meth:`release`.
     """
 
     path: Path
     config_written: bool
     set_aside: bool = False
     create: bool = True
+    lock: FolderLock | None = None
+
+    def release(self) -> None:
+        """Drop the folder's lock (at the end of the run, however it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def choose_run_dir(cfg: Config, resuming: bool) -> RunFolder:
@@ -271,9 +314,13 @@ def choose_run_dir(cfg: Config, resuming: bool) -> RunFolder:
             run_dir = Path("runs") / f"{base}-{n}"
         run["run_dir"] = str(run_dir)
     config = run_dir / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a folder; choose a folder "
+                          "(it is created if it does not exist)")
+    check_free(run_dir)  # another process writes it: refused, whatever the folder holds
     written = config.exists()
     if not resuming and written:
-        started = (run_dir / "results.json").exists() or any(run_dir.glob("checkpoints/*.ckpt"))
+        started = _holds_run(run_dir)
         same = same_config(config, cfg)
         if started or not same and not failed_start(run_dir):
             raise ConfigError(f"{run_dir} already holds a run; choose another --run-dir, "
@@ -284,14 +331,64 @@ def choose_run_dir(cfg: Config, resuming: bool) -> RunFolder:
     return RunFolder(run_dir, written)
 
 
-def make_run_dir(folder: RunFolder) -> Path:
-    """Create the chosen folder (setting aside a failed start's files); return its path."""
+def _holds_run(run_dir: Path) -> bool:
+    return (run_dir / "results.json").exists() or any(run_dir.glob("checkpoints/*.ckpt"))
+
+
+def make_run_dir(folder: RunFolder, resume: ResumePlan | None = None) -> Path:
+    """Create the chosen folder and take its lock; return its path.
+
+    Once the lock is held, the choice is checked again (another process may have written the
+    folder since :func:`choose_run_dir` looked), a failed start's files are set aside, and
+    temporary files that a killed process left half-written are removed.
+
+    Raises:
+        ConfigError: another process holds the folder, or wrote a run into it meanwhile.
+    """
     if not folder.create:
         return folder.path
+    folder.path.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(folder.path)
+    lock.acquire()
+    try:
+        if resume is not None:
+            resume.check_unchanged()
+        elif _holds_run(folder.path) or not (folder.config_written or folder.set_aside) \
+                and (folder.path / "config.yaml").exists():
+            raise ConfigError(f"{folder.path} changed while this command was starting "
+                              "(another process wrote a run into it); choose another --run-dir")
+    except BaseException:
+        lock.release()
+        raise
+    folder.lock = lock
+    removed = remove_partial_files(folder.path)
+    if removed:
+        print(f"removed {len(removed)} partial file(s) that a stopped process left in "
+              f"{folder.path}: {', '.join(p.name for p in removed)}", flush=True)
     if folder.set_aside:
         kept = set_aside(folder.path)
         print(f"{folder.path} held a run that stopped before its first checkpoint; its files "
               f"are kept in {kept}", flush=True)
-    folder.path.mkdir(parents=True, exist_ok=True)
     os.environ[RUN_DIR_ENV] = str(folder.path)
     return folder.path
+
+
+#: a temporary file of an atomic write (``.NAME.XXXXXXXX`` from mkstemp, ``.NAME.PID.tmp``)
+PARTIAL = re.compile(r"\.[\w.-]+\.(ckpt|safetensors|json|csv|yaml|pt)\.(\w{8}|\d+\.tmp)")
+
+
+def remove_partial_files(folder: Path) -> list[Path]:
+    """Remove the temporary files of interrupted atomic writes in a run or sweep folder.
+
+    Only names of this package's temporary files, in the folder, ``checkpoints/`` and
+    ``export/``; call it with the folder's lock held (no live writer).
+    """
+    removed = []
+    for sub in (folder, folder / "checkpoints", folder / "export"):
+        if not sub.is_dir():
+            continue
+        for p in sorted(sub.iterdir()):
+            if p.is_file() and PARTIAL.fullmatch(p.name):
+                p.unlink()
+                removed.append(p)
+    return removed

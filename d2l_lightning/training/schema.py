@@ -60,7 +60,16 @@ def above(low: float, must: str | None = None) -> Check:
                  must or f"a finite number above {low:g}")
 
 
-#: in [0, 1): a probability that cannot be 1 (dropout, label smoothing)
+def _factors_ok(v: Any) -> bool:
+    """``lr_mult``: a mapping of prefixes to finite factors of at least 0."""
+    return isinstance(v, dict) and all(
+        isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f >= 0
+        for f in v.values())
+
+
+#: the largest seed (numpy's, which Lightning's ``seed_everything`` seeds): 2**32 - 1
+MAX_SEED = 2**32 - 1
+#: in [0, 1): a probability that cannot be 1 (dropout, label smoothing, SGD momentum)
 FRACTION = Check(lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)")
 COUNT = at_least(1, "at least 1")
 COUNT0 = at_least(0, "0 or more")
@@ -164,7 +173,7 @@ class Optim:
                                   check=at_least(0, "a finite number, 0 or more"),
                                   from_recipe=True)
     momentum: float = setting(0.0, "SGD momentum (ignored by adam and adamw)", flag="--momentum",
-                              check=at_least(0, "a finite number, 0 or more"), from_recipe=True)
+                              check=FRACTION, from_recipe=True)
     scheduler: Literal["none", "step", "cosine", "onecycle", "plateau"] = setting(
         "none", "learning-rate schedule: step (x0.1 every third of the epochs), cosine or "
         "onecycle (over all steps), plateau (x plateau_factor after plateau_patience + 1 epochs "
@@ -178,16 +187,12 @@ class Optim:
     lr_mult: dict[str, float] | None = setting(
         None, "learning-rate factor per module-name prefix, e.g. backbone=0.1 ('backbone': all "
         "but the head, 'head': the classifier; d2l §14.2); frozen parameters get none",
-        flag="--lr-mult", from_recipe=True)
+        flag="--lr-mult", check=Check(_factors_ok, "PREFIX=FACTOR pairs whose factors are finite "
+                                      "numbers, 0 or more"), from_recipe=True)
 
     def __post_init__(self) -> None:
         """Check every value (one ``ValueError`` sentence)."""
         validate(self)
-        for prefix, factor in (self.lr_mult or {}).items():
-            if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
-                    or not math.isfinite(factor) or factor < 0:
-                raise ValueError(f"lr_mult {prefix}={factor!r}: the factor must be a finite "
-                                 "number, 0 or more")
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,9 @@ class Run:
 
     run_dir: str | None = setting(None, "run folder (default: runs/MODEL-DATA-TIMESTAMP)",
                                   flag="--run-dir")
-    seed: int = setting(0, "seed of the weights, the split and the shuffling", flag="--seed")
+    seed: int = setting(0, "seed of the weights, the split and the shuffling", flag="--seed",
+                        check=Check(lambda v: isinstance(v, int) and 0 <= v <= MAX_SEED,
+                                    f"in [0, {MAX_SEED}] (2**32 - 1)"))
     test: bool = setting(True, "evaluate the test split after fit", flag="--test")
     ckpt_every_n_steps: int = setting(
         0, "also refresh last.ckpt every N training steps (0: each epoch)",
@@ -214,7 +221,9 @@ class Run:
     dist_timeout: int = setting(
         DIST_TIMEOUT, "seconds a process waits for the others (the process group's timeout): a "
         "dead or frozen node makes the rest exit with an error after it instead of hanging",
-        flag="--dist-timeout", check=at_least(1, "a number of seconds, at least 1"),
+        flag="--dist-timeout", check=Check(lambda v: isinstance(v, int) and 1 <= v <= 10**9,
+                                           "a number of seconds, at least 1 and at most "
+                                           "1000000000"),
         metavar="SECONDS")
     progress_bar: bool | None = setting(
         None, "show the progress bar (default: when stderr is a terminal; else plain lines)",
@@ -265,7 +274,8 @@ TRAINER: dict[str, dict[str, Any]] = {
     "accelerator": dict(flag="--accelerator", help="auto, cpu, gpu, mps..."),
     "devices": dict(flag="--devices", check=Check(_devices_ok, "a count of at least 1, -1 "
                     "(all), 'auto', or device indices such as 0,1"),
-                    help="count, list such as 0,1, or auto", type=_devices),
+                    help="count (on the CPU: processes), -1 (every GPU), GPU indices such as "
+                    "0,1, or auto", type=_devices),
     "strategy": dict(flag="--strategy", help="distributed strategy: auto, ddp, ddp_spawn, "
                      "fsdp or any other Lightning strategy name"),
     "num_nodes": dict(flag="--num-nodes", check=COUNT, help="machines", type=int),

@@ -4,9 +4,9 @@ The sweep file uses the W&B sweep format, so one file serves both a local sweep 
 ``wandb sweep``: ``method`` (``grid`` or ``random``), ``parameters`` (config keys written
 ``SECTION.KEY``, each with ``values``, ``value``, or a ``distribution`` with ``min``/``max``),
 ``metric`` (``name`` and ``goal``; default: the model's monitored metric) and ``run_cap``
-(random search: the number of trials). ``program``, ``command``, ``name``, ``description``,
-``project`` and ``entity`` only matter to W&B. The rest of the config comes from the
-command line (``--config``, flags), as for one run.
+(random search: the number of trials; at most 10,000 locally). ``program``, ``command``,
+``name``, ``description``, ``project`` and ``entity`` only matter to W&B. The rest of the
+config comes from the command line (``--config``, flags), as for one run.
 
 Every trial is resolved and checked before anything is written. Trial ``i`` runs as its own
 ``train.py`` process in ``SWEEP_DIR/trial-i`` (so DDP and loggers work as for any run), one
@@ -22,6 +22,7 @@ import itertools
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +38,12 @@ from .config import (
     dump_config,
     load_config_file,
     log,
+    read_yaml,
     resolve,
 )
-from .runs import RUN_DIR_ENV, same_config
+from .faults import signal_name
+from .lock import FolderLock, check_free
+from .runs import RUN_DIR_ENV, remove_partial_files, same_config
 
 #: a trial's process: ``train.py`` of this package, found where this process found it
 TRAIN = ("-m", "d2l_lightning.cli.train")
@@ -47,18 +51,14 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("grid", "random")
 DISTRIBUTIONS = ("constant", "categorical", "uniform", "int_uniform", "log_uniform_values")
 W_AND_B_ONLY = ("program", "command", "name", "description", "project", "entity")
+#: most trials of a local sweep (they run one after another, each resolved beforehand)
+MAX_TRIALS = 10_000
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
     """Read and check a sweep file; any problem is one :class:`ConfigError` sentence."""
-    import yaml
-
     path = config_path(path, "sweep file")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"sweep file {path} does not parse as YAML "
-                          f"({str(e).strip().splitlines()[0]})") from None
+    spec = read_yaml(path, "sweep file")
     if not isinstance(spec, dict):
         raise ConfigError(f"sweep file {path} must hold a mapping (method, parameters, ...)")
     known = ("method", "parameters", "metric", "run_cap", *W_AND_B_ONLY)
@@ -73,6 +73,9 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     if cap is not None and (type(cap) is not int or cap < 1):
         raise ConfigError(f"sweep {path} has no trials: run_cap must be a whole number of at "
                           f"least 1, not {cap!r}")
+    if cap is not None and cap > MAX_TRIALS:
+        raise ConfigError(f"sweep {path}: run_cap must be at most {MAX_TRIALS} (a local sweep "
+                          f"runs its trials one after another), not {cap}")
     params = spec.get("parameters")
     if not isinstance(params, dict) or not params:
         raise ConfigError(f"sweep {path} has no trials: 'parameters' is empty")
@@ -87,7 +90,16 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         if not isinstance(p, dict):
             raise ConfigError(f"sweep {path}: parameter '{key}' needs values, value or a "
                               "distribution")
-        _distribution(path, key, p)
+        dist = _distribution(path, key, p)
+        if spec["method"] == "random" and "values" in p and dist != "categorical":
+            raise ConfigError(f"sweep {path}: '{key}' has values, which are drawn as "
+                              f"categorical, not {dist} (that needs min and max instead)")
+    grid = math.prod(1 if "value" in p or "values" not in p else len(p["values"])
+                     for p in params.values())
+    if spec["method"] == "grid" and cap is None and grid > MAX_TRIALS:
+        raise ConfigError(f"sweep {path}: the grid has {grid} trials, more than the {MAX_TRIALS} "
+                          "a local sweep runs; give fewer values or a run_cap of at most "
+                          f"{MAX_TRIALS}")
     metric = spec.get("metric")
     if metric is not None and not (isinstance(metric, dict) and "name" in metric
                                    and metric.get("goal", "minimize") in ("minimize",
@@ -105,6 +117,7 @@ def _distribution(path: Path, key: str, p: dict[str, Any]) -> str:
     if "values" in p:
         if not isinstance(p["values"], list) or not p["values"]:
             raise ConfigError(f"sweep {path} has no trials: '{key}' has no values")
+        _check_probabilities(path, key, p["values"], p.get("probabilities"))
         return p.get("distribution", "categorical")
     if "min" not in p or "max" not in p:
         raise ConfigError(f"sweep {path}: parameter '{key}' needs values, value, or min and max")
@@ -113,11 +126,31 @@ def _distribution(path: Path, key: str, p: dict[str, Any]) -> str:
     if dist not in DISTRIBUTIONS:
         raise ConfigError(f"sweep {path}: distribution '{dist}' of '{key}' is not supported "
                           f"locally (supported: {', '.join(DISTRIBUTIONS)})")
+    if not all(_finite(p[k]) for k in ("min", "max")) or dist == "int_uniform" and not ints:
+        kind = "whole numbers" if dist == "int_uniform" else "finite numbers"
+        raise ConfigError(f"sweep {path}: '{key}' needs a min and a max that are {kind} for "
+                          f"{dist}, not {p['min']!r} and {p['max']!r}")
     if not p["min"] < p["max"] or (dist == "log_uniform_values" and p["min"] <= 0):
         raise ConfigError(f"sweep {path}: '{key}' needs 0 < min < max for {dist}"
                           if dist == "log_uniform_values" else
                           f"sweep {path}: '{key}' needs min < max")
     return dist
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _check_probabilities(path: Path, key: str, values: list[Any], probs: Any) -> None:
+    """``probabilities`` of a categorical parameter: one per value, at least 0, sum 1."""
+    if probs is None:
+        return
+    if not (isinstance(probs, list) and len(probs) == len(values) and all(map(_finite, probs))
+            and min(probs) >= 0 and math.isclose(math.fsum(probs), 1, abs_tol=1e-6)):
+        raise ConfigError(f"sweep {path}: the probabilities of '{key}' must be "
+                          f"{len(values)} numbers (one per value) of at least 0 that sum to 1, "
+                          f"not {probs!r}")
 
 
 def trials(spec: dict[str, Any], seed: int) -> list[dict[str, Any]]:
@@ -130,8 +163,8 @@ def trials(spec: dict[str, Any], seed: int) -> list[dict[str, Any]]:
                 raise ConfigError(f"sweep {path}: a grid needs values for '{key}', not a "
                                   "distribution")
             choices.append([p["value"]] if "value" in p else p["values"])
-        out = [dict(zip(params, combo)) for combo in itertools.product(*choices)]
-        return out[:spec.get("run_cap")]  # load_sweep checked it: None or at least 1
+        combos = itertools.islice(itertools.product(*choices), spec.get("run_cap"))
+        return [dict(zip(params, combo)) for combo in combos]  # run_cap: None or 1..MAX
     cap = spec.get("run_cap")
     if cap is None:
         raise ConfigError(f"sweep {path} has no trials: a random search needs run_cap (the "
@@ -195,7 +228,20 @@ def run_sweep(request: Request) -> int:
         if config.exists() and not same_config(config, cfg):
             raise ConfigError(f"{config.parent} holds a trial configured differently; "
                               "choose another --run-dir for this sweep")
+    check_free(sweep_dir, "sweep")  # another sweep in this folder: refused, nothing written
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(sweep_dir, "sweep")
+    lock.acquire()
+    try:
+        return _run_trials(spec, sweep_dir, values, configs)
+    finally:
+        lock.release()
+
+
+def _run_trials(spec: dict[str, Any], sweep_dir: Path, values: list[dict[str, Any]],
+                configs: list[Config]) -> int:
+    """Run the trials not finished yet, one after another (the sweep folder's lock held)."""
+    remove_partial_files(sweep_dir)
     record = sweep_dir / "sweep.yaml"
     if not record.exists():
         record.write_text(spec["path"].read_text(encoding="utf-8"), encoding="utf-8")
@@ -221,12 +267,39 @@ def run_sweep(request: Request) -> int:
                     encoding="utf-8")
             args = ["--config", str(trial_dir / "config.yaml"), "--run-dir", str(trial_dir)]
         print(head, flush=True)
-        rc = subprocess.call([sys.executable, *TRAIN, *args], env=env)
+        rc, signum = _trial([sys.executable, *TRAIN, *args], env)
         statuses.append("done" if rc == 0 else f"failed (exit {rc})")
         write_summary(sweep_dir, values, configs, statuses, metric, goal)
+        if signum is not None:
+            print(f"error: sweep stopped by {signal_name(signum)} during trial {i + 1}, which "
+                  "kept its checkpoint; run the same sweep command again to continue it",
+                  file=sys.stderr, flush=True)
+            return 128 + signum
     table = write_summary(sweep_dir, values, configs, statuses, metric, goal)
     print(f"\nsweep {sweep_dir}: {len(configs)} trials, sorted by {metric} ({goal})\n{table}")
     return 0 if all(s == "done" for s in statuses) else 1
+
+
+def _trial(argv: list[str], env: dict[str, str]) -> tuple[int, int | None]:
+    """Run one trial; SIGTERM or SIGINT to the sweep is passed on to it (exit status, signal).
+
+    The trial runs in its own session, so a Ctrl-C at the terminal reaches it once, through
+    the sweep, and it stops as a run does: a checkpoint, then its exit status.
+    """
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    got: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        got.append(signum)
+        proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return rc, (got[0] if got else None)
 
 
 def _fmt(trial: dict[str, Any]) -> str:
