@@ -31,8 +31,10 @@ def _holder(folder: Path) -> subprocess.Popen:
     """Another process that holds ``folder``'s lock, as a live train.py would."""
     code = ("import sys, time; from d2l_lightning.training.lock import FolderLock; "
             "FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)")
+    env = {k: v for k, v in os.environ.items() if k != "MUTANT_UNDER_TEST"}  # the other
+    # process runs the unmutated lock under `make mutation` (mutmut's trampolines need a parent)
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            text=True, env={**env, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.readline().strip() == "held"
     return proc
 

@@ -137,8 +137,12 @@ TARGETS: dict[str, Target] = {
     # the non-finite and divergence guards, the sample count and the clock
     "monitoring": Target(
         ["callbacks/monitoring.py"],
-        ["tests/test_monitoring.py", "tests/test_faults.py"],
-        "monitor or non_finite or nan or diverg or checkpoint_with or last_good"),
+        ["tests/test_monitoring.py", "tests/test_faults.py", "tests/test_faults_runs.py"],
+        "monitor or non_finite or nan or diverg or checkpoint_with or last_good or whole_runs"),
+    # one writer per run or sweep folder: the flock, the pid it names, a dead holder's lock
+    "lock": Target(
+        ["training/lock.py"],
+        ["tests/test_lock.py", "tests/test_faults_runs.py"], "lock or writer or sweep_in_one"),
 }
 
 
