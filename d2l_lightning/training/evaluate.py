@@ -37,8 +37,9 @@ def locate_run(run: str | Path | None, ckpt: str | Path | None,
         raise ConfigError(f"{what}: name the run (--run-dir RUN) or a checkpoint (--ckpt PATH)")
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"{what}: checkpoint {ckpt} does not exist")
+    arch = None
     if ckpt is not None:  # an unreadable file is named as such, not as a missing run
-        read_checkpoint(Path(ckpt), what)
+        arch, *_ = read_checkpoint(Path(ckpt), what)
     run_dir = Path(run) if run is not None else Path(ckpt).parent.parent
     config = run_dir / "config.yaml"
     if not config.is_file():
@@ -49,7 +50,8 @@ def locate_run(run: str | Path | None, ckpt: str | Path | None,
         raise ConfigError(f"{what}: {run_dir} has no checkpoint to evaluate ({ckpt} does not "
                           "exist)")
     layers, _ = run_layers(run_dir)
-    arch, *_ = read_checkpoint(ckpt, what)
+    if arch is None:  # the run's last.ckpt
+        arch, *_ = read_checkpoint(ckpt, what)
     check_arch(arch, ckpt, layers, config, what)
     return run_dir, ckpt, layers
 

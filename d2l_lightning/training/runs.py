@@ -131,7 +131,7 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
         ckpt = Path(resume)
         if not ckpt.is_file():
             raise ConfigError(f"--resume: checkpoint {ckpt} does not exist")
-        read_checkpoint(ckpt, "--resume")  # a file that is no checkpoint is named as such
+        read = read_checkpoint(ckpt, "--resume")  # a file that is no checkpoint: named as such
         run_dir = Path(inherited) if inherited else ckpt.parent.parent
         if given_dir and Path(given_dir).resolve() != run_dir.resolve():
             raise ConfigError(f"--resume: checkpoint {ckpt} belongs to the run {run_dir}, "
@@ -154,7 +154,7 @@ def plan_resume(resume: str, cli: Layer, configs: list[str],
         raise ConfigError(f"--resume: {run_dir} has no checkpoint to continue from "
                           f"({ckpt} does not exist)")
     layers, record = run_layers(run_dir)
-    arch, step, packed, epoch = read_checkpoint(ckpt, "--resume")
+    arch, step, packed, epoch = read if resume != "last" else read_checkpoint(ckpt, "--resume")
     if packed:
         raise ConfigError(f"--resume: {ckpt} holds '{arch}' attention blocks of an earlier "
                           "version, whose optimizer state cannot continue in today's blocks; "
