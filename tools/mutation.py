@@ -180,13 +180,14 @@ def run_target(name: str, target: Target, max_children: int | None,
     """Mutate one target; return mutant names by status.
 
     With ``survivors_only``, only the mutants the last run of this target did not kill run
-    again (on today's tests); the others keep their last status.
+    again (on today's tests); the others keep their last status. The counts of the target's
+    first run are kept in ``scores.json`` as ``first`` (delete the folder to start afresh).
     """
     work = BUILD / name
     last, first = {}, None
-    if survivors_only and (work / "scores.json").exists():
+    if (work / "scores.json").exists():  # the first run's counts stay as the "before"
         before = json.loads((work / "scores.json").read_text(encoding="utf-8"))
-        last = before.get("statuses", {})
+        last = before.get("statuses", {}) if survivors_only else {}
         first = before.get("first") or {k: before[k] for k in ("date", "commit", "modules")}
     rerun = [k for k, v in last.items() if v != "killed"]
     copy_checkout(work)
