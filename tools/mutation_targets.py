@@ -150,7 +150,7 @@ TARGETS: dict[str, Target] = {
     "image_folder": Target(
         ["datamodules/folder.py", "datamodules/image_folder.py"],
         # (tests/test_predict_eval.py's fixture trains every task family: 14 s a mutant)
-        ["tests/test_transfer.py", "tests/test_faults_data.py"],
+        ["tests/test_image_folder.py", "tests/test_transfer.py", "tests/test_faults_data.py"],
         "not fine_tune_on_a_folder "  # 6 s and a process
         "and (folder or image or cache or class or split or transfer or val_size or stat "
         "or mean or corrupt or label)",
