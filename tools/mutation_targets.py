@@ -174,7 +174,8 @@ TARGETS: dict[str, Target] = {
     # key mapping, head replacement, freezing, parameter groups, preprocessing constants
     "transfer": Target(
         ["models/transfer.py"],
-        ["tests/test_transfer.py", "tests/test_faults_models.py"], "not fine_tune_on_a_folder",
+        ["tests/test_transfer_units.py", "tests/test_transfer.py", "tests/test_faults_models.py"],
+        "not fine_tune_on_a_folder",
         ["models.transfer.map_torchvision_resnet", "models.transfer.apply_initial_weights",
          "models.transfer.param_groups", "models.transfer.matches", "models.transfer.head_*",
          "models.transfer.freeze", "models.transfer.frozen_norm_layers"],
