@@ -205,6 +205,20 @@ def test_progress_epoch_line_after_a_fit_validation_only(
     assert out.getvalue().count("\n") == lines
 
 
+def test_progress_epoch_line_of_an_unvalidated_epoch_reads_the_module(clock: Clock) -> None:
+    """Without validation at its end, the epoch line still has the module's loss and unit."""
+    out = io.StringIO()
+    bar = LineProgress(stream=out)
+    trainer = started(clock, bar, callbacks=[monitor(500.0)])
+    trainer.global_step, clock.now = 4, clock.now + 2
+    trainer.callback_metrics = {"val/acc": torch.tensor(0.5)}  # an earlier epoch's: not shown
+    bar.on_train_epoch_end(trainer, task_module("language_modeling"))
+    assert out.getvalue().split(" | elapsed")[0] == (
+        "epoch 1/2 step 4 | train/loss 1.5 | 500 tokens/s")
+    bar.on_train_epoch_end(trainer, task_module())  # the same step: no second line
+    assert out.getvalue().count("\n") == 1
+
+
 def test_progress_prints_to_its_stream_at_once_with_print_options(capsys) -> None:
     raw = io.BytesIO()
     stream = io.TextIOWrapper(raw, encoding="utf-8")  # buffered like a log file

@@ -9,8 +9,9 @@ that is not killed is printed with its diff and written to ``build/mutation/TARG
 (exit 1) only on a survivor that is not in that list, printing it.
 
 mutmut skips decorated functions (it cannot place its trampoline under a decorator). In the
-copy, and only there, ``@torch.no_grad()`` above a function is rewritten as the equivalent
-``name = torch.no_grad()(name)`` after it, so ``greedy_decode`` and ``beam_search`` are mutated.
+copy, and only there, ``@torch.no_grad()`` (and Lightning's ``@rank_zero_only``) above a function
+is rewritten as the equivalent ``name = torch.no_grad()(name)`` after it, so ``greedy_decode``,
+``beam_search`` and ``MetricsCSVLogger.log_metrics`` are mutated.
 
 Usage::
 
@@ -72,18 +73,22 @@ def copy_checkout(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
+#: decorators that wrap a function without changing what it computes (rewritten in the copy)
+UNWRAPPED = ("torch.no_grad()", "rank_zero_only")
+
+
 def undecorate_no_grad(path: Path) -> int:
-    """Rewrite ``@torch.no_grad()`` on functions as an assignment after them; count them."""
+    """Rewrite the ``UNWRAPPED`` decorators as an assignment after the function; count them."""
     lines = path.read_text().splitlines(keepends=True)
     edits = []
     for node in ast.walk(ast.parse("".join(lines))):
         if not isinstance(node, ast.FunctionDef):
             continue
         for dec in node.decorator_list:
-            if ast.unparse(dec) == "torch.no_grad()":
+            if ast.unparse(dec) in UNWRAPPED:
                 indent = " " * node.col_offset
                 edits.append((node.end_lineno, dec.lineno,
-                              f"{indent}{node.name} = torch.no_grad()({node.name})\n"))
+                              f"{indent}{node.name} = {ast.unparse(dec)}({node.name})\n"))
     for end, dec_line, assignment in sorted(edits, reverse=True):
         lines.insert(end, assignment)
         del lines[dec_line - 1]
@@ -190,6 +195,7 @@ def run_target(name: str, target: Target, max_children: int | None,
         last = before.get("statuses", {}) if survivors_only else {}
         first = before.get("first") or {k: before[k] for k in ("date", "commit", "modules")}
     rerun = [k for k, v in last.items() if v != "killed"]
+    tested = commit()  # what is copied and tested
     copy_checkout(work)
     shimmed = sum(undecorate_no_grad(work / source(m)) for m in target.modules)
     patterns = mutant_patterns(target)
@@ -205,7 +211,7 @@ def run_target(name: str, target: Target, max_children: int | None,
     if max_children:
         cmd[4:4] = ["--max-children", str(max_children)]
     start = time.time()
-    print(f"== {name}: {', '.join(target.modules)} ({shimmed} @torch.no_grad() unwrapped); "
+    print(f"== {name}: {', '.join(target.modules)} ({shimmed} decorators unwrapped); "
           f"tests {' '.join(target.tests)} -k {target.select!r}"
           + (f"; again the {len(rerun)} not killed last time" if last else ""), flush=True)
     with open(work / "mutmut-run.log", "w") as log:
@@ -260,7 +266,7 @@ def run_target(name: str, target: Target, max_children: int | None,
                       + (f"```diff\n{diff.strip()}\n```\n" if diff else "(import-time constant)\n"))
     (work / "survivors.md").write_text("\n".join(report), encoding="utf-8")
     (work / "scores.json").write_text(json.dumps({
-        "target": name, "date": time.strftime("%Y-%m-%d"), "commit": commit(),
+        "target": name, "date": time.strftime("%Y-%m-%d"), "commit": tested,
         "command": f"python tools/mutation.py {name}" + (" --survivors" if last else ""),
         "seconds": round(time.time() - start), "modules": per_module, "first": first,
         "statuses": statuses},
