@@ -30,10 +30,20 @@ FAKE_PID = "999999"  # the pid a held lock names
 
 
 @pytest.fixture(autouse=True)
-def single_process(monkeypatch) -> None:
-    """No launcher around: this process is rank 0 of one (and the run-folder variable unset)."""
-    for name in (RUN_DIR_ENV, "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "NODE_RANK", "GROUP_RANK"):
-        monkeypatch.delenv(name, raising=False)
+def single_process():
+    """No launcher around: this process is rank 0 of one (and the run-folder variable unset).
+
+    Restored by hand afterwards: ``make_run_dir`` sets the run-folder variable itself, which
+    ``monkeypatch.delenv`` of an unset variable would leave behind for the next test.
+    """
+    names = (RUN_DIR_ENV, "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "NODE_RANK", "GROUP_RANK")
+    saved = {name: os.environ.pop(name, None) for name in names}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def save_ckpt(path: Path, arch: str = "mlp", step: int = 30, epoch: int | None = 2,

@@ -297,7 +297,8 @@ def table() -> str:
     for path in sorted(BUILD.glob("*/scores.json")):
         score = json.loads(path.read_text(encoding="utf-8"))
         for module, c in score["modules"].items():
-            was = ((score.get("first") or score)["modules"].get(module) or c)["killed"]
+            was = ((score.get("first") or score)["modules"].get(module) or c)
+            was = f"{was['killed']} of {was['mutants']}"
             rows.append(f"| `{module}` | {score['target']} | {c['mutants']} | {was} | "
                         f"{c['killed']} | "
                         f"{c['justified']} | {c['open']} | {score['date']}, "
