@@ -124,7 +124,8 @@ def skip_unselected(path: Path, module: str, patterns: list[str], exclude: list[
 def mutmut_config(target: Target) -> str:
     """The ``[tool.mutmut]`` section of a target."""
     roots = sorted({source(m).split("/")[0] + "/" for m in target.modules})
-    others = [p for p in ("train.py", "predict.py", "export.py", "bench/") if p not in roots]
+    others = [p for p in ("train.py", "predict.py", "export.py", "bench/", "docs/", "README.md")
+              if p not in roots]  # (tests read docs/ and the README too)
     pytest_args = ["-p", "no:cacheprovider", "-W", "ignore"]
     if target.select:
         pytest_args += ["-k", target.select]

@@ -134,8 +134,8 @@ TARGETS: dict[str, Target] = {
     # run folders, resume plans and their refusals
     "runs": Target(
         ["training/runs.py"],
-        ["tests/test_resume.py", "tests/test_faults_runs.py", "tests/test_config.py",
-         "tests/test_faults.py"],
+        ["tests/test_resume_plan.py", "tests/test_run_folders.py", "tests/test_resume.py",
+         "tests/test_faults_runs.py", "tests/test_config.py", "tests/test_faults.py"],
         NOT_IN_PROCESS,
         # resuming first (choosing a new run's folder: next session)
         ["training.runs.plan_resume", "training.runs.ResumePlan.*", "training.runs.read_checkpoint",
