@@ -139,7 +139,8 @@ def mutmut_config(target: Target) -> str:
         f"pytest_add_cli_args = [{quoted}]",
         'process_isolation = "forkserver"',  # torch is not fork-safe after it has run
         "use_git_change_detection = false",
-        "timeout_multiplier = 5.0", "timeout_constant = 20.0", ""])
+        "timeout_multiplier = 5.0", "timeout_constant = 20.0",
+        f"debug = {'true' if target.debug else 'false'}", ""])
 
 
 def mutant_patterns(target: Target, functions: list[str] | None = None) -> list[str]:

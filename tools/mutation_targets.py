@@ -36,6 +36,8 @@ class Target:
         constants: also mutate the module- and class-level numbers of these modules (each
             mutant runs ``tests`` with ``-x`` in its own pytest process).
         constant_select: ``-k`` for the constants' pytest runs (default ``select``).
+        debug: run mutmut with ``debug = true`` (no output capture: under mutmut's capture the
+            stats run of the ``runs`` target fails, with it off all its tests pass).
     """
 
     modules: list[str]
@@ -45,6 +47,7 @@ class Target:
     exclude: list[str] = field(default_factory=list)
     constants: list[str] = field(default_factory=list)
     constant_select: str | None = None
+    debug: bool = False
 
 
 _TASK_INITS = [f"lit_models.{m}.{c}.__init__" for m, c in (
@@ -140,7 +143,7 @@ TARGETS: dict[str, Target] = {
         # resuming first (choosing a new run's folder: next session)
         ["training.runs.plan_resume", "training.runs.ResumePlan.*", "training.runs.read_checkpoint",
          "training.runs.same_config", "training.runs.check_arch", "training.runs.make_run_dir",
-         "training.runs.remove_partial_files"]),
+         "training.runs.remove_partial_files"], debug=True),
     # one writer per run or sweep folder: the flock, the pid it names, a dead holder's lock
     "lock": Target(
         ["training/lock.py"],
