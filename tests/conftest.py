@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,17 +16,6 @@ if "PYTEST_XDIST_WORKER" in os.environ:  # workers share the cores: one thread e
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before any test module imports torch
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = os.environ.get("D2L_DATA_DIR", "").strip()
-
-
-@pytest.fixture(autouse=True)
-def _signal_handlers_given_back():
-    """Every test starts with the SIGINT/SIGTERM handlers the one before it found: Lightning
-    ignores SIGINT for good after a KeyboardInterrupt in a trainer call (``trainer/call.py``),
-    which made a later test of the same worker see ``SIG_IGN``."""
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGINT, before[0])
-    signal.signal(signal.SIGTERM, before[1])
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
