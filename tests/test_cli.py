@@ -1,10 +1,12 @@
-"""train.py / predict.py as a user runs them: errors, resume after a kill, DDP, W&B offline."""
+"""train.py / predict.py as a user runs them: errors, resume after a kill, W&B offline.
+
+Two-process (DDP) runs are in tests/test_ddp.py.
+"""
 
 from __future__ import annotations
 
 import csv
 import glob
-import json
 import signal
 import subprocess
 import sys
@@ -198,68 +200,6 @@ def test_resume_after_kill_continues_exactly(tmp_path) -> None:
     assert [int(r["epoch"]) for r in rows if r["train/loss_epoch"]] == [0, 1, 2]
     steps = [int(r["step"]) for r in rows if r["train/loss"]]
     assert steps == sorted(set(steps)) and "test/acc" in header
-
-
-def test_ddp_on_cpu_trains_and_syncs_metrics(data_root, tmp_path) -> None:
-    run = tmp_path / "run"
-    proc = run_cli("train.py", "--model", "mlp", "--data", "mnist", "--data-dir", str(data_root),
-                   "--max-epochs", "2", "--batch-size", "32", "--accelerator", "cpu",
-                   "--devices", "2", "--strategy", "ddp", "--run-dir", str(run), timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = read_results(run)
-    # Evaluation is sharded without padding and synced: the DDP test accuracy must equal a
-    # single-process evaluation of the exported model on the whole test split.
-    pred = run_cli("predict.py", "classify", "--export", str(run / "export"), "--eval",
-                   "--data", "mnist", "--split", "test", "--data-dir", str(data_root), check=True)
-    acc = float(pred.stdout.strip().rsplit(" ", 1)[-1])
-    assert abs(acc - res["test/acc"]) < 1e-4
-    assert sum(map(sum, res["test/confusion_matrix"])) == 60  # every test image counted once
-    assert res["global_step"] == 2 * 4  # 220 images, 2 ranks x 32 per step: 4 steps an epoch
-
-
-_RANK_SUMS_SCRIPT = """
-import json, sys
-import lightning as L
-from d2l_lightning.training.command_line import config_from_argv
-from d2l_lightning.training.run import build_data, build_module
-cfg = config_from_argv(["--model", "mlp", "--data", "mnist", "--data-dir", {data!r},
-                        "--batch-size", "16", "--max-epochs", "1"])
-dm = build_data(cfg)
-module = build_module(cfg, dm.data_info())
-
-class Recount(L.Callback):  # this rank's [loss * n, n, correct], from the step outputs
-    seen = [0.0, 0, 0]
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        x, y = batch
-        self.seen[0] += float(outputs["loss"]) * len(y)
-        self.seen[1] += len(y)
-
-    def on_train_epoch_end(self, trainer, pl_module):  # before the module's: sums not reduced
-        out = {{"recounted": self.seen, "sums": pl_module._train_sums.tolist()}}
-        with open(f"{{sys.argv[1]}}.{{trainer.global_rank}}", "w") as f:
-            json.dump(out, f)
-
-L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
-          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-          limit_val_batches=0, callbacks=[Recount()]).fit(module, datamodule=dm)
-"""
-
-
-@pytest.mark.slow
-def test_ddp_training_sums_are_each_ranks_own(data_root, tmp_path) -> None:
-    """Each rank sums the losses of its own shard: DDP copies rank 0's *buffers* into every rank
-    before each forward, which made both ranks' sums rank 0's when they were a buffer."""
-    script = tmp_path / "rank_sums.py"
-    script.write_text(_RANK_SUMS_SCRIPT.format(data=str(data_root)))
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "sums")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"sums.{r}").read_text()) for r in (0, 1)]
-    for r in ranks:
-        (loss_sum, count, _), (own_loss, own_count, _) = r["sums"], r["recounted"]
-        assert count == own_count and loss_sum == pytest.approx(own_loss, rel=1e-5), r
-    assert ranks[0]["sums"][0] != pytest.approx(ranks[1]["sums"][0], rel=1e-3)  # other shards
 
 
 def test_wandb_offline_without_key_logs_metrics_and_table(data_root, tmp_path) -> None:

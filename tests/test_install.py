@@ -57,13 +57,17 @@ def venv(tmp_path_factory) -> Path:
     return env
 
 
-@pytest.fixture
-def user(tmp_path) -> Path:
-    """A user's folder whose own modules have our subpackages' names (importing one fails)."""
-    folder = tmp_path / "user"
-    folder.mkdir()
+@pytest.fixture(scope="module")
+def user_run(venv, tmp_path_factory, data_root) -> Path:
+    """A user's folder whose own modules have our subpackages' names (importing one fails),
+    with ``runs/RUN``: ``d2l-train`` of a shipped config (one batch) run from that folder."""
+    folder = tmp_path_factory.mktemp("user")
     for name in USER_MODULES:
         (folder / f"{name}.py").write_text("raise SystemExit('the user file was imported')\n")
+    proc = sh(venv / "bin" / "d2l-train", "--config", "fashion_mnist/lenet_bn-modern",
+              "--data-dir", data_root, "--run-dir", Path("runs", "RUN"), "--fast-dev-run",
+              cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     return folder
 
 
@@ -77,46 +81,35 @@ def test_the_wheel_has_one_top_level_name_and_ships_the_configs(venv) -> None:
     assert "d2l_lightning/configs/fashion_mnist/lenet_bn-modern.yaml" in files
 
 
-def test_console_scripts_and_shipped_configs_work_beside_a_users_modules(venv, user,
+def test_console_scripts_and_shipped_configs_work_beside_a_users_modules(venv, user_run,
                                                                          data_root) -> None:
     for script in SCRIPTS:
-        proc = sh(venv / "bin" / script, "--help", cwd=user)
+        proc = sh(venv / "bin" / script, "--help", cwd=user_run)
         assert proc.returncode == 0 and "usage:" in proc.stdout, (script, proc.stderr[-1500:])
-    proc = sh(venv / "bin" / "d2l-train", "--config", "fashion_mnist/lenet_bn-modern",
-              "--print-config", cwd=user)
-    assert proc.returncode == 0 and "recipe: modern" in proc.stdout, proc.stderr[-1500:]
-    run = user.parent / "run"
-    proc = sh(venv / "bin" / "d2l-train", "--model", "mlp", "--data", "mnist", "--data-dir",
-              data_root, "--run-dir", run, "--fast-dev-run", cwd=user)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = sh(venv / "bin" / "d2l-train", "test", "--run-dir", run, cwd=user)
+    config = (user_run / "runs" / "RUN" / "config.yaml").read_text()  # the shipped config's
+    assert "name: lenet_bn\n  recipe: modern\n" in config and "lr: 0.002\n" in config
+    proc = sh(venv / "bin" / "d2l-train", "test", "--run-dir", "runs/RUN", cwd=user_run)
     assert proc.returncode == 2 and "no checkpoint to evaluate" in proc.stderr  # fast-dev-run
-    proc = sh(venv / "bin" / "d2l-predict", "classify", "--export", run / "export", "--eval",
-              "--data", "mnist", "--data-dir", data_root, cwd=user)
-    assert proc.returncode == 0 and proc.stdout.startswith("accuracy on mnist test"), (
+    proc = sh(venv / "bin" / "d2l-predict", "classify", "--export", "runs/RUN/export", "--eval",
+              "--data", "fashion_mnist", "--data-dir", data_root, cwd=user_run)
+    assert proc.returncode == 0 and proc.stdout.startswith("accuracy on fashion_mnist test"), (
         proc.stderr[-2000:])
 
 
-def test_the_readme_snippet_runs_against_the_installed_package(venv, tmp_path,
-                                                               data_root) -> None:
-    """Copied verbatim from the README into an empty folder (``runs/RUN/export`` beside it)."""
-    run = tmp_path / "runs" / "RUN"
-    proc = sh(venv / "bin" / "d2l-train", "--model", "lenet", "--data", "fashion_mnist",
-              "--data-dir", data_root, "--run-dir", run, "--fast-dev-run", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_the_readme_snippet_runs_against_the_installed_package(venv, user_run) -> None:
+    """Copied verbatim from the README into the user's folder (``runs/RUN/export`` in it)."""
     g = torch.Generator().manual_seed(0)
     write_png(torch.randint(0, 256, (3, 200, 200), dtype=torch.uint8, generator=g),
-              str(tmp_path / "shoe.png"))
-    write_file(str(tmp_path / "photo.jpg"),
+              str(user_run / "shoe.png"))
+    write_file(str(user_run / "photo.jpg"),
                encode_jpeg(torch.randint(0, 256, (1, 17, 31), dtype=torch.uint8, generator=g)))
     snippet = readme_block("prepare_images")
     assert "from d2l_lightning.models import load_exported, prepare_images" in snippet
-    (tmp_path / "snippet.py").write_text(snippet + "print(labels)\n")
-    for name in USER_MODULES:  # a user's own models.py beside the snippet changes nothing
-        (tmp_path / f"{name}.py").write_text("raise SystemExit('the user file was imported')\n")
-    proc = sh(venv / "bin" / "python", "snippet.py", cwd=tmp_path)
+    (user_run / "snippet.py").write_text(snippet + "print(labels)\n")
+    # the user's own models.py etc. beside the snippet change nothing
+    proc = sh(venv / "bin" / "python", "snippet.py", cwd=user_run)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    names = json.loads((run / "export" / "config.json").read_text())["class_names"]
+    names = json.loads((user_run / "runs/RUN/export/config.json").read_text())["class_names"]
     labels = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 (a printed list)
     assert len(labels) == 2 and set(labels) <= set(names)
 

@@ -9,8 +9,9 @@ that is not killed is printed with its diff and written to ``build/mutation/TARG
 (exit 1) only on a survivor that is not in that list, printing it.
 
 mutmut skips decorated functions (it cannot place its trampoline under a decorator). In the
-copy, and only there, ``@torch.no_grad()`` above a function is rewritten as the equivalent
-``name = torch.no_grad()(name)`` after it, so ``greedy_decode`` and ``beam_search`` are mutated.
+copy, and only there, ``@torch.no_grad()`` (and Lightning's ``@rank_zero_only``) above a function
+is rewritten as the equivalent ``name = torch.no_grad()(name)`` after it, so ``greedy_decode``,
+``beam_search`` and ``MetricsCSVLogger.log_metrics`` are mutated.
 
 Usage::
 
@@ -24,14 +25,18 @@ from __future__ import annotations
 import argparse
 import ast
 import fnmatch
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mutation_constants import run_constants  # noqa: E402
+from mutation_targets import TARGETS, Target  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "mutation"
@@ -40,110 +45,19 @@ JUSTIFIED = ROOT / "tools" / "mutation-justified.txt"
 PACKAGE = "d2l_lightning"
 
 
-@dataclass(frozen=True)
-class Target:
-    """Modules to mutate, the tests that guard them, and which functions count.
-
-    Attributes:
-        modules: files to mutate, relative to the package (``models/bleu.py``).
-        tests: test files run against every mutant (only the tests that reach the mutated
-            function run, fastest first).
-        select: pytest ``-k`` expression within those files.
-        functions: ``fnmatch`` patterns of the functions (``module.function`` or
-            ``module.Class.method``, modules relative to the package) whose mutants are run;
-            default all.
-        exclude: patterns of functions left alone among those (a LightningModule's
-            ``__init__``: ``save_hyperparameters`` reads its caller's frame, which mutmut's
-            trampoline replaces).
-    """
-
-    modules: list[str]
-    tests: list[str]
-    select: str = ""
-    functions: list[str] = field(default_factory=lambda: ["*"])
-    exclude: list[str] = field(default_factory=list)
+def source(module: str) -> str:
+    """A target's module as a path from the repository root (``bench/`` is outside the package)."""
+    return module if module.startswith("bench/") else f"{PACKAGE}/{module}"
 
 
-TARGETS: dict[str, Target] = {
-    "bleu": Target(
-        ["models/bleu.py"],
-        ["tests/test_reported_numbers.py", "tests/test_seq2seq.py"],
-        "(bleu or brevity) and not fit_logs"),
-    "decoding": Target(
-        ["models/decoding.py"],
-        ["tests/test_decoding.py", "tests/test_reported_numbers.py", "tests/test_seq2seq.py",
-         "tests/test_model_options.py"],
-        "beam or greedy or padding or decod or (eval_mode and (seq2seq or transformer_mt))"),
-    "generate": Target(
-        ["models/generate.py"],
-        ["tests/test_generation.py", "tests/test_lm_models.py", "tests/test_reported_numbers.py"],
-        "generat or sampl or bidirectional or gpt"),
-    # the metric code of the task modules: losses, accuracies, perplexities, BLEU plumbing,
-    # epoch sums and the learning-rate schedules
-    "metrics": Target(
-        ["lit_models/base.py", "lit_models/translation.py", "lit_models/language_modeling.py",
-         "lit_models/masked_lm.py", "models/bert.py"],
-        ["tests/test_reported_numbers.py", "tests/test_seq2seq.py",
-         "tests/test_language_modeling.py", "tests/test_bert.py", "tests/test_metrics.py"],
-        "val_acc or schedule or loss_ignores or perplexity or uniform or carried or padded "
-        "or unigram or metric",
-        ["lit_models.base.TaskModule.configure_optimizers",
-         "lit_models.base.TaskModule._accumulate_train",
-         "lit_models.base.TaskModule.on_train_epoch_end",
-         "lit_models.translation.TranslationTask.*",
-         "lit_models.language_modeling.LanguageModelingTask._*",
-         "lit_models.language_modeling.LanguageModelingTask.*_step",
-         "lit_models.language_modeling.LanguageModelingTask.on_*_epoch_*",
-         "lit_models.masked_lm.MaskedLMTask.*", "models.bert.bert_losses"],
-        ["lit_models.translation.TranslationTask.__init__",
-         "lit_models.language_modeling.LanguageModelingTask.__init__",
-         "lit_models.masked_lm.MaskedLMTask.__init__",
-         "lit_models.translation.TranslationTask.export_config",
-         "lit_models.translation.TranslationTask.configure_callbacks",
-         "lit_models.masked_lm.MaskedLMTask.export_config",
-         "lit_models.masked_lm.MaskedLMTask.extra_exports"]),
-    "samplers": Target(
-        ["datamodules/loader.py", "datamodules/lm_text.py", "datamodules/language_model.py",
-         "datamodules/time_machine.py"],
-        ["tests/test_samplers.py", "tests/test_data.py", "tests/test_language_modeling.py"],
-        "sampler or loader or sequential or random or resume or held_out or max_tokens "
-        "or windows",
-        ["datamodules.loader.*", "datamodules.lm_text._offset",
-         "datamodules.lm_text.RandomWindowLoader.*",
-         "datamodules.lm_text.SequentialLoader.*",
-         "datamodules.language_model.LanguageModelDataModule.*_dataloader",
-         "datamodules.time_machine.TimeMachineDataModule.load"]),
-    "splits": Target(
-        ["datamodules/idx.py", "datamodules/vision.py", "datamodules/fra_eng.py",
-         "datamodules/fra_eng_text.py", "datamodules/bert.py", "datamodules/bert_text.py"],
-        ["tests/test_data.py", "tests/test_seq2seq.py", "tests/test_bert.py",
-         "tests/test_reported_numbers.py", "tests/test_metrics.py"],
-        "split or raw_idx or vocabularies or segments or batches_follow or masking or nsp "
-        "or redraw or datamodule_shapes or preprocess or translat",
-        ["datamodules.idx.split_indices", "datamodules.idx.default_val_size",
-         "datamodules.idx.load_split", "datamodules.vision.IDXDataModule.setup",
-         "datamodules.fra_eng.EngFraDataModule.setup", "datamodules.fra_eng_text.*",
-         "datamodules.bert_text.make_examples", "datamodules.bert_text.PretrainCorpus.*"]),
-    # the sweep's file checks, grid and random draws, summary order, and its trial loop (with
-    # the trial processes recorded: the two tests that train trials take ~30 s a mutant)
-    "sweep": Target(
-        ["training/sweep.py"],
-        ["tests/test_sweep_plan.py", "tests/test_sweep.py"],
-        "not grid_sweep_runs and not killed_sweep"),
-    # train.py --list [MODEL] and --list-configs
-    "listing": Target(
-        ["training/listing.py"],
-        ["tests/test_listing.py", "tests/test_config.py"], "list"),
-    # the non-finite and divergence guards, the sample count and the clock
-    "monitoring": Target(
-        ["callbacks/monitoring.py"],
-        ["tests/test_monitoring.py", "tests/test_faults.py", "tests/test_faults_runs.py"],
-        "monitor or non_finite or nan or diverg or checkpoint_with or last_good or whole_runs"),
-    # one writer per run or sweep folder: the flock, the pid it names, a dead holder's lock
-    "lock": Target(
-        ["training/lock.py"],
-        ["tests/test_lock.py", "tests/test_faults_runs.py"], "lock or writer or sweep_in_one"),
-}
+def dotted(module: str) -> str:
+    """The importable name of a target's module (``d2l_lightning.models.bleu``)."""
+    return source(module)[:-3].replace("/", ".")
+
+
+def qualified(pattern: str) -> str:
+    """A function pattern of a target with its package (``bench.`` patterns have none)."""
+    return pattern if pattern.startswith("bench.") else f"{PACKAGE}.{pattern}"
 
 
 def copy_checkout(dest: Path) -> None:
@@ -159,18 +73,22 @@ def copy_checkout(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
+#: decorators that wrap a function without changing what it computes (rewritten in the copy)
+UNWRAPPED = ("torch.no_grad()", "rank_zero_only")
+
+
 def undecorate_no_grad(path: Path) -> int:
-    """Rewrite ``@torch.no_grad()`` on functions as an assignment after them; count them."""
+    """Rewrite the ``UNWRAPPED`` decorators as an assignment after the function; count them."""
     lines = path.read_text().splitlines(keepends=True)
     edits = []
     for node in ast.walk(ast.parse("".join(lines))):
         if not isinstance(node, ast.FunctionDef):
             continue
         for dec in node.decorator_list:
-            if ast.unparse(dec) == "torch.no_grad()":
+            if ast.unparse(dec) in UNWRAPPED:
                 indent = " " * node.col_offset
                 edits.append((node.end_lineno, dec.lineno,
-                              f"{indent}{node.name} = torch.no_grad()({node.name})\n"))
+                              f"{indent}{node.name} = {ast.unparse(dec)}({node.name})\n"))
     for end, dec_line, assignment in sorted(edits, reverse=True):
         lines.insert(end, assignment)
         del lines[dec_line - 1]
@@ -205,21 +123,24 @@ def skip_unselected(path: Path, module: str, patterns: list[str], exclude: list[
 
 def mutmut_config(target: Target) -> str:
     """The ``[tool.mutmut]`` section of a target."""
-    others = ["train.py", "predict.py", "export.py", "bench/"]
+    roots = sorted({source(m).split("/")[0] + "/" for m in target.modules})
+    others = [p for p in ("train.py", "predict.py", "export.py", "bench/", "docs/", "README.md")
+              if p not in roots]  # (tests read docs/ and the README too)
     pytest_args = ["-p", "no:cacheprovider", "-W", "ignore"]
     if target.select:
         pytest_args += ["-k", target.select]
     quoted = ", ".join(f'"{a}"' for a in pytest_args)
     return "\n".join([
         "", "[tool.mutmut]",
-        f'source_paths = ["{PACKAGE}/"]',
-        f"only_mutate = {[f'{PACKAGE}/{m}' for m in target.modules]!r}".replace("'", '"'),
+        f"source_paths = {roots!r}".replace("'", '"'),
+        f"only_mutate = {[source(m) for m in target.modules]!r}".replace("'", '"'),
         f"also_copy = {others!r}".replace("'", '"'),
         f"pytest_add_cli_args_test_selection = {target.tests!r}".replace("'", '"'),
         f"pytest_add_cli_args = [{quoted}]",
         'process_isolation = "forkserver"',  # torch is not fork-safe after it has run
         "use_git_change_detection = false",
-        "timeout_multiplier = 5.0", "timeout_constant = 20.0", ""])
+        "timeout_multiplier = 5.0", "timeout_constant = 20.0",
+        f"debug = {'true' if target.debug else 'false'}", ""])
 
 
 def mutant_patterns(target: Target, functions: list[str] | None = None) -> list[str]:
@@ -227,16 +148,16 @@ def mutant_patterns(target: Target, functions: list[str] | None = None) -> list[
     out = []
     for pattern in target.functions if functions is None else functions:
         if pattern == "*":
-            out += [f"{PACKAGE}." + m[:-3].replace("/", ".") + ".*" for m in target.modules]
+            out += [dotted(m) + ".*" for m in target.modules]
             continue
         if pattern.endswith(".*") and not pattern.split(".")[-2][:1].isupper():
-            out.append(f"{PACKAGE}.{pattern}")  # a whole module: functions and methods
+            out.append(qualified(pattern))  # a whole module: functions and methods
             continue
         parts = pattern.split(".")
         owner = [p for p in parts[:-1] if p[:1].isupper()]
         module = ".".join(parts[:-1 - len(owner)])
         name = "x" + "".join(f"ǁ{c}ǁ" for c in owner) + ("" if owner else "_") + parts[-1]
-        out.append(f"{PACKAGE}.{module}.{name}__mutmut_*")
+        out.append(qualified(f"{module}.{name}__mutmut_*"))
     return out
 
 
@@ -261,28 +182,43 @@ def justified_keys(target: str) -> set[str]:
     return keys
 
 
-def run_target(name: str, target: Target, max_children: int | None) -> dict[str, list[str]]:
-    """Mutate one target; return mutant names by status (killed mutants not listed)."""
+def run_target(name: str, target: Target, max_children: int | None,
+               survivors_only: bool = False) -> dict[str, list[str]]:
+    """Mutate one target; return mutant names by status.
+
+    With ``survivors_only``, only the mutants the last run of this target did not kill run
+    again (on today's tests); the others keep their last status. The counts of the target's
+    first run are kept in ``scores.json`` as ``first`` (delete the folder to start afresh).
+    """
     work = BUILD / name
+    last, first = {}, None
+    if (work / "scores.json").exists():  # the first run's counts stay as the "before"
+        before = json.loads((work / "scores.json").read_text(encoding="utf-8"))
+        last = before.get("statuses", {}) if survivors_only else {}
+        first = before.get("first") or {k: before[k] for k in ("date", "commit", "modules")}
+    rerun = [k for k, v in last.items() if v != "killed"]
+    tested = commit()  # what is copied and tested
     copy_checkout(work)
-    shimmed = sum(undecorate_no_grad(work / PACKAGE / m) for m in target.modules)
+    shimmed = sum(undecorate_no_grad(work / source(m)) for m in target.modules)
     patterns = mutant_patterns(target)
     exclude = mutant_patterns(target, target.exclude)
     for m in target.modules:
-        skip_unselected(work / PACKAGE / m, f"{PACKAGE}." + m[:-3].replace("/", "."), patterns,
-                        exclude)
+        skip_unselected(work / source(m), dotted(m), patterns, exclude)
     with open(work / "pyproject.toml", "a", encoding="utf-8") as f:
         f.write(mutmut_config(target))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "D2L_DATA_DIR": "", "WANDB_MODE": "disabled",
            "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "mutmut", "run", *patterns]
+    chosen = [k for k in rerun if ": " not in k] if last else patterns
+    cmd = [sys.executable, "-m", "mutmut", "run", *chosen]
     if max_children:
         cmd[4:4] = ["--max-children", str(max_children)]
     start = time.time()
-    print(f"== {name}: {', '.join(target.modules)} ({shimmed} @torch.no_grad() unwrapped); "
-          f"tests {' '.join(target.tests)} -k {target.select!r}", flush=True)
+    print(f"== {name}: {', '.join(target.modules)} ({shimmed} decorators unwrapped); "
+          f"tests {' '.join(target.tests)} -k {target.select!r}"
+          + (f"; again the {len(rerun)} not killed last time" if last else ""), flush=True)
     with open(work / "mutmut-run.log", "w") as log:
-        rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        rc = (subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+              if chosen else subprocess.CompletedProcess(cmd, 0))
     if rc.returncode:
         tail = (work / "mutmut-run.log").read_text(errors="replace").replace("\r", "\n")
         print(f"   {name}: mutmut failed (exit {rc.returncode}); the end of "
@@ -290,25 +226,53 @@ def run_target(name: str, target: Target, max_children: int | None) -> dict[str,
         return {"mutmut failed": [name], "not justified": [f"{name} (mutmut failed)"]}
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
                          env=env, capture_output=True, text=True).stdout
-    by_status: dict[str, list[str]] = {}
+    statuses = dict(last)
     for line in out.splitlines():
         m = re.match(r"\s+(\S+): (.+)$", line)
-        if m and any(fnmatch.fnmatch(m.group(1), p) for p in patterns):
-            by_status.setdefault(m.group(2), []).append(m.group(1))
-    report = [f"# mutmut survivors: {name} ({time.time() - start:.0f} s)\n"]
-    justified, unjustified = justified_keys(name), []
-    for status, names in sorted(by_status.items()):
-        if status in ("killed", "not checked"):
-            continue
-        for mutant in names:
+        if (m and any(fnmatch.fnmatch(m.group(1), p) for p in patterns)
+                and (not last or m.group(1) in rerun) and m.group(2) != "not checked"):
+            statuses[m.group(1)] = m.group(2)
+    keys = {}
+    for mutant, status in statuses.items():
+        if status != "killed" and ": " not in mutant:
             diff = subprocess.run([sys.executable, "-m", "mutmut", "show", mutant], cwd=work,
                                   env=env, capture_output=True, text=True).stdout
-            key = survivor_key(mutant, diff)
-            if key not in justified:
-                unjustified.append(f"{name} {key}")
-            report.append(f"## {status}: {mutant}\n\n`{name} {key}`\n\n"
-                          f"```diff\n{diff.strip()}\n```\n")
+            keys[mutant] = (survivor_key(mutant, diff), diff)
+    if target.constants:
+        print(f"   {name}: constants of {', '.join(target.constants)}", flush=True)
+        select = target.select if target.constant_select is None else target.constant_select
+        only = {k for k in rerun if ": " in k} if last else None
+        for module, line, status in run_constants(
+                work, [source(m) for m in target.constants], target.tests, select, only=only):
+            statuses[f"{module.removeprefix(PACKAGE + '/')}: {line}"] = status
+    report = [f"# mutmut survivors: {name} ({time.time() - start:.0f} s)\n"]
+    justified, unjustified = justified_keys(name), []
+    per_module: dict[str, dict[str, int]] = {}
+    module_of = {dotted(m): m for m in target.modules}
+    by_status: dict[str, list[str]] = {}
+    for mutant, status in sorted(statuses.items()):
+        const = ": " in mutant
+        module = mutant.split(": ")[0] if const else module_of[mutant.rsplit(".", 1)[0]]
+        row = per_module.setdefault(module, {"mutants": 0, "killed": 0, "justified": 0,
+                                             "open": 0})
+        row["mutants"] += 1
+        by_status.setdefault(status, []).append(mutant)
+        if status == "killed":
+            row["killed"] += 1
+            continue
+        key, diff = (mutant, "") if const else keys[mutant]
+        row["justified" if key in justified else "open"] += 1
+        if key not in justified:
+            unjustified.append(f"{name} {key}")
+        report.append(f"## {status}: {mutant}\n\n`{name} {key}`\n\n"
+                      + (f"```diff\n{diff.strip()}\n```\n" if diff else "(import-time constant)\n"))
     (work / "survivors.md").write_text("\n".join(report), encoding="utf-8")
+    (work / "scores.json").write_text(json.dumps({
+        "target": name, "date": time.strftime("%Y-%m-%d"), "commit": tested,
+        "command": f"python tools/mutation.py {name}" + (" --survivors" if last else ""),
+        "seconds": round(time.time() - start), "modules": per_module, "first": first,
+        "statuses": statuses},
+        indent=1, ensure_ascii=False), encoding="utf-8")
     counts = ", ".join(f"{s} {len(n)}" for s, n in sorted(by_status.items()))
     print(f"   {name}: {counts} in {time.time() - start:.0f} s; survivors with diffs: "
           f"{(work / 'survivors.md').relative_to(ROOT)}", flush=True)
@@ -319,8 +283,33 @@ def run_target(name: str, target: Target, max_children: int | None) -> dict[str,
     return by_status
 
 
+def commit() -> str:
+    """The checkout's commit, ``+`` when it has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain") else "")
+
+
+def table() -> str:
+    """The per-module table of ``docs/testing.md`` from every target's last ``scores.json``."""
+    rows = ["| module | target | mutants | killed on the first run | killed now | justified | "
+            "open | date, commit |", "|---|---|---|---|---|---|---|---|"]
+    for path in sorted(BUILD.glob("*/scores.json")):
+        score = json.loads(path.read_text(encoding="utf-8"))
+        for module, c in score["modules"].items():
+            was = ((score.get("first") or score)["modules"].get(module) or c)
+            was = f"{was['killed']} of {was['mutants']}"
+            rows.append(f"| `{module}` | {score['target']} | {c['mutants']} | {was} | "
+                        f"{c['killed']} | "
+                        f"{c['justified']} | {c['open']} | {score['date']}, "
+                        f"{score['commit']} ({score['seconds']} s) |")
+    return "\n".join(rows)
+
+
 def changed_modules(base: str) -> set[str]:
-    """Modules of the package (relative to it) that differ from ``base``, committed or not."""
+    """Modules (as targets name them) that differ from ``base``, committed or not."""
     def names(*args: str) -> list[str]:
         return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
                               text=True).stdout.split()
@@ -328,7 +317,8 @@ def changed_modules(base: str) -> set[str]:
     files = names("diff", "--name-only", f"{base}...HEAD") + names("diff", "--name-only", "HEAD")
     files += names("ls-files", "--others", "--exclude-standard")
     prefix = f"{PACKAGE}/"
-    return {f[len(prefix):] for f in files if f.startswith(prefix) and f.endswith(".py")}
+    return {f.removeprefix(prefix) for f in files
+            if f.startswith((prefix, "bench/")) and f.endswith(".py")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,12 +330,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changed", nargs="?", const="main", metavar="BASE",
                         help="only the targets holding a module this branch changed against "
                              "BASE (default main), committed or not")
+    parser.add_argument("--survivors", action="store_true",
+                        help="run again only the mutants each target's last run did not kill")
+    parser.add_argument("--table", action="store_true",
+                        help="print the per-module table of docs/testing.md from the last runs")
     parser.add_argument("--max-children", type=int, default=None,
                         help="parallel mutant processes (mutmut's default: CPU count)")
     args = parser.parse_args(argv)
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:
         parser.error(f"unknown target(s) {', '.join(unknown)}; choose from: {', '.join(TARGETS)}")
+    if args.table:
+        print(table())
+        return 0
     if args.list:
         for name, t in TARGETS.items():
             print(f"{name}: {' '.join(t.modules)}\n    tests: {' '.join(t.tests)} "
@@ -354,12 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     names = args.targets or list(TARGETS)
     if args.changed:
         touched = changed_modules(args.changed)
-        names = [n for n in names if touched & set(TARGETS[n].modules)]
+        names = [n for n in names
+                 if touched & set(TARGETS[n].modules + TARGETS[n].constants)]
         print(f"changed against {args.changed}: {', '.join(sorted(touched)) or 'no module'}; "
               f"targets: {', '.join(names) or 'none'}", flush=True)
     survived = unjustified = 0
     for name in names:
-        by_status = run_target(name, TARGETS[name], args.max_children)
+        by_status = run_target(name, TARGETS[name], args.max_children, args.survivors)
         unjustified += len(by_status.pop("not justified", []))
         survived += sum(len(v) for k, v in by_status.items() if k != "killed")
     print(f"{survived} mutant(s) not killed, {unjustified} of them not justified "

@@ -117,6 +117,7 @@ class LineProgress(ProgressBar):
         self.readings = _Readings()
         self._enabled = True
         self._next_time = math.inf
+        self._line_step: int | None = None  # the step of the last epoch line
 
     def disable(self) -> None:
         """No lines (ranks other than 0)."""
@@ -151,16 +152,22 @@ class LineProgress(ProgressBar):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The epoch line, once the epoch's validation metrics are known."""
         if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._epoch_line(trainer, pl_module)
+            self._epoch_line(trainer, pl_module, validated=True)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The epoch line of an epoch without validation."""
-        if not trainer.enable_validation or not trainer.num_val_batches:
-            self._epoch_line(trainer, pl_module)
+        """The epoch line of an epoch whose end was not validated.
 
-    def _epoch_line(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        Validation off or empty, or ``check_val_every_n_epoch`` > 1 (Lightning validates before
+        this hook); an earlier epoch's val metrics are not shown again.
+        """
+        if self._line_step != trainer.global_step:
+            self._epoch_line(trainer, pl_module, validated=False)
+
+    def _epoch_line(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                    validated: bool) -> None:
+        self._line_step = trainer.global_step
         self._next_time = time.monotonic() + self.every_seconds
-        self.print(self.line(trainer, pl_module, final=True))
+        self.print(self.line(trainer, pl_module, final=validated))
 
     def line(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool) -> str:
         """``epoch 2/10 step 1200 | train/loss 0.51 | val/acc 0.83 | 9,870 samples/s | ...``."""

@@ -95,12 +95,16 @@ class ImageFolderDataModule(TensorDataModule):
                   "split", flush=True)
 
     def data_info(self) -> dict[str, Any]:
-        """Classes, channels, cached side, per-channel statistics of train/, augmentation."""
+        """Classes, channels, cached side, per-channel statistics, augmentation.
+
+        The statistics are the training split's: not those of validation images held out of
+        ``train/`` (nor of images a ``train_fraction`` leaves out).
+        """
         cache = self._load()
-        images, _ = cache.split("train")
+        images = folder_splits(cache, self.seed, self.val_size, self.train_fraction)[0]["train"][0]
         sums = torch.zeros(2, images.shape[1], dtype=torch.float64)
         for i in range(0, len(images), 1024):  # chunked: the cache may exceed memory as floats
-            x = torch.from_numpy(images[i:i + 1024]).double().div_(255)  # (n, C, S, S)
+            x = images[i:i + 1024].double().div_(255)  # (n, C, S, S)
             sums += torch.stack([x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))])
         count = images.shape[0] * images.shape[2] * images.shape[3]
         mean = sums[0] / count

@@ -83,6 +83,19 @@ class TaskModule(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
+    def log(self, name: str, value: Any, *args: Any, batch_size: int | None = None,
+            **kwargs: Any) -> None:
+        """As Lightning's ``log``, with ``batch_size`` counted as a float.
+
+        Lightning syncs an epoch mean (``sync_dist=True``) as the ranks' mean of
+        ``sum(value * batch_size)`` over the ranks' mean of ``sum(batch_size)``, and divides an
+        integer count by the world size in place, truncating it: the ``val/loss`` of 21
+        images on 2 ranks was their loss sum over 20. A float count (float32, exact below
+        2**24) is not truncated, and one process's digits are unchanged.
+        """
+        super().log(name, value, *args,
+                    batch_size=None if batch_size is None else float(batch_size), **kwargs)
+
     # Training-split bookkeeping. One per-step `self.log` costs ~0.5 ms on CPU
     # (bench/lightning_overhead.py), ~5% of a LeNet step, so training sums stay in one
     # tensor, the step loss goes to the loggers every `log_every_n_steps` (and at step 0), and

@@ -294,6 +294,10 @@ def map_torchvision_resnet(tv: Mapping[str, torch.Tensor],
         for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
             if f"{src}.{k}" in tv:
                 out[f"{dst}.{k}"] = tv[f"{src}.{k}"]
+        if f"{src}.running_mean" in tv and f"{src}.num_batches_tracked" not in tv:
+            # files saved before torch 0.4.1 (torchvision's ResNet-18/34 weights) lack it;
+            # torch's own BatchNorm loader counts such a layer's batches from 0 as well
+            out[f"{dst}.num_batches_tracked"] = torch.tensor(0)
 
     conv("conv1", "net.0.0")
     bn("bn1", "net.0.1")

@@ -26,10 +26,13 @@ RESUMABLE = {
     ("run", "progress_bar"), ("run", "progress_every"), ("run", "ckpt_every_n_steps"),
     ("run", "diverged_after"), ("run", "test"), ("run", "run_dir"),
 }
-#: schedules sized to the run's length when it starts, so its length cannot change on resume
-LENGTH_SCHEDULES = ("cosine", "onecycle")
 LENGTH_KEYS = (("trainer", "max_epochs"), ("trainer", "max_steps"),
                ("trainer", "limit_train_batches"))
+#: schedules sized to the run's length when it starts (a resumed schedule keeps that size), and
+#: the keys that size them, which cannot change on resume: cosine and one-cycle span all the
+#: steps, step decays every third of ``max_epochs``
+LENGTH_SCHEDULES = {"cosine": LENGTH_KEYS, "onecycle": LENGTH_KEYS,
+                    "step": (("trainer", "max_epochs"),)}
 
 
 @dataclass
@@ -71,14 +74,13 @@ class ResumePlan:
                     f"at least {need}, or branch off a shorter run with --config "
                     f"{self.run_dir / 'config.yaml'} --run-dir NEW")
         scheduler = cfg["optim"].get("scheduler")
-        if scheduler in LENGTH_SCHEDULES:
-            for section, key in LENGTH_KEYS:
-                if key in self.changes.values.get(section, {}):
-                    raise ConfigError(
-                        f"{self.changes.sources[section, key]} cannot change when resuming a "
-                        f"run with the {scheduler} schedule, which was sized to the run's "
-                        f"original length; start a new run with --config "
-                        f"{self.run_dir / 'config.yaml'} instead")
+        for section, key in LENGTH_SCHEDULES.get(scheduler, ()):
+            if key in self.changes.values.get(section, {}):
+                raise ConfigError(
+                    f"{self.changes.sources[section, key]} cannot change when resuming a "
+                    f"run with the {scheduler} schedule, which was sized to the run's "
+                    f"original length; start a new run with --config "
+                    f"{self.run_dir / 'config.yaml'} instead")
 
     def check_unchanged(self) -> None:
         """Refuse when the run moved on since this plan was made (another process resumed it).
@@ -214,7 +216,7 @@ def same_config(path: Path, cfg: Config) -> bool:
 
     try:
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return saved == json.loads(json.dumps(cfg, default=str))
 
@@ -373,8 +375,9 @@ def make_run_dir(folder: RunFolder, resume: ResumePlan | None = None) -> Path:
     return folder.path
 
 
-#: a temporary file of an atomic write (``.NAME.XXXXXXXX`` from mkstemp, ``.NAME.PID.tmp``)
-PARTIAL = re.compile(r"\.[\w.-]+\.(ckpt|safetensors|json|csv|yaml|pt)\.(\w{8}|\d+\.tmp)")
+#: a temporary file of an atomic write (``.NAME.XXXXXXXX`` from mkstemp, whose 8 characters
+#: are ``[a-z0-9_]``, and ``.NAME.PID.tmp``)
+PARTIAL = re.compile(r"\.[\w.-]+\.(ckpt|safetensors|json|csv|yaml|pt)\.([a-z0-9_]{8}|\d+\.tmp)")
 
 
 def remove_partial_files(folder: Path) -> list[Path]:
