@@ -124,9 +124,9 @@ def skip_unselected(path: Path, module: str, patterns: list[str], exclude: list[
 def mutmut_config(target: Target) -> str:
     """The ``[tool.mutmut]`` section of a target."""
     roots = sorted({source(m).split("/")[0] + "/" for m in target.modules})
-    others = [p for p in ("train.py", "predict.py", "export.py", "bench/", "docs/", "README.md")
-              if p not in roots]  # (tests read docs/ and the README too)
-    pytest_args = ["-p", "no:cacheprovider", "-W", "ignore"]
+    others = [p for p in ("train.py", "predict.py", "export.py", "bench/", "docs/", "README.md",
+                          "tools/") if p not in roots]  # (tests read docs/ and the README too)
+    pytest_args = ["-p", "no:cacheprovider", "-p", "tools.mutmut_signals", "-W", "ignore"]
     if target.select:
         pytest_args += ["-k", target.select]
     quoted = ", ".join(f'"{a}"' for a in pytest_args)
@@ -182,6 +182,26 @@ def justified_keys(target: str) -> set[str]:
     return keys
 
 
+#: statuses mutmut gives a mutant whose tests neither passed nor failed plainly: exit 2 (a
+#: ``KeyboardInterrupt`` out of a test ends the session: a Ctrl-C test's mutant) and any other
+#: exit of its forked worker. Such a mutant's tests run again in a plain pytest process.
+RECHECKED = ("check was interrupted by user", "suspicious")
+
+
+def recheck(mutants: Path, mutant: str, env: dict[str, str]) -> str:
+    """``killed`` or ``survived``: the tests reaching ``mutant`` in a plain pytest process."""
+    stats = json.loads((mutants / "mutmut-stats.json").read_text(encoding="utf-8"))
+    tests = sorted(stats["tests_by_mangled_function_name"].get(
+        re.sub(r"__mutmut_\d+$", "", mutant), []))
+    if not tests:
+        return "no tests"
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+           "-p", "tools.mutmut_signals", "-W", "ignore", *tests]
+    rc = subprocess.run(cmd, cwd=mutants, env={**env, "MUTANT_UNDER_TEST": mutant},
+                        capture_output=True).returncode
+    return "survived" if rc == 0 else "killed"
+
+
 def run_target(name: str, target: Target, max_children: int | None,
                survivors_only: bool = False) -> dict[str, list[str]]:
     """Mutate one target; return mutant names by status.
@@ -232,6 +252,9 @@ def run_target(name: str, target: Target, max_children: int | None,
         if (m and any(fnmatch.fnmatch(m.group(1), p) for p in patterns)
                 and (not last or m.group(1) in rerun) and m.group(2) != "not checked"):
             statuses[m.group(1)] = m.group(2)
+    for mutant, status in statuses.items():
+        if status in RECHECKED and (not last or mutant in rerun):
+            statuses[mutant] = recheck(work / "mutants", mutant, env)
     keys = {}
     for mutant, status in statuses.items():
         if status != "killed" and ": " not in mutant:
@@ -299,8 +322,9 @@ def table() -> str:
     for path in sorted(BUILD.glob("*/scores.json")):
         score = json.loads(path.read_text(encoding="utf-8"))
         for module, c in score["modules"].items():
-            was = ((score.get("first") or score)["modules"].get(module) or c)
-            was = f"{was['killed']} of {was['mutants']}"
+            first = score.get("first") or score
+            was = first.get("modules", {}).get(module)
+            was = f"{was['killed']} of {was['mutants']}" if was else first.get("note", "-")
             rows.append(f"| `{module}` | {score['target']} | {c['mutants']} | {was} | "
                         f"{c['killed']} | "
                         f"{c['justified']} | {c['open']} | {score['date']}, "

@@ -121,8 +121,7 @@ def run_constants(work: Path, modules: list[str], tests: list[str], select: str,
         raise RuntimeError(f"the constants' tests fail unmutated: {tests} -k {select!r}")
     clean_s = time.time() - t0
     jobs = [(m, s) for m in modules for s in sites((work / m).read_text(encoding="utf-8"))
-            if only is None or f"{m.split('/', 1)[-1] if m.startswith('d2l_lightning/') else m}: "
-            f"{s.mutated_line}" in only]
+            if only is None or f"{m.removeprefix('d2l_lightning/')}: {s.mutated_line}" in only]
     if not jobs:
         return []
     free = list(copies)

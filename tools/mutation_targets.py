@@ -137,9 +137,9 @@ TARGETS: dict[str, Target] = {
     # run folders, resume plans and their refusals
     "runs": Target(
         ["training/runs.py"],
-        ["tests/test_resume_plan.py", "tests/test_run_folders.py", "tests/test_resume.py",
-         "tests/test_faults_runs.py", "tests/test_config.py", "tests/test_faults.py"],
-        NOT_IN_PROCESS,
+        # the in-process tests only: every training test calls make_run_dir, and with them a
+        # surviving mutant of it ran ~60 s (341 mutants: ~80 min on two cores)
+        ["tests/test_resume_plan.py", "tests/test_run_folders.py"], "",
         # resuming first (choosing a new run's folder: next session)
         ["training.runs.plan_resume", "training.runs.ResumePlan.*", "training.runs.read_checkpoint",
          "training.runs.same_config", "training.runs.check_arch", "training.runs.make_run_dir",
@@ -153,7 +153,8 @@ TARGETS: dict[str, Target] = {
     "image_folder": Target(
         ["datamodules/folder.py", "datamodules/image_folder.py"],
         # (tests/test_predict_eval.py's fixture trains every task family: 14 s a mutant)
-        ["tests/test_image_folder.py", "tests/test_transfer.py", "tests/test_faults_data.py"],
+        ["tests/test_image_folder.py", "tests/test_image_folder_crop.py", "tests/test_transfer.py",
+         "tests/test_faults_data.py"],
         "not fine_tune_on_a_folder "  # 6 s and a process
         "and (folder or image or cache or class or split or transfer or val_size or stat "
         "or mean or corrupt or label)",
@@ -177,7 +178,8 @@ TARGETS: dict[str, Target] = {
     # key mapping, head replacement, freezing, parameter groups, preprocessing constants
     "transfer": Target(
         ["models/transfer.py"],
-        ["tests/test_transfer_units.py", "tests/test_transfer.py", "tests/test_faults_models.py"],
+        ["tests/test_transfer_units.py", "tests/test_transfer_groups.py", "tests/test_transfer.py",
+         "tests/test_faults_models.py"],
         "not fine_tune_on_a_folder",
         ["models.transfer.map_torchvision_resnet", "models.transfer.apply_initial_weights",
          "models.transfer.param_groups", "models.transfer.matches", "models.transfer.head_*",
@@ -233,9 +235,9 @@ TARGETS: dict[str, Target] = {
         "monitor or non_finite or nan or diverg or checkpoint_with or last_good or whole_runs"),
     "faults": Target(
         ["callbacks/faults.py", "callbacks/csv_logger.py", "callbacks/export.py"],
-        ["tests/test_faults.py", "tests/test_faults_runs.py", "tests/test_resume.py",
-         "tests/test_faults_io.py", "tests/test_training.py"],
-        NOT_IN_PROCESS),
+        # the in-process tests (the training runs of tests/test_faults*.py call every hook)
+        ["tests/test_fault_callbacks.py", "tests/test_signal_fits.py",
+         "tests/test_csv_and_export_callbacks.py"], "", debug=True),
     # the numbers a run prints: rates, ETA after a resume
     "progress": Target(
         ["callbacks/progress.py"],
