@@ -181,3 +181,24 @@ def test_a_checkpoint_without_weights_or_with_other_values_is_saved() -> None:
     assert str(e.value) == ("the weights became NaN or inf in step 1 (epoch 0) and were not "
                             "saved; no checkpoint was written; try a lower --lr or "
                             "--gradient-clip-val")
+
+
+def test_the_clock_and_the_samples_go_into_a_checkpoint_and_come_back(monkeypatch) -> None:
+    monitor = TrainingMonitor()
+    monitor.elapsed, monitor.samples = 12.5, 300
+    assert monitor.state_dict() == {"elapsed": 12.5, "samples": 300}  # the clock stopped
+    monkeypatch.setattr(monitoring.time, "perf_counter", lambda: 104.0)
+    monitor._t0 = 100.0  # running for 4 s when the checkpoint is taken
+    state = monitor.state_dict()
+    assert state == {"elapsed": 16.5, "samples": 300}
+    resumed = TrainingMonitor()
+    resumed.load_state_dict(state)
+    assert (resumed.elapsed, resumed.samples) == (16.5, 300)
+
+
+def test_a_checkpoint_without_the_monitors_totals_starts_them_at_zero() -> None:
+    resumed = TrainingMonitor()
+    resumed.elapsed, resumed.samples = 7.0, 9
+    resumed.load_state_dict({})  # a checkpoint written before the totals were kept
+    assert (resumed.elapsed, resumed.samples) == (0.0, 0)
+    assert type(resumed.elapsed) is float and type(resumed.samples) is int

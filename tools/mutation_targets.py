@@ -126,9 +126,10 @@ TARGETS: dict[str, Target] = {
         ["tests/test_listing.py", "tests/test_config.py"], "list"),
     "config": Target(
         ["training/config.py", "training/flags.py"],
-        ["tests/test_config.py", "tests/test_faults_settings.py", "tests/test_compat.py",
-         "tests/test_trainer_surface.py", "tests/test_help.py", "tests/test_training.py"],
-        NOT_IN_PROCESS),
+        # the in-process tests (most of tests/test_config.py trains: every config function
+        # is called by every training test)
+        ["tests/test_config_units.py", "tests/test_config_files.py", "tests/test_flags_units.py",
+         "tests/test_flags_help.py"], ""),
     "checks": Target(
         ["training/checks.py"],
         ["tests/test_config.py", "tests/test_faults_settings.py", "tests/test_trainer_surface.py",
@@ -217,7 +218,7 @@ TARGETS: dict[str, Target] = {
                    "models/densenet.py", "models/rnn.py", "models/seq2seq.py",
                    "models/transformer.py", "models/gpt.py", "models/bert.py",
                    "models/attention_classifiers.py", "models/mamba.py"],
-        constant_select="recipe or book or registry or spec"),
+        constant_select="recipe or book or registry or spec or shipped_configs"),
     # --- training: optimizers, schedulers, sums, resume state, every task module -------------
     "tasks": Target(
         ["lit_models/base.py", "lit_models/image_classification.py", "lit_models/regression.py"],

@@ -25,6 +25,7 @@ defaults, so the resolved config names every setting of the run.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Sequence
@@ -203,12 +204,16 @@ def recipe_layer(spec: Any, recipe_name: str) -> Layer:
 
 
 def _merge_into(into: dict[str, Any], values: dict[str, Any]) -> None:
-    """Merge ``values`` into ``into``: mappings key by key, anything else replaced."""
+    """Merge ``values`` into ``into``: mappings key by key, anything else replaced.
+
+    A mapping is copied whole (nested ones too), so a later layer never writes into an earlier
+    layer or the schema's defaults.
+    """
     for key, value in values.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
             _merge_into(into[key], value)
         else:
-            into[key] = dict(value) if isinstance(value, dict) else value
+            into[key] = copy.deepcopy(value) if isinstance(value, dict) else value
 
 
 def _merge(layers: Sequence[Layer]) -> tuple[Config, dict[tuple[str, str], str], set]:
@@ -221,7 +226,7 @@ def _merge(layers: Sequence[Layer]) -> tuple[Config, dict[tuple[str, str], str],
             if isinstance(value, dict) and isinstance(target.get(key), dict):
                 _merge_into(target[key], value)
             else:
-                target[key] = dict(value) if isinstance(value, dict) else value
+                target[key] = copy.deepcopy(value) if isinstance(value, dict) else value
             sources[section, key] = layer.sources.get((section, key), layer.label)
             optional.discard((section, key))
         for (section, key), label in layer.sources.items():  # --callback NAME KEY=VALUE...
