@@ -84,3 +84,20 @@ def test_a_config_without_a_title_is_listed_without_trailing_spaces(tmp_path, mo
     monkeypatch.setattr(listing, "shipped_configs", lambda: ["a/long-name", "a/x"])
     assert listing.list_configs().split("\n")[:2] == ["a/long-name  A title",
                                                       "a/x"]
+
+
+def test_a_recipe_refused_names_the_listing_and_the_next_recipes_are_still_shown(
+        monkeypatch) -> None:
+    """A refused recipe is one reason line; the ones after it are listed as configs."""
+    from d2l_lightning.training import config, listing
+
+    def resolve(layers):  # mlp's first recipe holds a value no run can use
+        if layers[0].values["model"]["recipe"] == "d2l":
+            layers[0].set("optim", "lr", "fast")
+        return config.resolve(layers)
+
+    monkeypatch.setattr(listing, "resolve", resolve)
+    lines = listing.describe_model("mlp").split("\n")
+    i = lines.index(f"recipe 'd2l': {recipe_summary(get_spec('mlp').recipe('d2l'))}")
+    assert lines[i + 1] == "  (--list: optim.lr: expected float, got 'fast')"
+    assert "recipe 'modern' (python train.py --model mlp --recipe modern):" in lines[i + 2:]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from d2l_lightning.training import lock as lock_module
 from d2l_lightning.training.errors import ConfigError
 from d2l_lightning.training.lock import LOCK_NAME, FolderLock, check_free, holder
 
@@ -82,3 +83,15 @@ def test_the_lock_file_is_created_readable(tmp_path) -> None:
         lock.release()
     finally:
         os.umask(old)
+
+
+def test_without_fcntl_every_folder_is_free_and_nothing_is_written(tmp_path, monkeypatch) -> None:
+    """A platform without ``fcntl`` (Windows): one writer is then the user's business."""
+    (tmp_path / LOCK_NAME).write_text("123\n")  # a lock file left by a POSIX writer
+    monkeypatch.setattr(lock_module, "fcntl", None)
+    assert holder(tmp_path) is None
+    check_free(tmp_path)
+    lock = FolderLock(tmp_path)
+    lock.acquire()
+    assert lock.fd is None and (tmp_path / LOCK_NAME).read_text() == "123\n"
+    lock.release()

@@ -132,9 +132,7 @@ TARGETS: dict[str, Target] = {
          "tests/test_flags_help.py"], ""),
     "checks": Target(
         ["training/checks.py"],
-        ["tests/test_config.py", "tests/test_faults_settings.py", "tests/test_trainer_surface.py",
-         "tests/test_compat.py"],
-        NOT_IN_PROCESS),
+        ["tests/test_checks_units.py"], ""),
     # run folders, resume plans and their refusals
     "runs": Target(
         ["training/runs.py"],
