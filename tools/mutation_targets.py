@@ -118,7 +118,8 @@ TARGETS: dict[str, Target] = {
     # the trial processes recorded: the two tests that train trials take ~30 s a mutant)
     "sweep": Target(
         ["training/sweep.py"],
-        ["tests/test_sweep_plan.py", "tests/test_sweep.py", "tests/test_faults_settings.py"],
+        ["tests/test_sweep_units.py", "tests/test_sweep_loop.py", "tests/test_sweep_plan.py",
+         "tests/test_sweep.py", "tests/test_faults_settings.py"],
         "not grid_sweep_runs and not killed_sweep"),
     # train.py --list [MODEL] and --list-configs
     "listing": Target(

@@ -126,6 +126,9 @@ def _distribution(path: Path, key: str, p: dict[str, Any]) -> str:
     if dist not in DISTRIBUTIONS:
         raise ConfigError(f"sweep {path}: distribution '{dist}' of '{key}' is not supported "
                           f"locally (supported: {', '.join(DISTRIBUTIONS)})")
+    if dist in ("constant", "categorical"):  # drawn from value / values, which it lacks
+        raise ConfigError(f"sweep {path}: '{key}' is {dist}, which takes "
+                          f"{'a value' if dist == 'constant' else 'values'}, not min and max")
     if not all(_finite(p[k]) for k in ("min", "max")) or dist == "int_uniform" and not ints:
         kind = "whole numbers" if dist == "int_uniform" else "finite numbers"
         raise ConfigError(f"sweep {path}: '{key}' needs a min and a max that are {kind} for "
