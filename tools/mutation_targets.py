@@ -127,10 +127,14 @@ TARGETS: dict[str, Target] = {
         ["tests/test_listing.py", "tests/test_config.py"], "list"),
     "config": Target(
         ["training/config.py", "training/flags.py"],
-        # the in-process tests (most of tests/test_config.py trains: every config function
-        # is called by every training test)
+        # the in-process tests, not those that train (every config function is called by every
+        # training test: a surviving mutant would run them all)
         ["tests/test_config_units.py", "tests/test_config_files.py", "tests/test_flags_units.py",
-         "tests/test_flags_help.py"], ""),
+         "tests/test_flags_help.py", "tests/test_config.py", "tests/test_compat.py",
+         "tests/test_faults_settings.py", "tests/test_trainer_surface.py"],
+        NOT_IN_PROCESS + " and not every_flag_reaches and not replay_from and not "
+        "config_yaml_of_a_run and not three_loggers and not learning_rate_finder and not "
+        "val_check_interval_and and not model_checkpoint_options"),
     "checks": Target(
         ["training/checks.py"],
         ["tests/test_checks_units.py"], ""),
@@ -219,9 +223,14 @@ TARGETS: dict[str, Target] = {
     # --- training: optimizers, schedulers, sums, resume state, every task module -------------
     "tasks": Target(
         ["lit_models/base.py", "lit_models/image_classification.py", "lit_models/regression.py"],
-        ["tests/test_training.py", "tests/test_resume.py", "tests/test_metrics.py",
-         "tests/test_reported_numbers.py", "tests/test_transfer.py", "tests/test_fused.py"],
-        NOT_IN_PROCESS, exclude=_TASK_INITS + [  # the metrics target's
+        # the hooks called directly, and the in-process cases of the older files
+        ["tests/test_task_units.py", "tests/test_task_steps.py", "tests/test_fused.py",
+         "tests/test_transfer.py", "tests/test_training.py", "tests/test_metrics.py"],
+        "test_task_units or test_task_steps or test_fused or (test_transfer and "
+        "(frozen_parameters or lr_mult or torchvision_init_repeats or train_and_eval_views)) "
+        "or (test_training and (gradient_norm or checkpoints_of_the_flat)) "
+        "or (test_metrics and step_train_loss)",
+        exclude=_TASK_INITS + [  # the metrics target's
             "lit_models.base.TaskModule.configure_optimizers",
             "lit_models.base.TaskModule._accumulate_train",
             "lit_models.base.TaskModule.on_train_epoch_end"]),
