@@ -15,8 +15,10 @@ from d2l_lightning.training.objects import WANDB_DEFAULTS
 from d2l_lightning.training.schema import FIXED, Key
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def parser() -> argparse.ArgumentParser:
+    """A new parser for each test (6 ms): a module-wide one is built in the first test only, so
+    mutation testing would credit that test alone with reaching ``build_parser``."""
     return build_parser()
 
 
