@@ -205,9 +205,8 @@ TARGETS: dict[str, Target] = {
         constants=["models/mamba.py"]),
     "layers": Target(
         ["models/attention.py", "models/rnn.py"],
-        ["tests/test_attention.py", "tests/test_lm_models.py", "tests/test_model_options.py",
-         "tests/test_language_modeling.py", "tests/test_models.py"],
-        "not wandb and not predict_cli", constants=["models/rnn.py"]),
+        ["tests/test_attention_units.py", "tests/test_rnn_units.py", "tests/test_attention.py",
+         "tests/test_lm_models.py"], "not overfits", constants=["models/rnn.py"]),
     # the registry and every recipe's numbers (the decorators of the model files)
     "registry": Target(
         ["models/registry.py"],
