@@ -70,6 +70,7 @@ def test_grid_sweep_runs_every_trial_and_sorts_the_summary(data, tmp_path, capsy
     assert "2 trials, sorted by val/acc (maximize)" in out
 
 
+@pytest.mark.slow  # ~36 s; tests/test_sweep_loop.py tests the relaunch in-process by default
 def test_a_killed_sweep_relaunched_runs_only_the_missing_trials(data, tmp_path, monkeypatch,
                                                                capsys) -> None:
     """The sweep and its first trial are killed (SIGKILL) once that trial has finished; the
