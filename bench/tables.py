@@ -91,7 +91,8 @@ def table_row(row: Row, title: str, rec: dict[str, Any] | None) -> str:
         row.target.met(res)]
     predicted = rec.get("predicted_s")
     wall = f"{rec['wall_s']:,.0f}" + (f" ({predicted:,.0f})" if predicted else "")
-    steps = f"{res.get('epochs', '?')} ({res.get('global_step', '?'):,})"
+    step = res.get("global_step")  # "?" (not a crash) for results without it
+    steps = f"{res.get('epochs', '?')} ({'?' if step is None else f'{step:,}'})"
     return (f"| {title} | {config} | {row.source} | {target} | {shown} | {met} | {steps} | "
             f"{wall} | {res.get('train_samples_per_sec', 0):,.0f} | {_machine(rec)}, "
             f"{rec.get('date', '')} |")

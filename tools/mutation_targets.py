@@ -190,15 +190,13 @@ TARGETS: dict[str, Target] = {
     # the images and token batches a model sees, in training and in plain-PyTorch inference
     "preprocess": Target(
         ["models/preprocess.py"],
-        ["tests/test_transfer.py", "tests/test_readme_snippet.py", "tests/test_training.py",
-         "tests/test_faults_models.py"],
-        "not cli_matches and not readme_inference and not fine_tune_on_a_folder",
-        constants=["models/preprocess.py"]),
+        ["tests/test_preprocess_units.py"], "", constants=["models/preprocess.py"]),
     "export": Target(
         ["models/export.py"],
-        ["tests/test_training.py", "tests/test_faults_export.py", "tests/test_model_options.py",
-         "tests/test_language_modeling.py"],
-        "export or round_trip or load", constants=["models/export.py"]),
+        ["tests/test_export_units.py", "tests/test_export_fields.py",
+         "tests/test_faults_export.py"],
+        "test_export_units or test_export_fields or text_export",
+        constants=["models/export.py"]),
     "mamba": Target(
         ["models/mamba.py", "models/selective_scan.py"],
         ["tests/test_mamba.py", "tests/test_model_options.py"], "mamba or scan",
@@ -253,5 +251,8 @@ TARGETS: dict[str, Target] = {
     # --- bench: budget accounting, fingerprints, skip rules ---------------------------------
     "reproduce": Target(
         ["bench/reproduce.py", "bench/tables.py"],
-        ["tests/test_reproduce.py"], "", constants=["bench/reproduce.py"]),
+        ["tests/test_reproduce_units.py", "tests/test_reproduce_rows.py",
+         "tests/test_tables_units.py", "tests/test_reproduce.py"],
+        "test_reproduce_units or test_reproduce_rows or test_tables_units or data_dir "
+        "or every_row or committed or refused", constants=["bench/reproduce.py"]),
 }
