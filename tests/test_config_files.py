@@ -7,6 +7,7 @@ YAML that ``config.yaml`` and ``--print-config`` write.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import types
 from pathlib import Path
@@ -83,11 +84,58 @@ def test_a_refused_logger_argument_does_not_change_the_next_config() -> None:
     (cli(model__name="gru", data__name="mnist"),
      "--name: model 'gru' (language_modeling) cannot train on data 'mnist' "
      "(image_classification); valid data for it: " + ", ".join(data_names("language_modeling"))),
+    (cli(data__name="wikitext2"),
+     "--name: model 'lenet' (image_classification) cannot train on data 'wikitext2' "
+     "(language_modeling, masked_lm); valid data for it: mnist, fashion_mnist, image_folder"),
 ])
 def test_an_unknown_model_recipe_or_data_is_one_sentence_naming_its_source(layer, said) -> None:
     with pytest.raises(ConfigError) as e:
         resolve([layer])
     assert str(e.value) == said
+
+
+def test_bad_data_picked_by_default_is_refused_naming_the_default(monkeypatch) -> None:
+    lenet = dataclasses.replace(get_spec("lenet"), data="cifar")
+    monkeypatch.setattr("d2l_lightning.models.get_spec", lambda name: lenet)
+    with pytest.raises(ConfigError) as e:
+        resolve([])
+    assert str(e.value) == "default: unknown data 'cifar'; choose from: " + ", ".join(data_names())
+
+
+def test_a_bad_schema_default_is_refused_naming_the_defaults_layer(monkeypatch) -> None:
+    logger = FIXED["trainer"]["logger"]
+    monkeypatch.setitem(FIXED["trainer"], "logger",
+                        dataclasses.replace(logger, default={"csv": {"flush": 5}}))
+    with pytest.raises(ConfigError) as e:
+        resolve([])
+    assert str(e.value) == ("defaults: trainer.logger.csv: the csv logger (metrics.csv) takes "
+                            "no arguments")
+
+
+OPTIONS = {
+    "model": "model 'lenet' takes no 'zzz' (its options: activation, pool)",
+    "data": "data 'fashion_mnist' takes no 'zzz' (its options: data_dir, batch_size, val_size, "
+            "train_fraction, setting, on_device)",
+    "task": "the image_classification task takes no 'zzz' (its options: resize, "
+            "label_smoothing, channels_last, init_from, freeze, new_head)",
+}
+
+
+@pytest.mark.parametrize("section", ["model", "data", "task"])
+@pytest.mark.parametrize("key", ["zzz", "self"])
+def test_a_key_the_constructor_does_not_take_is_refused_naming_it_and_its_options(
+        section: str, key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve([Layer("config c.yaml", {section: {key: 1}})])
+    assert str(e.value) == "config c.yaml: " + OPTIONS[section].replace("'zzz'", f"'{key}'")
+
+
+@pytest.mark.parametrize("section, key", [("task", "num_classes"), ("task", "mean"),
+                                          ("model", "in_channels")])
+def test_a_constructor_argument_the_data_provides_cannot_be_set(section: str, key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve([Layer("config c.yaml", {section: {key: 1}})])
+    assert str(e.value) == f"config c.yaml: {section}.{key} comes from the data and cannot be set"
 
 
 def test_a_model_train_py_cannot_train_is_refused_with_the_reason() -> None:

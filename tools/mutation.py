@@ -182,6 +182,11 @@ def justified_keys(target: str) -> set[str]:
     return keys
 
 
+#: a mutant whose tests fail, or run past mutmut's time limit (an endless loop, such as
+#: ``iter(read, None)`` that never meets its sentinel: the suite would hang until pytest-timeout
+#: fails it), is caught
+KILLED = ("killed", "timeout")
+
 #: statuses mutmut gives a mutant whose tests neither passed nor failed plainly: exit 2 (a
 #: ``KeyboardInterrupt`` out of a test ends the session: a Ctrl-C test's mutant) and any other
 #: exit of its forked worker. Such a mutant's tests run again in a plain pytest process.
@@ -216,7 +221,7 @@ def run_target(name: str, target: Target, max_children: int | None,
         before = json.loads((work / "scores.json").read_text(encoding="utf-8"))
         last = before.get("statuses", {}) if survivors_only else {}
         first = before.get("first") or {k: before[k] for k in ("date", "commit", "modules")}
-    rerun = [k for k, v in last.items() if v != "killed"]
+    rerun = [k for k, v in last.items() if v not in KILLED]
     tested = commit()  # what is copied and tested
     copy_checkout(work)
     shimmed = sum(undecorate_no_grad(work / source(m)) for m in target.modules)
@@ -257,7 +262,7 @@ def run_target(name: str, target: Target, max_children: int | None,
             statuses[mutant] = recheck(work / "mutants", mutant, env)
     keys = {}
     for mutant, status in statuses.items():
-        if status != "killed" and ": " not in mutant:
+        if status not in KILLED and ": " not in mutant:
             diff = subprocess.run([sys.executable, "-m", "mutmut", "show", mutant], cwd=work,
                                   env=env, capture_output=True, text=True).stdout
             keys[mutant] = (survivor_key(mutant, diff), diff)
@@ -280,7 +285,7 @@ def run_target(name: str, target: Target, max_children: int | None,
                                              "open": 0})
         row["mutants"] += 1
         by_status.setdefault(status, []).append(mutant)
-        if status == "killed":
+        if status in KILLED:
             row["killed"] += 1
             continue
         key, diff = (mutant, "") if const else keys[mutant]
@@ -383,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         by_status = run_target(name, TARGETS[name], args.max_children, args.survivors)
         unjustified += len(by_status.pop("not justified", []))
-        survived += sum(len(v) for k, v in by_status.items() if k != "killed")
+        survived += sum(len(v) for k, v in by_status.items() if k not in KILLED)
     print(f"{survived} mutant(s) not killed, {unjustified} of them not justified "
           f"(docs/testing.md, {JUSTIFIED.relative_to(ROOT)})")
     return 1 if unjustified else 0
