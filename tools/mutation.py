@@ -73,6 +73,10 @@ def copy_checkout(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
+#: every pytest run of a mutation target: no cache in the copies, a plain process's signal
+#: handlers (tools/mutmut_signals.py), warnings off
+PYTEST_ARGS = ("-p", "no:cacheprovider", "-p", "tools.mutmut_signals", "-W", "ignore")
+
 #: decorators that wrap a function without changing what it computes (rewritten in the copy)
 UNWRAPPED = ("torch.no_grad()", "rank_zero_only")
 
@@ -126,7 +130,7 @@ def mutmut_config(target: Target) -> str:
     roots = sorted({source(m).split("/")[0] + "/" for m in target.modules})
     others = [p for p in ("train.py", "predict.py", "export.py", "bench/", "docs/", "README.md",
                           "tools/") if p not in roots]  # (tests read docs/ and the README too)
-    pytest_args = ["-p", "no:cacheprovider", "-p", "tools.mutmut_signals", "-W", "ignore"]
+    pytest_args = list(PYTEST_ARGS)
     if target.select:
         pytest_args += ["-k", target.select]
     quoted = ", ".join(f'"{a}"' for a in pytest_args)
@@ -193,15 +197,16 @@ KILLED = ("killed", "timeout")
 RECHECKED = ("check was interrupted by user", "suspicious")
 
 
-def recheck(mutants: Path, mutant: str, env: dict[str, str]) -> str:
-    """``killed`` or ``survived``: the tests reaching ``mutant`` in a plain pytest process."""
-    stats = json.loads((mutants / "mutmut-stats.json").read_text(encoding="utf-8"))
-    tests = sorted(stats["tests_by_mangled_function_name"].get(
-        re.sub(r"__mutmut_\d+$", "", mutant), []))
+def recheck(mutants: Path, mutant: str, reaching: dict[str, list[str]],
+            env: dict[str, str]) -> str:
+    """``killed`` or ``survived``: the tests reaching ``mutant`` in a plain pytest process.
+
+    ``reaching`` is mutmut's stats: the tests by function.
+    """
+    tests = sorted(reaching.get(re.sub(r"__mutmut_\d+$", "", mutant), []))
     if not tests:
         return "no tests"
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-           "-p", "tools.mutmut_signals", "-W", "ignore", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", *PYTEST_ARGS, *tests]
     rc = subprocess.run(cmd, cwd=mutants, env={**env, "MUTANT_UNDER_TEST": mutant},
                         capture_output=True).returncode
     return "survived" if rc == 0 else "killed"
@@ -257,9 +262,12 @@ def run_target(name: str, target: Target, max_children: int | None,
         if (m and any(fnmatch.fnmatch(m.group(1), p) for p in patterns)
                 and (not last or m.group(1) in rerun) and m.group(2) != "not checked"):
             statuses[m.group(1)] = m.group(2)
-    for mutant, status in statuses.items():
-        if status in RECHECKED and (not last or mutant in rerun):
-            statuses[mutant] = recheck(work / "mutants", mutant, env)
+    odd = [m for m, s in statuses.items() if s in RECHECKED and (not last or m in rerun)]
+    if odd:
+        stats = json.loads((work / "mutants" / "mutmut-stats.json").read_text(encoding="utf-8"))
+        for mutant in odd:
+            statuses[mutant] = recheck(work / "mutants", mutant,
+                                       stats["tests_by_mangled_function_name"], env)
     keys = {}
     for mutant, status in statuses.items():
         if status not in KILLED and ": " not in mutant:
